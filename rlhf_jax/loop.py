@@ -1,0 +1,172 @@
+"""The host loop shared by trainers: resume, dispatch, log, evaluate, checkpoint, stop cleanly.
+
+The loop never blocks on the device between log points: per-step metrics stay on device until a
+flush (every `log_every` steps, before each checkpoint and at the end). The flush is also where a
+non-finite loss is caught, so a state that produced NaN is never saved: the last good checkpoint
+stays the latest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from rlhf_jax import logs, sharding
+from rlhf_jax.checkpoint import Checkpointer
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  steps: int = 2000
+  log_every: int = 50
+  eval_every: int = 500  # 0: evaluate only at the end
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  progress: bool = True  # a progress bar on stderr
+
+  def __post_init__(self):
+    for name in ("steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"loop.{name} must be positive, got {getattr(self, name)}")
+    if self.eval_every < 0:
+      raise ValueError(f"loop.eval_every must be >= 0, got {self.eval_every}")
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when a step's loss is NaN or infinite; the message names the step."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(event: threading.Event):
+  """SIGTERM and SIGINT set `event` (the loop then saves and returns) instead of killing the run."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {}
+
+  def handler(signum, frame):
+    del frame
+    print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint before exiting", flush=True)
+    event.set()
+
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    previous[sig] = signal.signal(sig, handler)
+  try:
+    yield
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
+def abstract_state(init_fn: Callable[[], Any], shardings: Any) -> Any:
+  """Shapes, dtypes and shardings of `init_fn()` without running it (what a restore needs)."""
+  shapes = jax.eval_shape(init_fn)
+  if isinstance(shardings, jax.sharding.Sharding):  # one sharding for every leaf
+    shardings = jax.tree.map(lambda _: shardings, shapes)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+@dataclasses.dataclass
+class _Pending:
+  """Metrics of dispatched steps not yet fetched from the device."""
+  steps: list[int] = dataclasses.field(default_factory=list)
+  metrics: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+
+
+def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: Callable[[], Any],
+               state_shardings: Any, step_fn: Callable, data_iterator: Iterator[dict[str, np.ndarray]],
+               hp: Any, rng: jax.Array, mesh: Mesh, tokens_per_step: int,
+               evaluate: Callable[[Any], dict[str, float]] | None = None,
+               stop: threading.Event | None = None) -> Any:
+  """Runs `step_fn(state, batch, rng, hp)` until `loop.steps`, resuming from `workdir` if it can.
+
+  `init_fn` must be a jitted initializer with `out_shardings=state_shardings`; `data_iterator` a
+  checkpointable grain iterator. Returns the final state (also saved). `stop` (set by SIGTERM /
+  SIGINT, or by a caller) ends the run early after saving a checkpoint.
+  """
+  workdir = Path(workdir)
+  checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=loop.keep_checkpoints)
+  writer = logs.MetricWriter(workdir)
+  stop = stop or threading.Event()
+  start = checkpointer.latest_step()
+  if start is None:
+    state = init_fn()
+    start = 0
+  else:
+    print(f"resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
+    state, rng = checkpointer.restore(start, abstract_state=abstract_state(init_fn, state_shardings),
+                                      data_iterator=data_iterator)
+    logs.truncate_metrics(workdir, start)
+
+  pending = _Pending()
+  progress = None
+  if loop.progress:
+    from tqdm.auto import tqdm
+    progress = tqdm(total=loop.steps, initial=start, unit="step", dynamic_ncols=True)
+  last_time, last_step = time.perf_counter(), start
+
+  def flush(step: int) -> None:
+    nonlocal last_time, last_step
+    fetched = jax.device_get(pending.metrics)
+    for s, m in zip(pending.steps, fetched):
+      loss = float(m["loss"])
+      if not np.isfinite(loss):
+        latest = checkpointer.latest_step()
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {s}; stopping. The last good checkpoint is step {latest} "
+            f"in {checkpointer.directory}")
+      writer.write(s, m, split="train")
+    now = time.perf_counter()
+    if pending.steps:
+      tokens_per_s = tokens_per_step * (step - last_step) / max(now - last_time, 1e-9)
+      writer.write(step, {"tokens_per_s": tokens_per_s}, split="perf")
+      if progress is not None:
+        progress.set_postfix(loss=f"{float(fetched[-1]['loss']):.3f}", tok_s=f"{tokens_per_s:,.0f}")
+    writer.flush()
+    pending.steps.clear()
+    pending.metrics.clear()
+    last_time, last_step = now, step
+
+  def save(step: int) -> None:
+    flush(step)
+    checkpointer.save(step, state=state, rng=rng, config=config, data_iterator=data_iterator)
+
+  step = start
+  try:
+    with stop_on_signals(stop):
+      while step < loop.steps and not stop.is_set():
+        batch = sharding.put_batch(next(data_iterator), mesh)
+        state, metrics = step_fn(state, batch, rng, hp)
+        step += 1
+        pending.steps.append(step)
+        pending.metrics.append(metrics)
+        if progress is not None:
+          progress.update(1)
+        if step % loop.log_every == 0:
+          flush(step)
+        if evaluate is not None and loop.eval_every and step % loop.eval_every == 0 and step < loop.steps:
+          flush(step)
+          writer.write(step, evaluate(state), split="eval")
+        if step % loop.checkpoint_every == 0:
+          save(step)
+      if step != checkpointer.latest_step():
+        save(step)
+      if not stop.is_set() and evaluate is not None and step > start:
+        writer.write(step, evaluate(state), split="eval")
+  finally:
+    checkpointer.close()
+    writer.close()
+    if progress is not None:
+      progress.close()
+  if stop.is_set():
+    print(f"stopped at step {step}; the checkpoint is saved, run the same command to resume", flush=True)
+  return state

@@ -1,0 +1,229 @@
+"""Decoder-only Transformer in the GPT-2 layout, pure-functional.
+
+`Transformer(config).apply(params, tokens_BxT, positions_BxT)` returns a `ModelOutput` with
+float32 logits, an optional scalar head (value / reward) on the same trunk, and an updated KV cache
+when one was passed in. The layout follows GPT-2 (learned positions, pre-LayerNorm, GELU MLP, tied
+input/output embeddings) and so do the parameter names (`wte`, `wpe`, `h_0/attn/c_attn`, ...), so
+that GPT-2 checkpoints map onto it name by name.
+
+Masking: `input_mask_BxT` marks real tokens (0 for padding). Keys at padded positions are never
+attended to, which is what makes left-padded prompts produce the same continuation as unpadded
+ones. With a cache, the new keys/values are written at slots `[cache.index, cache.index + T)` and
+each query attends to the slots up to its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Dtype = Literal["float32", "bfloat16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 8192
+  max_len: int = 256  # number of learned positions: the longest sequence the model can see
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  mlp_ratio: int = 4
+  dtype: Dtype = "float32"  # compute dtype; parameters are always float32
+  remat: bool = False  # recompute block activations in the backward pass (saves memory)
+  dropout: float = 0.0  # off by default: RL needs identical log-probs in rollout and update
+  scalar_head: bool = False  # adds a [B, T] scalar output (value or reward) on the trunk
+  layer_norm_eps: float = 1e-5
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+    for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  def num_params(self, include_embeddings: bool = True) -> int:
+    d, L = self.d_model, self.n_layers
+    per_block = 4 * d  # two LayerNorms
+    per_block += d * 3 * d + 3 * d + d * d + d  # attention
+    per_block += 2 * self.mlp_ratio * d * d + self.mlp_ratio * d + d  # MLP
+    n = L * per_block + 2 * d  # final LayerNorm
+    if include_embeddings:
+      n += self.vocab_size * d + self.max_len * d
+    if self.scalar_head:
+      n += d + 1
+    return n
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B."""
+    n = self.num_params(include_embeddings=False) + self.vocab_size * self.d_model
+    return 6 * n + 12 * self.n_layers * self.d_model * seq_len
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer for `S` slots, and which slots hold real tokens.
+
+  `index` is the next slot to write; all rows of the batch advance together (static shapes), so
+  prompts of different lengths are left-padded and the padding slots are masked in `key_mask_BxS`.
+  """
+  k_LxBxSxNxH: jax.Array
+  v_LxBxSxNxH: jax.Array
+  key_mask_BxS: jax.Array
+  index: jax.Array  # int32 scalar
+
+  @classmethod
+  def init(cls, config: ModelConfig, batch_size: int, num_slots: int) -> "KVCache":
+    shape = (config.n_layers, batch_size, num_slots, config.n_heads, config.head_dim)
+    return cls(
+        k_LxBxSxNxH=jnp.zeros(shape, config.compute_dtype),
+        v_LxBxSxNxH=jnp.zeros(shape, config.compute_dtype),
+        key_mask_BxS=jnp.zeros((batch_size, num_slots), jnp.bool_),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  logits_BxTxV: jax.Array  # float32
+  scalar_BxT: jax.Array | None = None  # float32; present when config.scalar_head
+  cache: KVCache | None = None
+
+
+def _dense(config: ModelConfig, features: int, name: str, std: float) -> nn.Dense:
+  return nn.Dense(features, dtype=config.compute_dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.initializers.normal(std), name=name)
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_BxTxS, layer_cache, cache_index, deterministic):
+    cfg = self.config
+    B, T, _ = x_BxTxD.shape
+    resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2: scale residual projections
+    qkv_BxTx3D = _dense(cfg, 3 * cfg.d_model, "c_attn", cfg.init_std)(x_BxTxD)
+    q, k, v = jnp.split(qkv_BxTx3D.reshape(B, T, 3 * cfg.n_heads, cfg.head_dim), 3, axis=2)
+    if layer_cache is not None:
+      k_cache_BxSxNxH, v_cache_BxSxNxH = layer_cache
+      k = jax.lax.dynamic_update_slice_in_dim(k_cache_BxSxNxH, k.astype(k_cache_BxSxNxH.dtype), cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(v_cache_BxSxNxH, v.astype(v_cache_BxSxNxH.dtype), cache_index, axis=1)
+      layer_cache = (k, v)
+    out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None])
+    out_BxTxD = _dense(cfg, cfg.d_model, "c_proj", resid_std)(out_BxTxNxH.reshape(B, T, cfg.d_model))
+    return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic), layer_cache
+
+
+class MLP(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, deterministic):
+    cfg = self.config
+    resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    h = _dense(cfg, cfg.mlp_ratio * cfg.d_model, "c_fc", cfg.init_std)(x_BxTxD)
+    h = nn.gelu(h, approximate=True)  # GPT-2 uses the tanh approximation
+    h = _dense(cfg, cfg.d_model, "c_proj", resid_std)(h)
+    return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_BxTxS, layer_cache, cache_index, deterministic):
+    cfg = self.config
+    ln = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name=name)
+    attn_out, layer_cache = Attention(cfg, name="attn")(ln("ln_1")(x_BxTxD), mask_BxTxS, layer_cache,
+                                                         cache_index, deterministic)
+    x_BxTxD = x_BxTxD + attn_out
+    x_BxTxD = x_BxTxD + MLP(cfg, name="mlp")(ln("ln_2")(x_BxTxD), deterministic)
+    return x_BxTxD, layer_cache
+
+
+def default_positions(input_mask_BxT: jax.Array) -> jax.Array:
+  """Positions that count only real tokens, so a left-padded row starts at position 0."""
+  return jnp.maximum(jnp.cumsum(input_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class Transformer(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None, *,
+               input_mask_BxT: jax.Array | None = None, cache: KVCache | None = None,
+               deterministic: bool = True) -> ModelOutput:
+    cfg = self.config
+    B, T = tokens_BxT.shape
+    if input_mask_BxT is None:
+      input_mask_BxT = jnp.ones((B, T), jnp.bool_)
+    input_mask_BxT = input_mask_BxT.astype(jnp.bool_)
+    if positions_BxT is None:
+      positions_BxT = default_positions(input_mask_BxT)
+      if cache is not None:
+        positions_BxT = positions_BxT + cache.key_mask_BxS.sum(-1, keepdims=True).astype(jnp.int32)
+
+    if cache is None:
+      key_mask_BxS = input_mask_BxT
+      causal_TxS = jnp.tril(jnp.ones((T, T), jnp.bool_))
+      cache_index = 0
+    else:
+      key_mask_BxS = jax.lax.dynamic_update_slice_in_dim(cache.key_mask_BxS, input_mask_BxT, cache.index, axis=1)
+      S = key_mask_BxS.shape[1]
+      cache_index = cache.index
+      # Query t sits in slot index + t and sees every slot up to its own.
+      causal_TxS = jnp.arange(S)[None, :] <= (cache_index + jnp.arange(T))[:, None]
+    mask_BxTxS = causal_TxS[None] & key_mask_BxS[:, None, :]
+
+    wte = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                   embedding_init=nn.initializers.normal(cfg.init_std), name="wte")
+    wpe = nn.Embed(cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                   embedding_init=nn.initializers.normal(cfg.init_std / 2), name="wpe")
+    x_BxTxD = wte(tokens_BxT) + wpe(positions_BxT)
+    x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
+
+    block_cls = nn.remat(Block, static_argnums=(5,)) if cfg.remat else Block
+    new_k, new_v = [], []
+    for i in range(cfg.n_layers):
+      layer_cache = None if cache is None else (cache.k_LxBxSxNxH[i], cache.v_LxBxSxNxH[i])
+      x_BxTxD, layer_cache = block_cls(cfg, name=f"h_{i}")(x_BxTxD, mask_BxTxS, layer_cache, cache_index,
+                                                           deterministic)
+      if cache is not None:
+        new_k.append(layer_cache[0])
+        new_v.append(layer_cache[1])
+    x_BxTxD = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name="ln_f")(x_BxTxD)
+
+    logits_BxTxV = wte.attend(x_BxTxD).astype(jnp.float32)
+    scalar_BxT = None
+    if cfg.scalar_head:
+      # Zero-initialised: a fresh value head predicts 0 and a fresh reward head scores all equal.
+      head = nn.Dense(1, dtype=jnp.float32, param_dtype=jnp.float32,
+                      kernel_init=nn.initializers.zeros, name="scalar_head")
+      scalar_BxT = head(x_BxTxD.astype(jnp.float32))[..., 0]
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(k_LxBxSxNxH=jnp.stack(new_k), v_LxBxSxNxH=jnp.stack(new_v),
+                          key_mask_BxS=key_mask_BxS, index=cache.index + T)
+    return ModelOutput(logits_BxTxV=logits_BxTxV, scalar_BxT=scalar_BxT, cache=new_cache)
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> dict:
+  """Initial parameters for `Transformer(config)` (use under `jax.jit` with out_shardings)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return Transformer(config).init(key, tokens)["params"]

@@ -1,0 +1,171 @@
+"""Tokenizers: the `Tokenizer` protocol and a SentencePiece BPE tokenizer trained on our corpora.
+
+`SentencePieceTokenizer.train(texts, vocab_size, path)` trains a byte-fallback BPE model from an
+iterator of documents (no temp text file) and saves `path` (e.g. `<workdir>/tokenizer.model`), so
+a run keeps the exact vocabulary it was trained with; `SentencePieceTokenizer.load(path)` reads it.
+
+Special ids are fixed: pad=0, unk=1, bos=2, eos=3. Pad differs from eos so that padding can be
+masked out by id while EOS stays a real, trained-on token between packed documents.
+
+Normalization is `identity` with extra whitespace kept and no dummy prefix, so that
+`decode(encode(s)) == s` for any string (unseen characters go through the UTF-8 byte pieces) and
+decoding a continuation on its own keeps its leading space: `decode(a + b) == decode(a) +
+decode(b)` at word boundaries, which is what a sampler that decodes new tokens needs. NFKC would
+fold full-width forms and ligatures, so the text scored by a reward model could differ from the
+text the policy produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+import sentencepiece as spm
+
+from rlhf_jax.data.corpora import atomic_write_bytes
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# SentencePiece skips training sentences longer than this many bytes; our lines are paragraphs.
+MAX_SENTENCE_BYTES = 1 << 16
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+  """What the data pipeline, samplers and reward models need from a tokenizer."""
+
+  @property
+  def vocab_size(self) -> int: ...
+
+  @property
+  def pad_id(self) -> int: ...
+
+  @property
+  def eos_id(self) -> int: ...
+
+  @property
+  def bos_id(self) -> int: ...
+
+  @property
+  def unk_id(self) -> int: ...
+
+  @property
+  def fingerprint(self) -> str:
+    """A hash of the vocabulary: caches of token ids are keyed on it."""
+    ...
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+  """Training sentences: the non-empty lines (paragraphs) of each document."""
+  for text in texts:
+    for line in text.split("\n"):
+      if line.strip():
+        yield line
+
+
+class SentencePieceTokenizer:
+  """A `Tokenizer` backed by a SentencePiece model."""
+
+  def __init__(self, processor: spm.SentencePieceProcessor):
+    self._sp = processor
+
+  @classmethod
+  def load(cls, path: str | os.PathLike[str]) -> SentencePieceTokenizer:
+    path = Path(path)
+    if not path.is_file():
+      raise FileNotFoundError(f"tokenizer model {path}: no such file")
+    return cls(spm.SentencePieceProcessor(model_file=str(path)))
+
+  @classmethod
+  def train(
+      cls,
+      texts: Iterable[str],
+      vocab_size: int,
+      path: str | os.PathLike[str],
+      *,
+      num_threads: int = 0,
+      character_coverage: float = 0.9995,
+      input_sentence_size: int = 2_000_000,
+      seed: int = 0,
+  ) -> SentencePieceTokenizer:
+    """Trains a byte-fallback BPE model on the lines of `texts` and saves it to `path`.
+
+    `input_sentence_size` caps the number of lines SentencePiece keeps (sampled with `seed` when
+    the corpus has more); 2M lines is far above the ~150k lines of a 5-10 MB corpus, so for those
+    every line is used and the model depends only on the input. `character_coverage` 0.9995 keeps
+    rare characters out of the vocabulary: they are encoded as UTF-8 bytes instead. Digits are
+    split into single pieces. `num_threads` <= 0 uses every core.
+    """
+    spm.set_random_generator_seed(seed)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(texts),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        character_coverage=character_coverage,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True,
+        max_sentence_length=MAX_SENTENCE_BYTES,
+        num_threads=num_threads if num_threads > 0 else os.cpu_count() or 1,
+        minloglevel=2,  # errors only: training logs a line per merge round otherwise
+    )
+    atomic_write_bytes(Path(path), model.getvalue())
+    return cls.load(path)
+
+  def save(self, path: str | os.PathLike[str]) -> None:
+    """Writes the model file, e.g. into a run's workdir."""
+    atomic_write_bytes(Path(path), self._sp.serialized_model_proto())
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  @property
+  def pad_id(self) -> int:
+    return self._sp.pad_id()
+
+  @property
+  def eos_id(self) -> int:
+    return self._sp.eos_id()
+
+  @property
+  def bos_id(self) -> int:
+    return self._sp.bos_id()
+
+  @property
+  def unk_id(self) -> int:
+    return self._sp.unk_id()
+
+  @property
+  def fingerprint(self) -> str:
+    return hashlib.sha256(self._sp.serialized_model_proto()).hexdigest()
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+    """Encodes many texts in SentencePiece's own thread pool (num_threads <= 0: all cores)."""
+    return self._sp.encode(list(texts), num_threads=num_threads if num_threads > 0 else -1)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def id_to_piece(self, token_id: int) -> str:
+    return self._sp.id_to_piece(int(token_id))

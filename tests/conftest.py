@@ -1,0 +1,25 @@
+"""Shared test setup.
+
+Eight host CPU devices are forced before JAX is imported, so every test can build both a 1-device
+and an 8-device mesh in one process: the data-parallel code is tested the way it runs on a pod.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX compiles dominate the test time; a persistent cache shared by the test processes (and the
+# experiment subprocesses they start) turns every repeated compile into a lookup.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+  """A corpus cache shared by the whole session (RLHF_JAX_CACHE), so each download happens once."""
+  path = os.environ.get("RLHF_JAX_TEST_CACHE") or str(tmp_path_factory.mktemp("rlhf_jax_cache"))
+  os.environ["RLHF_JAX_CACHE"] = path
+  return path

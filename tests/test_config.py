@@ -1,0 +1,58 @@
+import dataclasses
+
+import pytest
+
+from rlhf_jax import config as config_lib
+from rlhf_jax.models.transformer import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+  rate: float = 0.1
+  name: str = "a"
+  flag: bool = False
+  sizes: tuple[int, ...] = (1, 2)
+  maybe: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+  steps: int = 10
+  inner: Inner = Inner()
+  model: ModelConfig = ModelConfig()
+
+
+def test_overrides_parse_types_and_nest():
+  c = config_lib.apply_overrides(Outer(), ["steps=20", "inner.rate=1e-3", "inner.flag=true",
+                                           "inner.sizes=3,4,5", "inner.maybe=7", "model.dtype=bfloat16"])
+  assert c.steps == 20 and c.inner.rate == 1e-3 and c.inner.flag is True
+  assert c.inner.sizes == (3, 4, 5) and c.inner.maybe == 7 and c.model.dtype == "bfloat16"
+  assert config_lib.apply_overrides(c, ["inner.maybe=none"]).inner.maybe is None
+
+
+def test_unknown_key_suggests_nearest():
+  with pytest.raises(config_lib.ConfigError, match=r"inner\.rat.*did you mean 'inner\.rate'"):
+    config_lib.apply_overrides(Outer(), ["inner.rat=1"])
+  with pytest.raises(config_lib.ConfigError, match=r"did you mean 'model\.n_layers'"):
+    config_lib.apply_overrides(Outer(), ["model.nlayers=2"])
+
+
+def test_wrong_type_names_key():
+  with pytest.raises(config_lib.ConfigError, match=r"steps: expected an int, got 'ten'"):
+    config_lib.apply_overrides(Outer(), ["steps=ten"])
+  with pytest.raises(config_lib.ConfigError, match=r"model\.dtype: expected one of"):
+    config_lib.apply_overrides(Outer(), ["model.dtype=float16"])
+  with pytest.raises(config_lib.ConfigError, match="not of the form key=value"):
+    config_lib.apply_overrides(Outer(), ["steps"])
+
+
+def test_validation_runs_on_override():
+  with pytest.raises(ValueError, match="d_model=30 must be divisible by model.n_heads=4"):
+    config_lib.apply_overrides(Outer(), ["model.d_model=30"])
+
+
+def test_save_and_reload_round_trip(tmp_path):
+  c = config_lib.apply_overrides(Outer(), ["inner.sizes=9", "model.n_layers=3"])
+  config_lib.save(c, tmp_path / "config.json")
+  import json
+  assert config_lib.from_dict(Outer, json.loads((tmp_path / "config.json").read_text())) == c
