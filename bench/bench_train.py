@@ -21,7 +21,7 @@ from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import lm
 
 SHAPES = {
-    "tiny": dict(vocab_size=8192, max_len=256, d_model=256, n_layers=4, n_heads=4),
+    "tiny": dict(vocab_size=2048, max_len=128, d_model=128, n_layers=4, n_heads=4),  # pretrain_tiny
     "gpt2-small": dict(vocab_size=50304, max_len=1024, d_model=768, n_layers=12, n_heads=12),
 }
 

@@ -129,7 +129,8 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
     if pending.steps:
       tokens_per_s = tokens_per_step * (step - last_step) / max(now - last_time, 1e-9)
       writer.write(step, {"tokens_per_s": tokens_per_s}, split="perf")
-      if progress is not None:
+      if progress is not None:  # advanced here, not on dispatch, so it shows finished steps
+        progress.update(step - last_step)
         progress.set_postfix(loss=f"{float(fetched[-1]['loss']):.3f}", tok_s=f"{tokens_per_s:,.0f}")
     writer.flush()
     pending.steps.clear()
@@ -142,6 +143,8 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
 
   step = start
   try:
+    if start == 0 and evaluate is not None:  # the baseline every later evaluation is read against
+      writer.write(0, evaluate(state), split="eval")
     with stop_on_signals(stop):
       while step < loop.steps and not stop.is_set():
         batch = sharding.put_batch(next(data_iterator), mesh)
@@ -149,8 +152,6 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
         step += 1
         pending.steps.append(step)
         pending.metrics.append(metrics)
-        if progress is not None:
-          progress.update(1)
         if step % loop.log_every == 0:
           flush(step)
         if evaluate is not None and loop.eval_every and step % loop.eval_every == 0 and step < loop.steps:

@@ -7,7 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 
 from rlhf_jax import cli, logs
 
@@ -24,11 +26,13 @@ def test_smoke_run_trains_and_writes_artifacts(tmp_path, cache_dir):
   train = logs.read_metrics(tmp_path, "train")
   assert [r["step"] for r in train] == list(range(1, 31))
   assert train[-1]["loss"] < train[0]["loss"] - 0.5
-  (evaluation,) = logs.read_metrics(tmp_path, "eval")
+  start, end = logs.read_metrics(tmp_path, "eval")
+  assert (start["step"], end["step"]) == (0, 30)
   vocab = 512
-  assert evaluation["perplexity"] < 0.6 * vocab  # a uniform guess has perplexity = vocab
+  assert start["perplexity"] > 0.8 * vocab  # a fresh model is close to a uniform guess ...
+  assert end["perplexity"] < 0.6 * vocab  # ... and training moves it well away
   samples = (tmp_path / "samples.jsonl").read_text().splitlines()
-  assert len(samples) == 5
+  assert len(samples) == 10  # 5 prompts, before and after training
 
 
 def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, cache_dir):
@@ -60,6 +64,13 @@ def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, cache_dir):
     rows_b = [r for r in b if r["split"] == split]
     assert rows_a == rows_b, split  # every loss, gradient and parameter norm, bitwise
   assert len([r for r in b if r["split"] == "train"]) == 40
+  jax.tree.map(np.testing.assert_array_equal, final_state(tmp_path / "straight"),
+               final_state(tmp_path / "interrupted"))
+
+
+def final_state(workdir):
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(Path(workdir) / "checkpoints" / "40" / "state")
 
 
 def test_unknown_override_is_an_error_before_anything_starts(tmp_path, capsys):
