@@ -18,6 +18,7 @@ import functools
 from pathlib import Path
 
 import jax
+from tqdm import tqdm
 
 from rlhf_jax import sampling, sharding
 from rlhf_jax.data import lm as lm_data
@@ -92,8 +93,9 @@ def main(config: Config, workdir: Path):
   init_fn = lm.jit_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx)
   step_fn = lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
                               num_microbatches=config.microbatches)
-  dataset = lm_data.lm_dataset(tokens.train_N, config.data.seq_len, config.data.batch_size, seed=config.seed,
-                               shard_index=jax.process_index(), shard_count=jax.process_count())
+  # Each process loads its own rows of the global batch (one process: all of them).
+  dataset = lm_data.lm_dataset(tokens.train_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
+                               seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
 
   eval_step = lm.jit_eval_step(mesh, model=model)
   val_batches = lm_data.eval_batches(tokens.validation_M, config.data.seq_len, config.data.eval_batch_size,
@@ -110,9 +112,9 @@ def main(config: Config, workdir: Path):
     completions = lm_eval.complete(generate, state.params, tokenizer, prompts,
                                    jax.random.fold_in(jax.random.fold_in(key, 2), step))
     lm_eval.write_samples(workdir / "samples.jsonl", step, prompts, completions)
-    print(f"\nstep {step}: validation loss {metrics['loss']:.3f}, perplexity {metrics['perplexity']:.1f}")
+    tqdm.write(f"step {step}: validation loss {metrics['loss']:.3f}, perplexity {metrics['perplexity']:.1f}")
     for prompt, completion in zip(prompts, completions):
-      print(f"  {prompt!r} -> {completion!r}")
+      tqdm.write(f"  {prompt!r} -> {completion!r}")
     return metrics
 
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
