@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +35,23 @@ def resolve_config(module: ModuleType, smoke: bool, overrides: list[str]):
   return config_lib.apply_overrides(module.get_config(smoke=smoke), overrides)
 
 
+def check_resumable(workdir: Path, config) -> None:
+  """A workdir that holds checkpoints is resumed, so its run must have been started with `config`.
+
+  Restoring a checkpoint into a different config would fail deep inside Orbax (shapes) or, worse,
+  silently continue a different experiment (schedules, data); this names the differing keys.
+  """
+  saved = workdir / "config.json"
+  checkpoints = workdir / "checkpoints"
+  if not (saved.exists() and checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    return
+  diffs = config_lib.differences(json.loads(saved.read_text()), config_lib.to_dict(config))
+  if diffs:
+    raise config_lib.ConfigError(
+        f"workdir {str(workdir)!r} holds checkpoints of a run with a different config ("
+        + "; ".join(diffs) + "): rerun with the same settings to resume, or choose a new --workdir")
+
+
 def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
                    overrides: list[str] = ()):
   module = load_experiment(path)
@@ -41,6 +59,7 @@ def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path
   if workdir is None:
     workdir = Path("workdirs") / (Path(path).stem + ("_smoke" if smoke else ""))
   workdir = Path(workdir)
+  check_resumable(workdir, config)
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.save(config, workdir / "config.json")
   print(f"workdir: {workdir.absolute()}", flush=True)

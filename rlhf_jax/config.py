@@ -126,6 +126,23 @@ def apply_overrides(config: C, assignments: Sequence[str]) -> C:
   return config
 
 
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in data.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """`key: old -> new` for every dotted key whose value differs between two `to_dict` outputs."""
+  a, b = _flatten(old), _flatten(new)
+  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+          for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
 def to_dict(config: Any) -> dict[str, Any]:
   return dataclasses.asdict(config)
 

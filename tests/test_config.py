@@ -56,3 +56,10 @@ def test_save_and_reload_round_trip(tmp_path):
   config_lib.save(c, tmp_path / "config.json")
   import json
   assert config_lib.from_dict(Outer, json.loads((tmp_path / "config.json").read_text())) == c
+
+
+def test_differences_name_changed_keys():
+  a = config_lib.to_dict(Outer())
+  b = config_lib.to_dict(config_lib.apply_overrides(Outer(), ["steps=11", "inner.sizes=5"]))
+  assert config_lib.differences(a, a) == []
+  assert config_lib.differences(a, b) == ["inner.sizes: (1, 2) -> (5,)", "steps: 10 -> 11"]

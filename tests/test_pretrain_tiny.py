@@ -78,3 +78,13 @@ def test_unknown_override_is_an_error_before_anything_starts(tmp_path, capsys):
   assert code == 2
   assert "did you mean 'loop.steps'" in capsys.readouterr().err
   assert not (tmp_path / "w").exists()
+
+
+def test_resuming_with_a_different_config_is_an_error(tmp_path, capsys):
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  cli.config_lib.save(cli.load_experiment(EXPERIMENT).get_config(smoke=True), tmp_path / "config.json")
+  before = (tmp_path / "config.json").read_text()
+  code = cli.main(["run", str(EXPERIMENT), "--smoke", "--workdir", str(tmp_path), "--set", "loop.steps=99"])
+  assert code == 2
+  assert "loop.steps: 30 -> 99" in capsys.readouterr().err
+  assert (tmp_path / "config.json").read_text() == before  # the saved config is left alone
