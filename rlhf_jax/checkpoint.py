@@ -52,12 +52,6 @@ class Checkpointer:
     rng = jax.random.wrap_key_data(jax.numpy.asarray(restored["rng"]["key_data"]))
     return restored["state"], rng
 
-  def restore_config(self, step: int | None = None) -> dict:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
@@ -65,7 +59,3 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
-
-def abstract_like(state: Any) -> Any:
-  """ShapeDtypeStructs carrying the shardings of `state` (what `restore` needs)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

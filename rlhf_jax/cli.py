@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Sequence
 
 from rlhf_jax import config as config_lib
 
@@ -52,8 +53,12 @@ def check_resumable(workdir: Path, config) -> None:
         + "; ".join(diffs) + "): rerun with the same settings to resume, or choose a new --workdir")
 
 
-def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
-                   overrides: list[str] = ()):
+def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
+                overrides: Sequence[str] = ()) -> tuple[ModuleType, Any, Path]:
+  """Loads the experiment, resolves and checks its config, and saves it in the workdir.
+
+  Everything that can be wrong with the command line fails here, before any work starts.
+  """
   module = load_experiment(path)
   config = resolve_config(module, smoke, list(overrides))
   if workdir is None:
@@ -62,23 +67,41 @@ def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path
   check_resumable(workdir, config)
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.save(config, workdir / "config.json")
+  return module, config, workdir
+
+
+def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
+                   overrides: Sequence[str] = ()):
+  module, config, workdir = prepare_run(path, smoke=smoke, workdir=workdir, overrides=overrides)
   print(f"workdir: {workdir.absolute()}", flush=True)
   return module.main(config, workdir)
 
 
+# Errors whose message is the whole story (a bad path, key, value or corpus name): printed
+# without a traceback, exit status 2.
+USER_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError, AttributeError)
+
+
 def _cmd_run(args) -> int:
   try:
-    run_experiment(args.experiment, smoke=args.smoke, workdir=args.workdir, overrides=args.set)
-  except config_lib.ConfigError as e:
+    module, config, workdir = prepare_run(args.experiment, smoke=args.smoke, workdir=args.workdir,
+                                          overrides=args.set)
+  except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  print(f"workdir: {workdir.absolute()}", flush=True)
+  module.main(config, workdir)
   return 0
 
 
 def _cmd_data_prepare(args) -> int:
   from rlhf_jax.data import corpora
   for name in args.corpora:
-    path = corpora.prepare(name)
+    try:
+      path = corpora.prepare(name)
+    except (ValueError, RuntimeError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
     print(f"{name}: {path}")
   return 0
 

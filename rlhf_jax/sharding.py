@@ -8,8 +8,6 @@ one device, on 8 forced CPU devices and on many hosts; XLA inserts the gradient 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -60,6 +58,3 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
-
-def tree_shardings(tree: Any, sharding: NamedSharding) -> Any:
-  return jax.tree.map(lambda _: sharding, tree)

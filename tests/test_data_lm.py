@@ -193,3 +193,15 @@ def test_tokenized_corpus_feeds_the_dataset(small_corpus, tokenizer, tmp_path):
   assert 0 <= batch["inputs"].min() and batch["inputs"].max() < tokenizer.vocab_size
   eval_ = lm.eval_batches(tokens.validation_M, 32, 8)
   assert sum(int(b["loss_mask"].sum()) for b in eval_) == tokens.validation_M.size - 1
+
+
+@pytest.mark.network
+def test_registered_corpora_are_read_through_tfds(cache_dir, monkeypatch):
+  from rlhf_jax.data import corpora, tfds_corpus
+  calls = []
+  real = tfds_corpus.data_source
+  monkeypatch.setattr(tfds_corpus, "data_source", lambda *a, **k: calls.append(a[:2]) or real(*a, **k))
+  train, val = lm.split_corpus("austen", 0.05)
+  assert calls == [("austen", "train"), ("austen", "validation")]
+  assert {d.id for d in train}.isdisjoint({d.id for d in val}) and val
+  assert sorted(d.id for d in train + val) == sorted(d.id for d in corpora.load_documents("austen"))

@@ -88,3 +88,10 @@ def test_resuming_with_a_different_config_is_an_error(tmp_path, capsys):
   assert code == 2
   assert "loop.steps: 30 -> 99" in capsys.readouterr().err
   assert (tmp_path / "config.json").read_text() == before  # the saved config is left alone
+
+
+def test_unknown_corpus_is_an_error_before_anything_starts(tmp_path, capsys):
+  code = cli.main(["run", str(EXPERIMENT), "--smoke", "--workdir", str(tmp_path / "w"), "--set", "data.corpus=browm"])
+  assert code == 2
+  assert "data.corpus: unknown corpus 'browm'; did you mean 'brown'?" in capsys.readouterr().err
+  assert not (tmp_path / "w").exists()

@@ -1,9 +1,9 @@
 """The language-model input pipeline: documents -> one token stream -> [B, T] batches.
 
-1. `prepare_lm_tokens(spec, tokenizer)` loads the documents of a corpus spec, splits them into
-   train and validation with `corpora.split_documents` (the same by-document rule as the TFDS
-   builder), tokenizes them and packs each split into one flat int32 stream where every document
-   is followed by EOS. The two streams are cached as .npy files keyed by a hash of the documents,
+1. `prepare_lm_tokens(spec, tokenizer)` reads the train and validation documents of a corpus
+   spec (`split_corpus`: registered corpora from their TFDS array_record dataset, files split by
+   the same by-document rule), tokenizes them and packs each split into one flat int32 stream
+   where every document is followed by EOS. The two streams are cached as .npy files keyed by a hash of the documents,
    the tokenizer model and the split, so a rerun does not tokenize again.
 2. `lm_dataset(tokens_N, T, B, seed=...)` cuts the stream into non-overlapping windows
    `tokens[i*T : i*T + T + 1]` (inputs = window[:-1], targets = window[1:]) and serves them
@@ -68,6 +68,24 @@ def _cache_key(docs: Sequence[corpora.Document], tokenizer: Tokenizer, val_fract
   return h.hexdigest()[:20]
 
 
+def split_corpus(corpus_spec: str, val_fraction: float, *, cache: Path | None = None
+                 ) -> tuple[list[corpora.Document], list[corpora.Document]]:
+  """Train and validation documents of a corpus spec.
+
+  Registered corpora (`brown`, `brown+austen`, ...) are read from their TFDS dataset, whose
+  array_record files hold the split; `file:` and `tfds:` specs are loaded and split here by the
+  same by-document rule (`corpora.split_documents`).
+  """
+  if corpus_spec.startswith(("file:", "tfds:")):
+    return corpora.split_documents(corpora.load_documents(corpus_spec, cache=cache), val_fraction)
+  from rlhf_jax.data import tfds_corpus
+  data_dir = None if cache is None else Path(cache) / "tfds"
+  return tuple(
+      [corpora.Document(r["id"], r["text"])
+       for r in tfds_corpus.data_source(corpus_spec, split, data_dir, val_fraction=val_fraction)]
+      for split in ("train", "validation"))
+
+
 def prepare_lm_tokens(
     corpus_spec: str,
     tokenizer: Tokenizer,
@@ -81,10 +99,9 @@ def prepare_lm_tokens(
   Cached under `cache/lm_tokens/<key>` (default `corpora.cache_dir()`); the directory appears
   atomically, so concurrent or interrupted runs never read half-written arrays.
   """
-  docs = corpora.load_documents(corpus_spec, cache=cache)
-  final = (cache or corpora.cache_dir()) / "lm_tokens" / _cache_key(docs, tokenizer, val_fraction)
+  train_docs, val_docs = split_corpus(corpus_spec, val_fraction, cache=cache)
+  final = (cache or corpora.cache_dir()) / "lm_tokens" / _cache_key(train_docs + val_docs, tokenizer, val_fraction)
   if not (final / "meta.json").exists():
-    train_docs, val_docs = corpora.split_documents(docs, val_fraction)
     with corpora.atomic_directory(final) as building:
       streams = {}
       for split, split_docs in [("train", train_docs), ("validation", val_docs)]:
@@ -203,6 +220,12 @@ class LMDataConfig:
     for name in ("vocab_size", "seq_len", "batch_size", "eval_batch_size"):
       if getattr(self, name) <= 0:
         raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+    if not self.corpus.startswith(("file:", "tfds:")):
+      for name in self.corpus.split("+"):
+        try:
+          corpora.get_corpus(name)  # a typo fails here, before anything is downloaded or trained
+        except ValueError as e:
+          raise ValueError(f"data.corpus: {e}") from None
 
 
 def prepare_tokenizer(config: LMDataConfig, path: Path, *, cache: Path | None = None):
@@ -219,7 +242,6 @@ def prepare_tokenizer(config: LMDataConfig, path: Path, *, cache: Path | None = 
       raise ValueError(f"{path} has vocab_size {tokenizer.vocab_size} but data.vocab_size is "
                        f"{config.vocab_size}: use a new --workdir or the matching vocab size")
     return tokenizer
-  docs = corpora.load_documents(config.corpus, cache=cache)
-  train_docs, _ = corpora.split_documents(docs, config.val_fraction)
+  train_docs, _ = split_corpus(config.corpus, config.val_fraction, cache=cache)
   return SentencePieceTokenizer.train((d.text for d in train_docs), config.vocab_size, path,
                                       num_threads=config.tokenizer_threads)
