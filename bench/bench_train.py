@@ -18,7 +18,7 @@ import numpy as np
 
 from rlhf_jax import sharding
 from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.steps import lm
+from rlhf_jax.steps import common, lm
 
 SHAPES = {
     "tiny": dict(vocab_size=2048, max_len=128, d_model=128, n_layers=4, n_heads=4),  # pretrain_tiny
@@ -54,9 +54,9 @@ def main() -> None:
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(args.batch, mesh, "--batch")
   model = Transformer(config)
-  optim = lm.OptimConfig(warmup_steps=1)
-  tx = lm.make_optimizer(optim)
-  state = lm.jit_init(mesh, jax.random.key(0), model=model, tx=tx)()
+  optim = common.OptimConfig(warmup_steps=1)
+  tx = common.make_optimizer(optim)
+  state = common.jit_init(mesh, jax.random.key(0), model=model, tx=tx)()
   step = lm.jit_train_step(mesh, model=model, tx=tx, optim=optim, total_steps=1000,
                            num_microbatches=args.microbatches)
   rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from rlhf_jax.data import lm as lm_data
 from rlhf_jax.eval import lm as lm_eval
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.steps import lm
+from rlhf_jax.steps import common, lm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Config:
   microbatches: int = 1
   data: lm_data.LMDataConfig = lm_data.LMDataConfig()
   model: ModelConfig = ModelConfig()
-  optim: lm.OptimConfig = lm.OptimConfig()
+  optim: common.OptimConfig = common.OptimConfig()
   loop: LoopConfig = LoopConfig()
   mesh: sharding.MeshConfig = sharding.MeshConfig()
   sample: SampleConfig = SampleConfig()
@@ -62,7 +62,7 @@ def get_config(smoke: bool = False) -> Config:
   config = Config(
       data=lm_data.LMDataConfig(corpus="brown", vocab_size=vocab, seq_len=128, batch_size=32),
       model=ModelConfig(vocab_size=vocab, max_len=128, d_model=128, n_layers=4, n_heads=4),
-      optim=lm.OptimConfig(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1),
+      optim=common.OptimConfig(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1),
       loop=LoopConfig(steps=600, log_every=20, eval_every=200, checkpoint_every=200),
   )
   if smoke:
@@ -88,9 +88,9 @@ def main(config: Config, workdir: Path):
   sharding.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
   sharding.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   model = Transformer(config.model)
-  tx = lm.make_optimizer(config.optim)
+  tx = common.make_optimizer(config.optim)
   key = jax.random.key(config.seed)
-  init_fn = lm.jit_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx)
+  init_fn = common.jit_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx)
   step_fn = lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
                               num_microbatches=config.microbatches)
   # Each process loads its own rows of the global batch (one process: all of them).

@@ -8,10 +8,10 @@ import pytest
 
 from rlhf_jax import losses, sharding
 from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.steps import lm
+from rlhf_jax.steps import common, lm
 
 TINY = ModelConfig(vocab_size=64, max_len=16, d_model=32, n_layers=2, n_heads=4)
-OPTIM = lm.OptimConfig(learning_rate=3e-3, warmup_steps=2, weight_decay=0.1)
+OPTIM = common.OptimConfig(learning_rate=3e-3, warmup_steps=2, weight_decay=0.1)
 
 
 def make_batch(key, batch_size=8, seq_len=16, vocab=64):
@@ -33,7 +33,7 @@ def test_next_token_loss_hand_computed():
 
 
 def test_lr_schedule_warmup_then_cosine():
-  f = functools.partial(lm.lr_multiplier, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
+  f = functools.partial(common.lr_multiplier, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
   np.testing.assert_allclose([f(0), f(2), f(4)], [0.0, 0.5, 1.0], atol=1e-6)
   np.testing.assert_allclose(f(20), 0.1, atol=1e-6)
   assert f(10) < f(5)
@@ -44,11 +44,12 @@ def test_microbatches_give_exact_token_mean():
   params = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
   batch = make_batch(jax.random.key(1))
   key = jax.random.key(2)
-  fn = jax.jit(functools.partial(lm.loss_and_grads, model=model), static_argnames="num_microbatches")
+  fn = jax.jit(functools.partial(common.accumulate_gradients, functools.partial(lm.loss_sum, model=model)),
+               static_argnames="num_microbatches")
   full = fn(params, batch, key, num_microbatches=1)
   split = fn(params, batch, key, num_microbatches=4)
   np.testing.assert_allclose(full[0], split[0], rtol=1e-5)
-  assert full[1] == split[1] == batch["loss_mask"].sum()
+  assert full[1]["count"] == split[1]["count"] == batch["loss_mask"].sum()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), full[2], split[2])
   # Reference: the gradient of the token mean written directly.
   def mean_loss(p):
@@ -61,9 +62,9 @@ def test_microbatches_give_exact_token_mean():
 
 def _train(mesh, steps=3, num_microbatches=1):
   model = Transformer(TINY)
-  tx = lm.make_optimizer(OPTIM)
+  tx = common.make_optimizer(OPTIM)
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  init = jax.jit(functools.partial(lm.init_state, model=model, tx=tx), out_shardings=repl)
+  init = jax.jit(functools.partial(common.init_state, model=model, tx=tx), out_shardings=repl)
   state = init(jax.random.key(0))
   step = jax.jit(functools.partial(lm.train_step, model=model, tx=tx, warmup_steps=2, total_steps=10,
                                    min_lr_ratio=0.1, num_microbatches=num_microbatches),
@@ -89,8 +90,8 @@ def test_one_device_and_eight_devices_agree():
 def constant_lr_step():
   """One compiled single-device step (no warmup, constant learning rate) and a fresh state."""
   model = Transformer(TINY)
-  tx = lm.make_optimizer(OPTIM)
-  state = jax.jit(functools.partial(lm.init_state, model=model, tx=tx))(jax.random.key(0))
+  tx = common.make_optimizer(OPTIM)
+  state = jax.jit(functools.partial(common.init_state, model=model, tx=tx))(jax.random.key(0))
   step = jax.jit(functools.partial(lm.train_step, model=model, tx=tx, warmup_steps=0, total_steps=10,
                                    min_lr_ratio=1.0))
   return step, state
@@ -109,8 +110,8 @@ def test_loss_falls_on_a_repeated_batch(constant_lr_step):
 def test_hparams_change_the_update_without_recompiling(constant_lr_step):
   step, state = constant_lr_step
   batch = make_batch(jax.random.key(3))
-  hp_small = lm.LMHparams(learning_rate=jnp.float32(1e-4), weight_decay=jnp.float32(0.0))
-  hp_big = lm.LMHparams(learning_rate=jnp.float32(1e-2), weight_decay=jnp.float32(0.0))
+  hp_small = common.Hparams(learning_rate=jnp.float32(1e-4), weight_decay=jnp.float32(0.0))
+  hp_big = common.Hparams(learning_rate=jnp.float32(1e-2), weight_decay=jnp.float32(0.0))
   s1, m1 = step(state, batch, jax.random.key(0), hp_small)
   s2, m2 = step(state, batch, jax.random.key(0), hp_big)
   assert step._cache_size() == 1

@@ -1,0 +1,146 @@
+"""What every trainer's step shares: the state pytree, AdamW with a schedule, exact-mean gradients.
+
+A trainer's pure step is `(state, batch, key, hp) -> (state, metrics)`. It computes a summed loss
+and its sums (token or pair counts, correct predictions, ...) with `accumulate_gradients`, which
+splits the batch into microbatches and divides by the total count at the end, so the gradient is
+that of the exact mean however the batch is split or sharded; then `apply_gradients` takes one
+optimizer step with the learning rate of the schedule at `state.step`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+Batch = dict[str, jax.Array]
+# loss_fn(params, batch, key) -> (loss_sum, sums); `sums` holds at least "count", the denominator.
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: number of updates applied
+  params: Any
+  opt_state: optax.OptState
+
+
+@flax.struct.dataclass
+class Hparams:
+  """Numeric settings that change no shape: arrays, so sweeps can vmap them."""
+  learning_rate: jax.Array  # peak learning rate; the schedule multiplies it
+  weight_decay: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  learning_rate: float = 1e-3
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  grad_clip: float = 1.0  # global-norm clipping; 0 disables
+  warmup_steps: int = 100
+  min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+
+  def __post_init__(self):
+    if self.learning_rate <= 0:
+      raise ValueError(f"optim.learning_rate must be positive, got {self.learning_rate}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+  def hparams(self) -> Hparams:
+    return Hparams(learning_rate=jnp.asarray(self.learning_rate, jnp.float32),
+                   weight_decay=jnp.asarray(self.weight_decay, jnp.float32))
+
+
+def _decay_mask(params: Any) -> Any:
+  # Decay matrices only, as in GPT-2/nanoGPT: biases, LayerNorm scales and the position table are
+  # 1-D or tiny, and decaying them hurts more than it regularises.
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def _adamw(learning_rate, weight_decay, grad_clip, b1, b2) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
+      optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask),
+  )
+
+
+def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+  """AdamW whose learning rate and weight decay live in the optimizer state (set by the step)."""
+  return optax.inject_hyperparams(_adamw, static_args=("grad_clip", "b1", "b2"))(
+      learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+      grad_clip=config.grad_clip, b1=config.b1, b2=config.b2)
+
+
+def lr_multiplier(step: jax.Array, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> jax.Array:
+  """Linear warmup from 0 to 1, then cosine decay to `min_lr_ratio` at `total_steps`."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=1.0, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=min_lr_ratio)
+  return schedule(step)
+
+
+def init_state(key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation) -> TrainState:
+  params = model.init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  # Rows m, m+M, m+2M, ... form microbatch m: every device keeps an equal share of each microbatch,
+  # so the split needs no data movement when the batch axis is sharded.
+  def split(x):
+    B = x.shape[0]
+    if B % num_microbatches:
+      raise ValueError(f"batch size {B} is not divisible by microbatches={num_microbatches}")
+    return x.reshape(B // num_microbatches, num_microbatches, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, batch)
+
+
+def accumulate_gradients(loss_fn: LossFn, params, batch: Batch, key: jax.Array, num_microbatches: int = 1):
+  """Summed loss, summed aux values and the gradient of the exact mean loss over the whole batch.
+
+  Returns `(loss_sum, sums, grads)` where grads = d(sum of loss_sum) / d params / sum of counts.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if num_microbatches == 1:
+    (loss_sum, sums), grads = grad_fn(params, batch, key)
+  else:
+    def body(carry, xs):
+      micro, i = xs
+      (loss_sum, sums), grads = grad_fn(params, micro, jax.random.fold_in(key, i))
+      return jax.tree.map(jnp.add, carry, (loss_sum, sums, grads)), None
+    micro = _split_microbatches(batch, num_microbatches)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro),
+                                                        key))
+    (loss_sum, sums), grads = zeros
+    (loss_sum, sums, grads), _ = jax.lax.scan(body, (loss_sum, sums, grads),
+                                              (micro, jnp.arange(num_microbatches)))
+  # The gradient of a sum divided by the total count is the gradient of the exact mean.
+  denom = jnp.maximum(sums["count"], 1.0)
+  return loss_sum, sums, jax.tree.map(lambda g: g / denom, grads)
+
+
+def apply_gradients(state: TrainState, grads: Any, hp: Hparams, *, tx: optax.GradientTransformation,
+                    warmup_steps: int, total_steps: int, min_lr_ratio: float) -> tuple[TrainState, jax.Array]:
+  """One optimizer step at the scheduled learning rate; returns the new state and that rate."""
+  lr = hp.learning_rate * lr_multiplier(state.step, warmup_steps=warmup_steps, total_steps=total_steps,
+                                        min_lr_ratio=min_lr_ratio)
+  opt_state = state.opt_state._replace(
+      hyperparams={**state.opt_state.hyperparams, "learning_rate": lr, "weight_decay": hp.weight_decay})
+  updates, opt_state = tx.update(grads, opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), lr
+
+
+def jit_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation):
+  """A no-argument initializer whose output is created directly with its final sharding."""
+  from rlhf_jax import sharding
+  init = jax.jit(functools.partial(init_state, model=model, tx=tx), out_shardings=sharding.replicated(mesh))
+  return functools.partial(init, key)
