@@ -37,6 +37,9 @@ class ModelConfig:
   remat: bool = False  # recompute block activations in the backward pass (saves memory)
   dropout: float = 0.0  # off by default: RL needs identical log-probs in rollout and update
   scalar_head: bool = False  # adds a [B, T] scalar output (value or reward) on the trunk
+  # "zeros": a value head that starts at 0 (PPO); "reward": N(0, 1/sqrt(d_model + 1)), the reward
+  # head of Ziegler et al. 2019 (lm-human-preferences), so a fresh reward model already ranks.
+  scalar_head_init: Literal["zeros", "reward"] = "zeros"
   layer_norm_eps: float = 1e-5
   init_std: float = 0.02
 
@@ -212,9 +215,10 @@ class Transformer(nn.Module):
     logits_BxTxV = wte.attend(x_BxTxD).astype(jnp.float32)
     scalar_BxT = None
     if cfg.scalar_head:
-      # Zero-initialised: a fresh value head predicts 0 and a fresh reward head scores all equal.
-      head = nn.Dense(1, dtype=jnp.float32, param_dtype=jnp.float32,
-                      kernel_init=nn.initializers.zeros, name="scalar_head")
+      kernel_init = (nn.initializers.zeros if cfg.scalar_head_init == "zeros"
+                     else nn.initializers.normal(1.0 / (cfg.d_model + 1) ** 0.5))
+      head = nn.Dense(1, dtype=jnp.float32, param_dtype=jnp.float32, kernel_init=kernel_init,
+                      name="scalar_head")
       scalar_BxT = head(x_BxTxD.astype(jnp.float32))[..., 0]
     new_cache = None
     if cache is not None:
