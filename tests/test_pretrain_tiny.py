@@ -10,8 +10,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
-from rlhf_jax import cli, logs
+from rlhf_jax import cli, logs, pretrained, sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "pretrain_tiny.py"
@@ -33,6 +34,11 @@ def test_smoke_run_trains_and_writes_artifacts(tmp_path, cache_dir):
   assert end["perplexity"] < 0.6 * vocab  # ... and training moves it well away
   samples = (tmp_path / "samples.jsonl").read_text().splitlines()
   assert len(samples) == 10  # 5 prompts, before and after training
+
+  # Later stages start from this workdir: the trained parameters and tokenizer load back.
+  start = pretrained.load(tmp_path, sharding.make_mesh())
+  assert start.step == 30 and start.tokenizer.vocab_size == start.model.vocab_size == vocab
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(start.params), final_state(tmp_path, 30)["params"])
 
 
 def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, cache_dir):
@@ -68,9 +74,9 @@ def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, cache_dir):
                final_state(tmp_path / "interrupted"))
 
 
-def final_state(workdir):
+def final_state(workdir, step=40):
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(Path(workdir) / "checkpoints" / "40" / "state")
+    return checkpointer.restore(Path(workdir) / "checkpoints" / str(step) / "state")
 
 
 def test_unknown_override_is_an_error_before_anything_starts(tmp_path, capsys):
@@ -95,3 +101,8 @@ def test_unknown_corpus_is_an_error_before_anything_starts(tmp_path, capsys):
   assert code == 2
   assert "data.corpus: unknown corpus 'browm'; did you mean 'brown'?" in capsys.readouterr().err
   assert not (tmp_path / "w").exists()
+
+
+def test_loading_a_workdir_that_is_not_an_lm_run_is_an_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json not found"):
+    pretrained.load(tmp_path, sharding.make_mesh())

@@ -144,3 +144,11 @@ def jit_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: o
   from rlhf_jax import sharding
   init = jax.jit(functools.partial(init_state, model=model, tx=tx), out_shardings=sharding.replicated(mesh))
   return functools.partial(init, key)
+
+
+def jit_step(step: Callable, mesh: jax.sharding.Mesh):
+  """A `(state, batch, key, hp)` step compiled for `mesh`: the batch split over the data axis, the
+  state replicated and donated (updated in place), keys and hyperparameters replicated."""
+  from rlhf_jax import sharding
+  repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl), donate_argnums=0)

@@ -16,7 +16,8 @@ import optax
 
 from rlhf_jax import losses
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.steps.common import Batch, Hparams, OptimConfig, TrainState, accumulate_gradients, apply_gradients
+from rlhf_jax.steps.common import (Batch, Hparams, OptimConfig, TrainState, accumulate_gradients, apply_gradients,
+                                   jit_step)
 
 
 def loss_sum(params, batch: Batch, key: jax.Array, *, model: Transformer):
@@ -56,13 +57,10 @@ def eval_step(params, batch: Batch, *, model: Transformer) -> dict[str, jax.Arra
 
 def jit_train_step(mesh: jax.sharding.Mesh, *, model: Transformer, tx: optax.GradientTransformation,
                    optim: OptimConfig, total_steps: int, num_microbatches: int = 1):
-  """`train_step` compiled for `mesh`: batch split over the data axis, state replicated and donated."""
-  from rlhf_jax import sharding
-  repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  step = functools.partial(train_step, model=model, tx=tx, warmup_steps=optim.warmup_steps,
-                           total_steps=total_steps, min_lr_ratio=optim.min_lr_ratio,
-                           num_microbatches=num_microbatches)
-  return jax.jit(step, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl), donate_argnums=0)
+  """`train_step` compiled for `mesh` (see `common.jit_step`)."""
+  return jit_step(functools.partial(train_step, model=model, tx=tx, warmup_steps=optim.warmup_steps,
+                                    total_steps=total_steps, min_lr_ratio=optim.min_lr_ratio,
+                                    num_microbatches=num_microbatches), mesh)
 
 
 def jit_eval_step(mesh: jax.sharding.Mesh, *, model: Transformer):
