@@ -1,0 +1,1 @@
+"""Human feedback: the durable store of prompts, samples and judgements (store.py)."""

@@ -1,0 +1,832 @@
+"""The durable store of everything people (and simulated labelers) judge: one SQLite file.
+
+RLHF data is expensive: an hour of a person's ratings cannot be regenerated, so every judgement
+goes to disk before the caller hears back. The store is one SQLite file in WAL mode with
+`synchronous=FULL`; each write is one transaction, and a method returns only after its COMMIT, so
+anything acknowledged survives `kill -9` (and a power cut). Judgements are never deleted: "undo"
+sets `retracted_at`, and exports skip retracted rows, so what a person once said stays auditable.
+
+Several labelers can work at once, each process or thread with its own `FeedbackStore` on the same
+file (or threads sharing one, which a lock serializes). Writers take the database lock up front
+(`BEGIN IMMEDIATE`) and wait up to `busy_timeout` seconds for each other. The work queue hands out
+short leases: `next_pair(labeler)` claims a pair of samples of one prompt that this labeler has not
+judged and nobody else holds, so two people never see the same pair at once, and a pair whose
+labeler walked away comes back when the lease expires.
+
+Schema (version 1; times are Unix seconds as REAL):
+
+    meta(key, value)              app = "rlhf_jax.feedback", schema_version, created
+    prompts(id, text, source, created)                       text is unique: a prompt is its text
+    samples(id, prompt_id, text, model, meta, created,       model: "workdir@step", "human", ...;
+            claimed_by, claimed_until)                       meta: a JSON object; the lease columns
+                                                             belong to the rating queue
+    pairs(id, prompt_id, sample_a, sample_b,                 every two samples of one prompt,
+          claimed_by, claimed_until)                         sample_a < sample_b; the pair queue
+    ratings(id, sample_id, labeler, value, scale,            1 <= value <= scale
+            created, retracted_at)
+    comparisons(id, prompt_id, pair_id, sample_a, sample_b,  sample_a/sample_b as the labeler saw
+                outcome, labeler, created, retracted_at)     them; outcome in a, b, tie, skip
+
+A labeler has at most one live judgement per pair and per sample (a partial unique index), so a
+double submit is an error instead of a doubled vote. Adding the same prompt text, or the same
+(prompt, model, text) sample, again returns the existing id: re-importing a file adds nothing.
+
+Samples come in through `add_samples` or `import_samples_jsonl`, one record per sample:
+
+    {"prompt": "...", "response": "...", "model": "workdir@1000", "meta": {"temperature": 0.7}}
+
+`prompt`, `response` and `model` are required non-empty strings; `meta` is an optional JSON object
+for anything else (sampling settings, seeds). Any other field is an error, so a misspelled field is
+not silently dropped. Text is stored exactly as given (any Unicode, `<script>` included: escaping is
+the web page's job); empty or whitespace-only text is an error.
+
+Trainers read `export_preferences` ({"prompt", "chosen", "rejected", "labeler", ...}) and
+`export_ratings` ({"prompt", "response", "rating", "scale", "labeler", ...}), one record per live
+judgement: two labelers who judged one pair give two records, so disagreement stays visible.
+Left/right order is the web page's business: it should show a pair in random order and pass the
+sample ids to `compare` in the order it showed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+
+from rlhf_jax.data.corpora import atomic_write_bytes
+
+APP_NAME = "rlhf_jax.feedback"
+SCHEMA_VERSION = 1
+OUTCOMES = ("a", "b", "tie", "skip")
+RECORD_FIELDS = ("prompt", "response", "model", "meta")
+_REQUIRED_FIELDS = ("prompt", "response", "model")
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE prompts (
+         id INTEGER PRIMARY KEY,
+         text TEXT NOT NULL UNIQUE CHECK (text <> ''),
+         source TEXT NOT NULL,
+         created REAL NOT NULL)""",
+    """CREATE TABLE samples (
+         id INTEGER PRIMARY KEY,
+         prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+         text TEXT NOT NULL CHECK (text <> ''),
+         model TEXT NOT NULL CHECK (model <> ''),
+         meta TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(meta)),
+         created REAL NOT NULL,
+         claimed_by TEXT,
+         claimed_until REAL,
+         UNIQUE (prompt_id, model, text))""",
+    """CREATE TABLE pairs (
+         id INTEGER PRIMARY KEY,
+         prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+         sample_a INTEGER NOT NULL REFERENCES samples(id),
+         sample_b INTEGER NOT NULL REFERENCES samples(id),
+         claimed_by TEXT,
+         claimed_until REAL,
+         CHECK (sample_a < sample_b),
+         UNIQUE (sample_a, sample_b))""",
+    """CREATE TABLE ratings (
+         id INTEGER PRIMARY KEY,
+         sample_id INTEGER NOT NULL REFERENCES samples(id),
+         labeler TEXT NOT NULL CHECK (labeler <> ''),
+         value INTEGER NOT NULL,
+         scale INTEGER NOT NULL,
+         created REAL NOT NULL,
+         retracted_at REAL,
+         CHECK (scale >= 2 AND value BETWEEN 1 AND scale))""",
+    """CREATE TABLE comparisons (
+         id INTEGER PRIMARY KEY,
+         prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+         pair_id INTEGER NOT NULL REFERENCES pairs(id),
+         sample_a INTEGER NOT NULL REFERENCES samples(id),
+         sample_b INTEGER NOT NULL REFERENCES samples(id),
+         outcome TEXT NOT NULL CHECK (outcome IN ('a', 'b', 'tie', 'skip')),
+         labeler TEXT NOT NULL CHECK (labeler <> ''),
+         created REAL NOT NULL,
+         retracted_at REAL)""",
+    "CREATE INDEX samples_by_prompt ON samples(prompt_id)",
+    "CREATE INDEX pairs_by_prompt ON pairs(prompt_id)",
+    "CREATE UNIQUE INDEX ratings_live ON ratings(sample_id, labeler) WHERE retracted_at IS NULL",
+    "CREATE INDEX ratings_by_labeler ON ratings(labeler, created)",
+    "CREATE UNIQUE INDEX comparisons_live ON comparisons(pair_id, labeler) "
+    "WHERE retracted_at IS NULL",
+    "CREATE INDEX comparisons_by_labeler ON comparisons(labeler, created)",
+)
+_TABLES = frozenset({"meta", "prompts", "samples", "pairs", "ratings", "comparisons"})
+
+
+class FeedbackError(ValueError):
+  """A file that is not a usable feedback store, or a judgement or record that cannot be stored.
+
+  The message names the file (and line and field) or the argument, and what was expected.
+  """
+
+
+# ---------------------------------------------------------------------------------------------
+# What the store hands out.
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  id: int
+  text: str
+  source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  id: int
+  prompt_id: int
+  text: str
+  model: str
+  meta: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rating:
+  id: int
+  sample_id: int
+  value: int
+  scale: int
+  labeler: str
+  created: float
+  retracted_at: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  id: int
+  prompt_id: int
+  sample_a: int
+  sample_b: int
+  outcome: str  # "a": sample_a is better; "b": sample_b is better; "tie"; "skip" (no judgement)
+  labeler: str
+  created: float
+  retracted_at: float | None
+
+
+Judgement = Rating | Comparison
+
+
+@dataclasses.dataclass(frozen=True)
+class PairTask:
+  """A pair to compare, leased to one labeler until `lease_until` (Unix seconds)."""
+
+  prompt: Prompt
+  a: Sample
+  b: Sample
+  lease_until: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RatingTask:
+  """A sample to rate, leased to one labeler until `lease_until` (Unix seconds)."""
+
+  prompt: Prompt
+  sample: Sample
+  lease_until: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """Queue counts; with a labeler, "judged"/"queued" are that labeler's, otherwise anyone's.
+
+  A pair is judged once it has a live comparison (a skip counts: that labeler is done with it).
+  """
+
+  pairs_judged: int
+  pairs_queued: int
+  pairs_claimed: int  # leased right now, by anyone
+  comparisons: int  # live comparisons, skips included
+  samples_rated: int
+  samples_queued: int
+  samples_claimed: int
+  ratings: int  # live ratings
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation.
+
+
+def _check_text(text: Any, what: str) -> str:
+  if not isinstance(text, str):
+    raise FeedbackError(f"{what}: expected a string, got {type(text).__name__}")
+  if not text.strip():
+    raise FeedbackError(f"{what}: expected non-empty text, got {text!r}")
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise FeedbackError(f"{what}: not encodable as UTF-8 (a lone surrogate at character "
+                        f"{e.start})") from None
+  return text
+
+
+def _check_labeler(labeler: Any) -> str:
+  return _check_text(labeler, "labeler")
+
+
+def _check_int(value: Any, what: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise FeedbackError(f"{what}: expected an int, got {value!r}")
+  return value
+
+
+def _meta_json(meta: Any, what: str) -> str:
+  if meta is None:
+    return "{}"
+  if not isinstance(meta, Mapping):
+    raise FeedbackError(f"{what}: expected a JSON object (dict), got {type(meta).__name__}")
+  try:
+    return json.dumps(dict(meta), ensure_ascii=False, sort_keys=True, allow_nan=False)
+  except (TypeError, ValueError) as e:
+    raise FeedbackError(f"{what}: not storable as JSON ({e})") from None
+
+
+def parse_record(record: Any, where: str) -> tuple[str, str, str, str]:
+  """(prompt, response, model, meta JSON) of one sample record, or a FeedbackError naming `where`
+  (e.g. "samples.jsonl:3") and the field."""
+  if not isinstance(record, Mapping):
+    raise FeedbackError(f"{where}: expected a JSON object with fields {list(_REQUIRED_FIELDS)}, "
+                        f"got {type(record).__name__}")
+  for key in record:
+    if key not in RECORD_FIELDS:
+      close = difflib.get_close_matches(str(key), RECORD_FIELDS, n=1)
+      hint = f"did you mean {close[0]!r}? " if close else ""
+      raise FeedbackError(f"{where}: field {key!r}: unknown field; {hint}expected "
+                          f"{list(RECORD_FIELDS)} (put anything else under 'meta')")
+  for key in _REQUIRED_FIELDS:
+    if key not in record:
+      raise FeedbackError(f"{where}: field {key!r}: missing; expected a non-empty string")
+  prompt, response, model = (_check_text(record[k], f"{where}: field {k!r}")
+                             for k in _REQUIRED_FIELDS)
+  return prompt, response, model, _meta_json(record.get("meta"), f"{where}: field 'meta'")
+
+
+def _field_with_bad_bytes(raw: bytes) -> str:
+  """"field 'x': " for the top-level field whose string holds the invalid UTF-8 of `raw`, or ""."""
+  try:
+    record = json.loads(raw.decode("utf-8", errors="surrogateescape"))
+  except json.JSONDecodeError:
+    return ""
+  if isinstance(record, dict):
+    for key, value in record.items():
+      if any("\udc80" <= ch <= "\udcff" for ch in f"{key}{json.dumps(value, ensure_ascii=False)}"):
+        return f"field {key!r}: "
+  return ""
+
+
+def _read_jsonl_records(path: Path) -> list[tuple[str, str, str, str]]:
+  """Parses every line of a samples file before anything is stored; blank lines are skipped."""
+  try:
+    data = path.read_bytes()
+  except OSError as e:
+    raise FeedbackError(f"{path}: cannot read ({e.strerror})") from None
+  records = []
+  for lineno, raw in enumerate(data.split(b"\n"), start=1):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      field = _field_with_bad_bytes(raw)
+      raise FeedbackError(f"{path}:{lineno}: {field}not valid UTF-8 (byte {e.start} of the "
+                          "line)") from None
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise FeedbackError(
+          f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    records.append(parse_record(record, f"{path}:{lineno}"))
+  return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening a file.
+
+
+def _schema_version(conn: sqlite3.Connection, path: Path) -> int | None:
+  """The schema version of the store in `conn`, None for an empty database, or a FeedbackError.
+
+  Only reads, so a file that is refused is left as it was.
+  """
+  expected = f"expected a feedback store written by {APP_NAME}, or a path that does not exist yet"
+  try:
+    tables = {row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    if not tables:
+      return None
+    if "meta" not in tables:
+      raise FeedbackError(f"{path}: an SQLite database but not a feedback store (tables "
+                          f"{', '.join(sorted(tables))}; no 'meta' table); {expected}")
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+  except sqlite3.DatabaseError as e:
+    raise FeedbackError(f"{path}: cannot read as SQLite ({e}); {expected}") from None
+  if meta.get("app") != APP_NAME:
+    raise FeedbackError(f"{path}: an SQLite database but not a feedback store (meta app = "
+                        f"{meta.get('app')!r}); {expected}")
+  try:
+    version = int(meta.get("schema_version", ""))
+  except ValueError:
+    raise FeedbackError(f"{path}: meta schema_version = {meta.get('schema_version')!r}; expected "
+                        "an integer") from None
+  if version > SCHEMA_VERSION:
+    raise FeedbackError(f"{path}: written by a newer rlhf_jax (schema version {version}; this "
+                        f"code reads up to version {SCHEMA_VERSION}); upgrade rlhf_jax to open it")
+  if version < 1:
+    raise FeedbackError(
+        f"{path}: schema version {version} is unknown; expected 1..{SCHEMA_VERSION}")
+  missing = _TABLES - tables
+  if missing:
+    raise FeedbackError(f"{path}: feedback store without tables {', '.join(sorted(missing))}; "
+                        "the file is damaged")
+  return version
+
+
+def _check_file(path: Path) -> None:
+  """Refuses, before SQLite touches it, a path that is a directory or not an SQLite file."""
+  if path.is_dir():
+    raise FeedbackError(f"{path}: is a directory; expected the path of a feedback store file")
+  if not path.exists():
+    return
+  with open(path, "rb") as f:
+    header = f.read(len(_SQLITE_HEADER))
+  if header and header != _SQLITE_HEADER:  # SQLite treats an empty file as an empty database
+    raise FeedbackError(f"{path}: not an SQLite file; expected a feedback store written by "
+                        f"{APP_NAME}, or a path that does not exist yet")
+
+
+# ---------------------------------------------------------------------------------------------
+# The store.
+
+
+class FeedbackStore:
+  """Prompts, samples, ratings and comparisons in one SQLite file (see the module docstring).
+
+  `FeedbackStore(path)` creates the file (and its parent directories) when it does not exist, and
+  refuses, without changing it, a file that is not a feedback store or was written by a newer
+  schema. One instance may be shared by threads (a lock serializes its calls); processes open
+  their own. `lease_seconds` is how long a task from `next_pair`/`next_sample_to_rate` stays
+  reserved for its labeler; `clock` (Unix seconds) exists for tests.
+  """
+
+  def __init__(
+      self,
+      path: str | os.PathLike[str],
+      *,
+      lease_seconds: float = 600.0,
+      busy_timeout: float = 30.0,
+      clock: Callable[[], float] = time.time,
+  ):
+    self.path = Path(path).expanduser()
+    self.lease_seconds = float(lease_seconds)
+    self._clock = clock
+    self._lock = threading.RLock()
+    _check_file(self.path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), one per write.
+    self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
+                                 check_same_thread=False)
+    try:
+      if _schema_version(self._conn, self.path) is None:
+        self._set_pragmas()
+        with self._write() as c:
+          # Another process may have created the store since the check above: check again.
+          if _schema_version(c, self.path) is None:
+            self._create(c)
+      else:
+        self._set_pragmas()
+    except BaseException:
+      self._conn.close()
+      raise
+
+  def _set_pragmas(self) -> None:
+    mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal":
+      raise FeedbackError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
+                          "put the store on a local filesystem")
+    self._conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives a power cut
+    self._conn.execute("PRAGMA foreign_keys=ON")
+
+  def _create(self, c: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+      c.execute(statement)
+    c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                  [("app", APP_NAME), ("schema_version", str(SCHEMA_VERSION)),
+                   ("created", repr(self._clock()))])
+
+  # --- plumbing ---------------------------------------------------------------------------
+
+  @contextlib.contextmanager
+  def _write(self) -> Iterator[sqlite3.Connection]:
+    """One write transaction; returns only after COMMIT, rolls back on any exception."""
+    with self._lock:
+      conn = self._connection()
+      conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no deadlock on upgrade
+      try:
+        yield conn
+      except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+      conn.execute("COMMIT")
+
+  def _connection(self) -> sqlite3.Connection:
+    if self._conn is None:
+      raise FeedbackError(f"{self.path}: the store is closed")
+    return self._conn
+
+  def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
+    with self._lock:
+      return self._connection().execute(sql, params).fetchall()
+
+  def close(self) -> None:
+    with self._lock:
+      if self._conn is not None:
+        self._conn.close()
+        self._conn = None
+
+  def __enter__(self) -> FeedbackStore:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+  # --- prompts and samples ----------------------------------------------------------------
+
+  def _insert_prompt(self, c: sqlite3.Connection, text: str, source: str) -> int:
+    row = c.execute("SELECT id FROM prompts WHERE text = ?", (text,)).fetchone()
+    if row:
+      return row[0]
+    return c.execute("INSERT INTO prompts (text, source, created) VALUES (?, ?, ?)",
+                     (text, source, self._clock())).lastrowid
+
+  def _insert_sample(self, c: sqlite3.Connection, prompt_id: int, text: str, model: str,
+                     meta_json: str) -> tuple[int, bool]:
+    """(sample id, whether it is new); a new sample is paired with every sample of its prompt."""
+    row = c.execute("SELECT id FROM samples WHERE prompt_id = ? AND model = ? AND text = ?",
+                    (prompt_id, model, text)).fetchone()
+    if row:
+      return row[0], False
+    sample_id = c.execute(
+        "INSERT INTO samples (prompt_id, text, model, meta, created) VALUES (?, ?, ?, ?, ?)",
+        (prompt_id, text, model, meta_json, self._clock())).lastrowid
+    c.execute("INSERT INTO pairs (prompt_id, sample_a, sample_b) "
+              "SELECT ?, id, ? FROM samples WHERE prompt_id = ? AND id < ?",
+              (prompt_id, sample_id, prompt_id, sample_id))
+    return sample_id, True
+
+  def add_prompt(self, text: str, source: str = "") -> int:
+    """The id of prompt `text` (the existing one when this text was added before)."""
+    _check_text(text, "prompt text")
+    if not isinstance(source, str):
+      raise FeedbackError(f"source: expected a string, got {type(source).__name__}")
+    with self._write() as c:
+      return self._insert_prompt(c, text, source)
+
+  def add_sample(self, prompt_id: int, text: str, *, model: str,
+                 meta: Mapping[str, Any] | None = None) -> int:
+    """Stores one response to prompt `prompt_id`; `model` says what wrote it ("workdir@step")."""
+    _check_text(text, "sample text")
+    _check_text(model, "model")
+    meta_json = _meta_json(meta, "meta")
+    with self._write() as c:
+      self._prompt_row(c, _check_int(prompt_id, "prompt_id"))
+      return self._insert_sample(c, prompt_id, text, model, meta_json)[0]
+
+  def add_samples(self, records: Iterable[Mapping[str, Any]], *, source: str = "") -> list[int]:
+    """Stores sample records (see the module docstring) in one transaction; returns their ids.
+
+    Prompts are created as needed with `source`. Every record is checked before anything is
+    stored, so a bad record stores nothing.
+    """
+    parsed = [parse_record(r, f"add_samples record {i}") for i, r in enumerate(records)]
+    return [sample_id for sample_id, _ in self._store_records(parsed, source)]
+
+  def _store_records(self, records: Sequence[tuple[str, str, str, str]],
+                     source: str) -> list[tuple[int, bool]]:
+    with self._write() as c:
+      return [self._insert_sample(c, self._insert_prompt(c, prompt, source), response, model, meta)
+              for prompt, response, model, meta in records]
+
+  def import_samples_jsonl(self, path: str | os.PathLike[str], *, source: str | None = None) -> int:
+    """Stores the sample records of a JSON-lines file in one transaction; returns how many are new.
+
+    Each non-blank line is one record (module docstring). The whole file is checked first: any
+    bad line (invalid UTF-8 or JSON, a missing, unknown or mistyped field, empty text) is a
+    FeedbackError naming the file, the line and the field, and nothing from the file is stored.
+    Prompts get `source` (default: the file's path). Records already in the store are not added
+    again, so importing a file twice adds nothing the second time.
+    """
+    path = Path(path)
+    records = _read_jsonl_records(path)
+    return sum(new for _, new in self._store_records(records, str(path) if source is None
+                                                      else source))
+
+  def _prompt_row(self, c: sqlite3.Connection, prompt_id: int) -> Prompt:
+    row = c.execute("SELECT id, text, source FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
+    if row is None:
+      raise FeedbackError(f"prompt_id: no prompt with id {prompt_id}")
+    return Prompt(*row)
+
+  def _sample_row(self, c: sqlite3.Connection, sample_id: int, what: str = "sample_id") -> Sample:
+    row = c.execute("SELECT id, prompt_id, text, model, meta FROM samples WHERE id = ?",
+                    (_check_int(sample_id, what),)).fetchone()
+    if row is None:
+      raise FeedbackError(f"{what}: no sample with id {sample_id}")
+    return Sample(*row[:4], json.loads(row[4]))
+
+  def prompt(self, prompt_id: int) -> Prompt:
+    with self._lock:
+      return self._prompt_row(self._connection(), _check_int(prompt_id, "prompt_id"))
+
+  def sample(self, sample_id: int) -> Sample:
+    with self._lock:
+      return self._sample_row(self._connection(), sample_id)
+
+  # --- judgements -------------------------------------------------------------------------
+
+  def rate(self, sample_id: int, value: int, *, scale: int, labeler: str) -> int:
+    """Records `labeler`'s rating `value` in 1..`scale` of a sample; returns the rating id."""
+    _check_labeler(labeler)
+    _check_int(scale, "scale")
+    if scale < 2:
+      raise FeedbackError(f"scale: expected an int >= 2, got {scale}")
+    if not 1 <= _check_int(value, "value") <= scale:
+      raise FeedbackError(f"value: expected an int in 1..{scale}, got {value}")
+    with self._write() as c:
+      self._sample_row(c, sample_id)
+      row = c.execute("SELECT id FROM ratings WHERE sample_id = ? AND labeler = ? AND "
+                      "retracted_at IS NULL", (sample_id, labeler)).fetchone()
+      if row:
+        raise FeedbackError(f"labeler {labeler!r} already rated sample {sample_id} (rating "
+                            f"{row[0]}); undo it first to change it")
+      rating_id = c.execute("INSERT INTO ratings (sample_id, labeler, value, scale, created) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (sample_id, labeler, value, scale, self._clock())).lastrowid
+      c.execute("UPDATE samples SET claimed_by = NULL, claimed_until = NULL "
+                "WHERE id = ? AND claimed_by = ?", (sample_id, labeler))
+      return rating_id
+
+  def compare(self, sample_a: int, sample_b: int, outcome: str, *, labeler: str) -> int:
+    """Records `labeler`'s comparison of two samples of one prompt; returns the comparison id.
+
+    `outcome` is "a" (sample_a is better), "b", "tie" or "skip" (seen, not judged). Pass the
+    samples in the order the labeler saw them; exports turn "a"/"b" into chosen/rejected.
+    """
+    _check_labeler(labeler)
+    if outcome not in OUTCOMES:
+      raise FeedbackError(f"outcome: expected one of {list(OUTCOMES)}, got {outcome!r}")
+    with self._write() as c:
+      a = self._sample_row(c, sample_a, "sample_a")
+      b = self._sample_row(c, sample_b, "sample_b")
+      if a.id == b.id:
+        raise FeedbackError(f"sample_a, sample_b: expected two different samples, got {a.id} twice")
+      if a.prompt_id != b.prompt_id:
+        raise FeedbackError(f"sample_a, sample_b: expected samples of one prompt; sample {a.id} "
+                            f"answers prompt {a.prompt_id}, sample {b.id} prompt {b.prompt_id}")
+      low, high = min(a.id, b.id), max(a.id, b.id)
+      c.execute("INSERT OR IGNORE INTO pairs (prompt_id, sample_a, sample_b) VALUES (?, ?, ?)",
+                (a.prompt_id, low, high))  # every pair exists already unless added by hand
+      (pair_id,) = c.execute("SELECT id FROM pairs WHERE sample_a = ? AND sample_b = ?",
+                             (low, high)).fetchone()
+      row = c.execute("SELECT id FROM comparisons WHERE pair_id = ? AND labeler = ? AND "
+                      "retracted_at IS NULL", (pair_id, labeler)).fetchone()
+      if row:
+        raise FeedbackError(f"labeler {labeler!r} already compared samples {a.id} and {b.id} "
+                            f"(comparison {row[0]}); undo it first to change it")
+      comparison_id = c.execute(
+          "INSERT INTO comparisons (prompt_id, pair_id, sample_a, sample_b, outcome, labeler, "
+          "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+          (a.prompt_id, pair_id, a.id, b.id, outcome, labeler, self._clock())).lastrowid
+      c.execute("UPDATE pairs SET claimed_by = NULL, claimed_until = NULL "
+                "WHERE id = ? AND claimed_by = ?", (pair_id, labeler))
+      return comparison_id
+
+  def undo_last(self, labeler: str) -> Judgement | None:
+    """Retracts `labeler`'s most recent live judgement (rating or comparison) and returns it.
+
+    Nothing is deleted: the row gets `retracted_at`. The pair or sample goes back to the queue,
+    leased to this labeler (unless someone else holds it), so their next task is the one they
+    undid. None when the labeler has nothing left to undo.
+    """
+    _check_labeler(labeler)
+    with self._write() as c:
+      candidates = [kind(*row) for kind, row in (
+          (Rating, c.execute(f"SELECT {_RATING_COLUMNS} FROM ratings WHERE labeler = ? AND "
+                               "retracted_at IS NULL ORDER BY created DESC, id DESC LIMIT 1",
+                               (labeler,)).fetchone()),
+          (Comparison, c.execute(f"SELECT {_COMPARISON_COLUMNS} FROM comparisons WHERE "
+                                   "labeler = ? AND retracted_at IS NULL "
+                                   "ORDER BY created DESC, id DESC LIMIT 1",
+                                   (labeler,)).fetchone())) if row]
+      if not candidates:
+        return None
+      last = max(candidates, key=lambda j: j.created)
+      now = self._clock()
+      until = now + self.lease_seconds
+      if isinstance(last, Rating):
+        c.execute("UPDATE ratings SET retracted_at = ? WHERE id = ?", (now, last.id))
+        c.execute("UPDATE samples SET claimed_by = NULL, claimed_until = NULL "
+                  "WHERE claimed_by = ?", (labeler,))
+        c.execute("UPDATE samples SET claimed_by = ?, claimed_until = ? WHERE id = ? AND "
+                  "(claimed_until IS NULL OR claimed_until <= ?)",
+                  (labeler, until, last.sample_id, now))
+      else:
+        c.execute("UPDATE comparisons SET retracted_at = ? WHERE id = ?", (now, last.id))
+        c.execute("UPDATE pairs SET claimed_by = NULL, claimed_until = NULL "
+                  "WHERE claimed_by = ?", (labeler,))
+        c.execute("UPDATE pairs SET claimed_by = ?, claimed_until = ? WHERE sample_a = ? AND "
+                  "sample_b = ? AND (claimed_until IS NULL OR claimed_until <= ?)",
+                  (labeler, until, min(last.sample_a, last.sample_b),
+                   max(last.sample_a, last.sample_b), now))
+      return dataclasses.replace(last, retracted_at=now)
+
+  def judgements(
+      self,
+      *,
+      labeler: str | None = None,
+      kind: Literal["rating", "comparison"] | None = None,
+      include_retracted: bool = False,
+  ) -> list[Judgement]:
+    """Ratings and comparisons, oldest first; live ones only unless `include_retracted`."""
+    if kind not in (None, "rating", "comparison"):
+      raise FeedbackError(f"kind: expected 'rating', 'comparison' or None, got {kind!r}")
+    where = ["1"]
+    params: list[Any] = []
+    if labeler is not None:
+      where.append("labeler = ?")
+      params.append(labeler)
+    if not include_retracted:
+      where.append("retracted_at IS NULL")
+    condition = " AND ".join(where)
+    out: list[Judgement] = []
+    if kind in (None, "rating"):
+      out += [Rating(*r) for r in self._read(
+          f"SELECT {_RATING_COLUMNS} FROM ratings WHERE {condition}", params)]
+    if kind in (None, "comparison"):
+      out += [Comparison(*r) for r in self._read(
+          f"SELECT {_COMPARISON_COLUMNS} FROM comparisons WHERE {condition}", params)]
+    return sorted(out, key=lambda j: (j.created, isinstance(j, Comparison), j.id))
+
+  # --- the work queue ---------------------------------------------------------------------
+
+  def next_pair(self, labeler: str) -> PairTask | None:
+    """Leases to `labeler` a pair they have not judged and nobody else holds; None when done.
+
+    A labeler holds one pair at a time: asking again returns the pair they hold (with a fresh
+    lease), so reloading a page does not skip a pair. Pairs with the fewest live judgements
+    come first, so several labelers cover the pool before anyone judges a pair twice.
+    """
+    _check_labeler(labeler)
+    with self._write() as c:
+      now = self._clock()
+      row = c.execute(
+          """SELECT p.id, p.prompt_id, p.sample_a, p.sample_b FROM pairs p
+             WHERE (p.claimed_by IS NULL OR p.claimed_by = :who OR p.claimed_until <= :now)
+               AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.pair_id = p.id
+                               AND c.labeler = :who AND c.retracted_at IS NULL)
+             ORDER BY CASE WHEN p.claimed_by = :who AND p.claimed_until > :now
+                           THEN p.claimed_until ELSE 0 END DESC,
+                      (SELECT count(*) FROM comparisons c WHERE c.pair_id = p.id
+                       AND c.retracted_at IS NULL),
+                      p.id
+             LIMIT 1""", {"who": labeler, "now": now}).fetchone()
+      if row is None:
+        return None
+      pair_id, prompt_id, sample_a, sample_b = row
+      until = now + self.lease_seconds
+      c.execute("UPDATE pairs SET claimed_by = NULL, claimed_until = NULL "
+                "WHERE claimed_by = ? AND id != ?", (labeler, pair_id))
+      c.execute("UPDATE pairs SET claimed_by = ?, claimed_until = ? WHERE id = ?",
+                (labeler, until, pair_id))
+      return PairTask(self._prompt_row(c, prompt_id), self._sample_row(c, sample_a),
+                      self._sample_row(c, sample_b), until)
+
+  def next_sample_to_rate(self, labeler: str) -> RatingTask | None:
+    """Leases to `labeler` a sample they have not rated and nobody else holds; None when done.
+
+    Same rules as `next_pair`: one held sample per labeler, least-rated samples first.
+    """
+    _check_labeler(labeler)
+    with self._write() as c:
+      now = self._clock()
+      row = c.execute(
+          """SELECT s.id, s.prompt_id FROM samples s
+             WHERE (s.claimed_by IS NULL OR s.claimed_by = :who OR s.claimed_until <= :now)
+               AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.sample_id = s.id
+                               AND r.labeler = :who AND r.retracted_at IS NULL)
+             ORDER BY CASE WHEN s.claimed_by = :who AND s.claimed_until > :now
+                           THEN s.claimed_until ELSE 0 END DESC,
+                      (SELECT count(*) FROM ratings r WHERE r.sample_id = s.id
+                       AND r.retracted_at IS NULL),
+                      s.id
+             LIMIT 1""", {"who": labeler, "now": now}).fetchone()
+      if row is None:
+        return None
+      sample_id, prompt_id = row
+      until = now + self.lease_seconds
+      c.execute("UPDATE samples SET claimed_by = NULL, claimed_until = NULL "
+                "WHERE claimed_by = ? AND id != ?", (labeler, sample_id))
+      c.execute("UPDATE samples SET claimed_by = ?, claimed_until = ? WHERE id = ?",
+                (labeler, until, sample_id))
+      return RatingTask(self._prompt_row(c, prompt_id), self._sample_row(c, sample_id), until)
+
+  def progress(self, labeler: str | None = None) -> Progress:
+    """Counts for a progress bar (see `Progress`)."""
+    who = "" if labeler is None else "AND labeler = :who"
+    with self._lock:
+      c = self._connection()
+      c.execute("BEGIN")  # one snapshot for all counts
+      try:
+        def count(sql: str) -> int:
+          return c.execute(sql, {"who": labeler, "now": self._clock()}).fetchone()[0]
+
+        pairs = count("SELECT count(*) FROM pairs")
+        pairs_judged = count("SELECT count(*) FROM pairs p WHERE EXISTS (SELECT 1 FROM "
+                             f"comparisons WHERE pair_id = p.id AND retracted_at IS NULL {who})")
+        samples = count("SELECT count(*) FROM samples")
+        samples_rated = count("SELECT count(*) FROM samples s WHERE EXISTS (SELECT 1 FROM "
+                              f"ratings WHERE sample_id = s.id AND retracted_at IS NULL {who})")
+        return Progress(
+            pairs_judged=pairs_judged,
+            pairs_queued=pairs - pairs_judged,
+            pairs_claimed=count("SELECT count(*) FROM pairs WHERE claimed_until > :now"),
+            comparisons=count(f"SELECT count(*) FROM comparisons WHERE retracted_at IS NULL {who}"),
+            samples_rated=samples_rated,
+            samples_queued=samples - samples_rated,
+            samples_claimed=count("SELECT count(*) FROM samples WHERE claimed_until > :now"),
+            ratings=count(f"SELECT count(*) FROM ratings WHERE retracted_at IS NULL {who}"),
+        )
+      finally:
+        c.execute("COMMIT")
+
+  # --- exports ----------------------------------------------------------------------------
+
+  def export_preferences(self, path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """One record per live comparison with a winner, in the order they were made.
+
+        {"prompt", "chosen", "rejected", "labeler", "chosen_model", "rejected_model",
+         "prompt_id", "chosen_id", "rejected_id", "comparison_id", "created"}
+
+    Ties and skips are left out (`export_ties` has the ties). With `path`, the records are also
+    written there as JSON lines, atomically.
+    """
+    rows = self._read(
+        """SELECT p.text, w.text, l.text, c.labeler, w.model, l.model, p.id, w.id, l.id, c.id,
+                  c.created
+           FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+           JOIN samples w ON w.id = CASE c.outcome WHEN 'a' THEN c.sample_a ELSE c.sample_b END
+           JOIN samples l ON l.id = CASE c.outcome WHEN 'a' THEN c.sample_b ELSE c.sample_a END
+           WHERE c.retracted_at IS NULL AND c.outcome IN ('a', 'b') ORDER BY c.id""")
+    keys = ("prompt", "chosen", "rejected", "labeler", "chosen_model", "rejected_model",
+            "prompt_id", "chosen_id", "rejected_id", "comparison_id", "created")
+    return _export(path, [dict(zip(keys, row)) for row in rows])
+
+  def export_ties(self, path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """One record per live tie: {"prompt", "response_a", "response_b", "labeler", "model_a",
+    "model_b", "prompt_id", "sample_a", "sample_b", "comparison_id", "created"}."""
+    rows = self._read(
+        """SELECT p.text, a.text, b.text, c.labeler, a.model, b.model, p.id, a.id, b.id, c.id,
+                  c.created
+           FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+           JOIN samples a ON a.id = c.sample_a JOIN samples b ON b.id = c.sample_b
+           WHERE c.retracted_at IS NULL AND c.outcome = 'tie' ORDER BY c.id""")
+    keys = ("prompt", "response_a", "response_b", "labeler", "model_a", "model_b", "prompt_id",
+            "sample_a", "sample_b", "comparison_id", "created")
+    return _export(path, [dict(zip(keys, row)) for row in rows])
+
+  def export_ratings(self, path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """One record per live rating, in the order they were made:
+
+        {"prompt", "response", "rating", "scale", "labeler", "model", "prompt_id", "sample_id",
+         "rating_id", "created"}
+    """
+    rows = self._read(
+        """SELECT p.text, s.text, r.value, r.scale, r.labeler, s.model, p.id, s.id, r.id,
+                  r.created
+           FROM ratings r JOIN samples s ON s.id = r.sample_id JOIN prompts p ON p.id = s.prompt_id
+           WHERE r.retracted_at IS NULL ORDER BY r.id""")
+    keys = ("prompt", "response", "rating", "scale", "labeler", "model", "prompt_id", "sample_id",
+            "rating_id", "created")
+    return _export(path, [dict(zip(keys, row)) for row in rows])
+
+
+_RATING_COLUMNS = "id, sample_id, value, scale, labeler, created, retracted_at"
+_COMPARISON_COLUMNS = "id, prompt_id, sample_a, sample_b, outcome, labeler, created, retracted_at"
+
+
+def _export(path: str | os.PathLike[str] | None,
+            records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  if path is not None:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+  return records
