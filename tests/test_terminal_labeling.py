@@ -1,0 +1,58 @@
+"""The console labeling loop, driven through stdin like a person at a terminal."""
+
+import io
+import json
+import subprocess
+import sys
+
+from rlhf_jax.feedback import terminal
+from rlhf_jax.feedback.store import FeedbackStore
+
+
+def make_store(path):
+  with FeedbackStore(path) as store:
+    store.add_samples([{"prompt": "Say hi", "response": r, "model": "m"} for r in ("hello", "hey", "<b>yo</b>")])
+  return path
+
+
+def test_pairs_with_undo_then_quit(tmp_path):
+  path = make_store(tmp_path / "f.db")
+  out = io.StringIO()
+  # First pair: "a"; then undo it; judge it again "b"; an invalid key; "t"; then quit.
+  n = terminal.run(str(path), "alice", rate_scale=None, stdin=io.StringIO("a\nu\nb\nx\nt\nq\n"), stdout=out)
+  assert n == 3
+  text = out.getvalue()
+  assert "undid comparison" in text and "please answer a, b, t, s, u or q (got 'x')" in text
+  assert "<b>yo</b>" in text or "hello" in text
+  with FeedbackStore(path) as store:
+    live = store.judgements(kind="comparison")
+    assert [c.outcome for c in live] == ["b", "tie"] and all(c.labeler == "alice" for c in live)
+    assert len(store.judgements(kind="comparison", include_retracted=True)) == 3
+    assert store.progress().pairs_queued == 1  # 3 samples -> 3 pairs, 2 judged
+
+
+def test_ratings_until_the_queue_is_empty(tmp_path):
+  path = make_store(tmp_path / "f.db")
+  out = io.StringIO()
+  n = terminal.run(str(path), "bob", rate_scale=3, stdin=io.StringIO("3\n7\n1\n2\n"), stdout=out)
+  assert n == 3 and "no samples left to rate" in out.getvalue()
+  with FeedbackStore(path) as store:
+    assert sorted(r["rating"] for r in store.export_ratings()) == [1, 2, 3]
+
+
+def test_cli_import_label_export(tmp_path):
+  samples = tmp_path / "s.jsonl"
+  samples.write_text("\n".join(json.dumps({"prompt": "Q", "response": r, "model": "m"}) for r in ("x", "y")) + "\n")
+  db, out = tmp_path / "f.db", tmp_path / "prefs.jsonl"
+  cli = [sys.executable, "-m", "rlhf_jax"]
+  subprocess.run(cli + ["feedback", "import", str(samples), "--store", str(db)], check=True)
+  labeled = subprocess.run(cli + ["label", "--terminal", "--store", str(db), "--labeler", "carol"],
+                           input="a\n", capture_output=True, text=True, check=True)
+  assert "1 judgements saved" in labeled.stdout
+  subprocess.run(cli + ["feedback", "export", "preferences", "--store", str(db), "--out", str(out)], check=True)
+  (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert {record["chosen"], record["rejected"]} == {"x", "y"} and record["labeler"] == "carol"
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"prompt": "Q", "response": ""}\n')
+  failed = subprocess.run(cli + ["feedback", "import", str(bad), "--store", str(db)], capture_output=True, text=True)
+  assert failed.returncode == 2 and "bad.jsonl:1" in failed.stderr
