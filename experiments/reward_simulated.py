@@ -1,0 +1,198 @@
+"""Reward model from simulated feedback: sample, label into the store, export, train Bradley-Terry.
+
+  rlhf-jax run experiments/reward_simulated.py --set policy.init_from=workdirs/lm
+  rlhf-jax run experiments/reward_simulated.py                  # trains its own policy first
+  rlhf-jax run experiments/reward_simulated.py --smoke          # < 1 min on CPU
+
+The whole human-feedback path with a simulated labeler standing in for people, as in the
+overoptimization literature: a policy LM writes two continuations of each prompt (the first words
+of WordNet example sentences); a lexicon labeler with Bradley-Terry noise (P(a > b) =
+sigmoid(beta (r_a - r_b)), ties within a margin) judges each pair into the feedback store under
+its own name; the store's exported preferences train a Bradley-Terry reward model that starts
+from the policy's trunk. Held-out prompts measure the reward model's pairwise accuracy against
+the labeler's noiseless preference (the sign of r_a - r_b, ties left out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from rlhf_jax import cli, pretrained, sampling, sharding
+from rlhf_jax.data import corpora, rows
+from rlhf_jax.eval import lm as lm_eval
+from rlhf_jax.feedback import labelers
+from rlhf_jax.feedback.store import FeedbackStore
+from rlhf_jax.loop import LoopConfig, train_loop
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.steps import common, reward
+
+PRETRAIN = Path(__file__).with_name("pretrain_tiny.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+  init_from: str = ""  # an LM workdir; "" runs pretrain_tiny into <workdir>/policy first
+  pretrain_smoke: bool = False  # with init_from="": run pretrain_tiny in --smoke mode
+  num_prompts: int = 512
+  prompt_words: int = 4
+  max_new_tokens: int = 32
+  temperature: float = 1.0
+  sample_batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelerConfig:
+  scorer: str = "vader"
+  beta: float = 10.0  # Bradley-Terry noise; inf = always the higher score
+  tie_margin: float = 0.0
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+  seq_len: int = 64  # prompt + response tokens
+  batch_size: int = 32
+  eval_batch_size: int = 64
+  test_fraction: float = 0.2  # prompts held out (by prompt, so no pair leaks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int = 0
+  policy: PolicyConfig = PolicyConfig()
+  labeler: LabelerConfig = LabelerConfig()
+  reward: RewardConfig = RewardConfig()
+  optim: common.OptimConfig = common.OptimConfig(learning_rate=3e-4, warmup_steps=20)
+  loop: LoopConfig = LoopConfig(steps=300, log_every=20, eval_every=100, checkpoint_every=150)
+  mesh: sharding.MeshConfig = sharding.MeshConfig()
+
+
+def get_config(smoke: bool = False) -> Config:
+  config = Config()
+  if smoke:
+    config = dataclasses.replace(
+        config,
+        policy=dataclasses.replace(config.policy, pretrain_smoke=True, num_prompts=48, max_new_tokens=12),
+        reward=dataclasses.replace(config.reward, seq_len=32, batch_size=16, eval_batch_size=16),
+        loop=LoopConfig(steps=20, log_every=10, eval_every=0, checkpoint_every=20, progress=False),
+    )
+  return config
+
+
+def make_prompts(num_prompts: int, words: int, seed: int) -> list[str]:
+  """The first words of distinct WordNet example sentences, in a seeded order."""
+  docs = corpora.load_documents("wordnet_examples")
+  starts = sorted({" ".join(d.text.split()[:words]) for d in docs if len(d.text.split()) > words})
+  order = np.random.default_rng(seed).permutation(len(starts))[:num_prompts]
+  return [starts[i] for i in order]
+
+
+def collect_feedback(store: FeedbackStore, policy, prompts: list[str], config: Config, key: jax.Array) -> None:
+  """Two samples per prompt from the policy, judged by the simulated labeler into the store."""
+  pc, lc = config.policy, config.labeler
+  model = Transformer(policy.model)
+  generate = jax.jit(functools.partial(
+      sampling.generate, model=model, max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
+      eos_id=policy.tokenizer.eos_id, pad_id=policy.tokenizer.pad_id))
+  labeler = labelers.SimulatedLabeler(labelers.get_scorer(lc.scorer), beta=lc.beta, tie_margin=lc.tie_margin,
+                                      seed=lc.seed)
+  model_name = f"{config.policy.init_from or 'policy'}@{policy.step}"
+  for start in tqdm(range(0, len(prompts), pc.sample_batch_size), desc="sample+label", leave=False):
+    batch = prompts[start:start + pc.sample_batch_size]
+    a = lm_eval.complete(generate, policy.params, policy.tokenizer, batch, jax.random.fold_in(key, 2 * start))
+    b = lm_eval.complete(generate, policy.params, policy.tokenizer, batch, jax.random.fold_in(key, 2 * start + 1))
+    keep = [i for i in range(len(batch)) if a[i].strip() and b[i].strip() and a[i] != b[i]]
+    records = [{"prompt": batch[i], "response": r, "model": model_name} for i in keep for r in (a[i], b[i])]
+    ids = store.add_samples(records, source="wordnet_examples")
+    outcomes = labeler.compare([a[i] for i in keep], [b[i] for i in keep])
+    for (id_a, id_b), outcome in zip(zip(ids[::2], ids[1::2]), outcomes):
+      store.compare(id_a, id_b, outcome, labeler=labeler.name)
+
+
+def pair_arrays(records: list[dict], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+  """Prompt + response tokens of the chosen and rejected sides, right-padded to seq_len."""
+  arrays = {}
+  for side in ("chosen", "rejected"):
+    texts = [r["prompt"] + r[side] for r in records]
+    arrays[side], arrays[f"{side}_mask"] = rows.pad_rows(tokenizer.encode_batch(texts), seq_len, tokenizer.pad_id)
+  return arrays
+
+
+def main(config: Config, workdir: Path):
+  workdir = Path(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  key = jax.random.key(config.seed)
+  policy_dir = config.policy.init_from
+  if not policy_dir:
+    policy_dir = workdir / "policy"
+    cli.run_experiment(PRETRAIN, smoke=config.policy.pretrain_smoke, workdir=policy_dir)
+  policy = pretrained.load(policy_dir, mesh)
+  (workdir / "tokenizer.model").write_bytes((Path(policy_dir) / "tokenizer.model").read_bytes())
+
+  store_path = workdir / "feedback.db"
+  with FeedbackStore(store_path) as store:
+    if not store.judgements(kind="comparison"):  # a resumed run reuses its judgements
+      prompts = make_prompts(config.policy.num_prompts, config.policy.prompt_words, config.seed)
+      collect_feedback(store, policy, prompts, config, jax.random.fold_in(key, 3))
+    records = store.export_preferences(workdir / "preferences.jsonl")
+  test_ids = {r["prompt_id"] for r in records
+              if corpora.is_validation(str(r["prompt_id"]), config.reward.test_fraction)}
+  train = [r for r in records if r["prompt_id"] not in test_ids]
+  test = [r for r in records if r["prompt_id"] in test_ids]
+  print(f"preferences: {len(train)} train, {len(test)} held out, from {store_path}", flush=True)
+
+  rc = config.reward
+  model = Transformer(dataclasses.replace(policy.model, scalar_head=True, scalar_head_init="reward"))
+  tx = common.make_optimizer(config.optim)
+
+  def init(key, lm_params):
+    state = common.init_state(key, model=model, tx=tx)
+    params = pretrained.with_scalar_head(lm_params, {"scalar_head": state.params["scalar_head"]})
+    return common.TrainState(step=state.step, params=params, opt_state=tx.init(params))
+
+  init_fn = functools.partial(jax.jit(init, out_shardings=sharding.replicated(mesh)), jax.random.fold_in(key, 0),
+                              policy.params)
+  dataset = rows.rows_dataset(pair_arrays(train, policy.tokenizer, rc.seq_len), rc.batch_size // jax.process_count(),
+                              seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  # The labeler's noiseless preference on the held-out pairs, in the same chosen/rejected order.
+  scorer = labelers.get_scorer(config.labeler.scorer)
+  true_margin = scorer.score([r["chosen"] for r in test]) - scorer.score([r["rejected"] for r in test])
+  untied = np.abs(true_margin) > 0
+  test_batches = rows.eval_row_batches(pair_arrays(test, policy.tokenizer, rc.seq_len), rc.eval_batch_size)
+  pair_fn = jax.jit(functools.partial(reward.pair_rewards, model=model))
+
+  def evaluate(state) -> dict[str, float]:
+    margins = []
+    for batch in test_batches:
+      r_chosen, r_rejected = pair_fn(state.params, sharding.put_batch(
+          {k: v for k, v in batch.items() if k != "row_mask"}, mesh))
+      margins.append(np.asarray(r_chosen - r_rejected)[batch["row_mask"] > 0])
+    margin = np.concatenate(margins)
+    metrics = {"accuracy_vs_labels": float(np.mean(margin > 0)),
+               "accuracy_vs_noiseless": float(np.mean((margin > 0) == (true_margin > 0), where=untied)),
+               "label_agreement_with_noiseless": float(np.mean(true_margin > 0, where=untied)),
+               "pairs": float(len(margin))}
+    tqdm.write(f"step {int(state.step)}: held-out pairwise accuracy {metrics['accuracy_vs_noiseless']:.3f} "
+               f"against the noiseless labeler ({metrics['label_agreement_with_noiseless']:.3f} for its own "
+               f"noisy labels)")
+    return metrics
+
+  if not test or not untied.any():
+    raise ValueError(f"no held-out pairs with a preference: raise policy.num_prompts ({config.policy.num_prompts}) "
+                     f"or reward.test_fraction ({rc.test_fraction})")
+  step_fn = common.jit_step(functools.partial(
+      reward.train_step, model=model, tx=tx, kind="preference", warmup_steps=config.optim.warmup_steps,
+      total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio), mesh)
+  (workdir / "data.json").write_text(json.dumps({"train_pairs": len(train), "test_pairs": len(test)}) + "\n")
+  return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
+                    state_shardings=sharding.replicated(mesh), step_fn=step_fn, data_iterator=iter(dataset),
+                    hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
+                    tokens_per_step=rc.batch_size * rc.seq_len, evaluate=evaluate)

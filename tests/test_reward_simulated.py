@@ -1,0 +1,29 @@
+"""The simulated-feedback reward experiment in --smoke mode: policy -> store -> reward model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_jax import cli, logs
+from rlhf_jax.feedback.store import FeedbackStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.network
+def test_smoke_labels_into_the_store_and_trains_a_reward_model(tmp_path, cache_dir):
+  cli.run_experiment(ROOT / "experiments" / "reward_simulated.py", smoke=True, workdir=tmp_path)
+  with FeedbackStore(tmp_path / "feedback.db") as store:
+    comparisons = store.judgements(kind="comparison")
+    assert len(comparisons) >= 40
+    assert {c.labeler for c in comparisons} == {"vader(beta=10,tie=0,seed=0)"}
+    exported = store.export_preferences()
+  lines = (tmp_path / "preferences.jsonl").read_text().splitlines()
+  assert [json.loads(line)["chosen"] for line in lines] == [r["chosen"] for r in exported]
+  split = json.loads((tmp_path / "data.json").read_text())
+  assert split["train_pairs"] + split["test_pairs"] == len(exported) and split["test_pairs"] > 0
+  assert len(logs.read_metrics(tmp_path, "train")) == 20
+  evaluations = logs.read_metrics(tmp_path, "eval")
+  assert [r["step"] for r in evaluations] == [0, 20]
+  assert all(0.0 <= r["accuracy_vs_noiseless"] <= 1.0 for r in evaluations)
