@@ -40,7 +40,7 @@ PRETRAIN = Path(__file__).with_name("pretrain_tiny.py")
 class PolicyConfig:
   init_from: str = ""  # an LM workdir; "" runs pretrain_tiny into <workdir>/policy first
   pretrain_smoke: bool = False  # with init_from="": run pretrain_tiny in --smoke mode
-  num_prompts: int = 512
+  num_prompts: int = 4096
   prompt_words: int = 4
   max_new_tokens: int = 32
   temperature: float = 1.0
@@ -70,7 +70,7 @@ class Config:
   labeler: LabelerConfig = LabelerConfig()
   reward: RewardConfig = RewardConfig()
   optim: common.OptimConfig = common.OptimConfig(learning_rate=3e-4, warmup_steps=20)
-  loop: LoopConfig = LoopConfig(steps=300, log_every=20, eval_every=100, checkpoint_every=150)
+  loop: LoopConfig = LoopConfig(steps=600, log_every=20, eval_every=200, checkpoint_every=200)
   mesh: sharding.MeshConfig = sharding.MeshConfig()
 
 

@@ -3,6 +3,7 @@
   rlhf-jax run experiments/pretrain_tiny.py [--smoke] [--workdir DIR] [--set key=value ...]
   rlhf-jax data prepare brown austen
   rlhf-jax feedback import samples.jsonl --store feedback.db
+  rlhf-jax label --store feedback.db --labeler alice [--rate 3]            # web page on 127.0.0.1
   rlhf-jax label --terminal --store feedback.db --labeler alice [--rate 3]
   rlhf-jax feedback export preferences --store feedback.db --out prefs.jsonl
 """
@@ -110,10 +111,16 @@ def _cmd_data_prepare(args) -> int:
 
 
 def _cmd_label(args) -> int:
+  from rlhf_jax.feedback import store
   if not args.terminal:
-    print("error: the labeling web page is not available yet; use --terminal", file=sys.stderr)
-    return 2
-  from rlhf_jax.feedback import store, terminal
+    from rlhf_jax.feedback import server
+    try:
+      server.serve(args.store, host=args.host, port=args.port, rate_scale=args.rate, labeler=args.labeler)
+    except (store.FeedbackError, OSError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    return 0
+  from rlhf_jax.feedback import terminal
   try:
     n = terminal.run(args.store, args.labeler, rate_scale=args.rate, stdin=sys.stdin, stdout=sys.stdout,
                      seed=args.seed)
@@ -161,8 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 
   label = sub.add_parser("label", help="judge samples in the feedback store")
   label.add_argument("--store", required=True, help="feedback store (SQLite file; created if missing)")
-  label.add_argument("--terminal", action="store_true", help="at a console prompt")
-  label.add_argument("--labeler", required=True, help="your name; stored with every judgement")
+  label.add_argument("--terminal", action="store_true", help="at a console prompt instead of a web page")
+  label.add_argument("--host", default="127.0.0.1",
+                     help="address of the labeling page (default: this machine only; another address warns)")
+  label.add_argument("--port", type=int, default=8765, help="port of the labeling page (0: any free port)")
+  label.add_argument("--labeler", required=True,
+                     help="your name, stored with every judgement (the web page's default name)")
   label.add_argument("--rate", type=int, default=None, metavar="N",
                      help="rate single samples from 1 to N instead of comparing pairs")
   label.add_argument("--seed", type=int, default=0, help="seed of the left/right order of pairs")

@@ -1,0 +1,422 @@
+"""Judge samples in a web page on this machine: compare two responses, or rate one from 1 to N.
+
+  rlhf-jax label --store feedback.db --labeler alice            # pairs, in the browser
+  rlhf-jax label --store feedback.db --labeler alice --rate 3   # "rate this text 1-3"
+
+The same judgements as `terminal.py`, in a page that is easier on the eyes for long texts. The
+command prints a URL with a secret token (`http://127.0.0.1:8765/?token=...&labeler=alice`);
+open it, then keys: pairs `a` / `b` / `t` (tie) / `s` (skip) or the arrow keys (left, right,
+down, up); ratings `1`..`N`; `u` undoes the last judgement. Every answer is written to the store
+(and committed) before the page shows the next task, so closing the tab loses nothing answered.
+
+Several people can label at once: each page sends its labeler name (from `?labeler=`, else the
+name typed on the page and kept in the browser's localStorage, else the command's `--labeler`),
+and the store leases each task to one labeler, so two pages never get the same pair.
+
+Security, because model text is untrusted and the port is reachable by every local user and by
+any web page the labeler has open:
+  * the server binds 127.0.0.1 unless asked otherwise (and then warns);
+  * every /api request, reads included, needs the start-up token in the `X-Label-Token` header:
+    reads hand out leases (they change the queue) and show model text and labeler names, and a
+    custom header cannot be sent by another site's page without a CORS preflight we never answer,
+    so neither cross-site requests nor DNS rebinding get through;
+  * the page is a static file (no data is ever interpolated into HTML); the script puts model
+    text in the page only through `textContent`; the API serves JSON with `<`, `>` and `&`
+    escaped as `\\u003c`..., and every response carries a Content-Security-Policy with
+    `default-src 'self'` and no inline script, plus `nosniff` and `frame-ancestors 'none'`;
+  * request bodies are size-limited (413) and checked field by field (400 with the field named).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import random
+import secrets
+import socket
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rlhf_jax.feedback.store import OUTCOMES, FeedbackError, FeedbackStore
+
+_log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+TOKEN_HEADER = "X-Label-Token"
+MAX_BODY_BYTES = 4096  # the largest real body is a labeler name and three small fields
+MAX_LABELER_CHARS = 100
+_SECURITY_HEADERS = (
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+     b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+     b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),  # the page URL holds the token
+    (b"cache-control", b"no-store"),
+)
+
+
+class ApiError(Exception):
+  """A request the API refuses; becomes `{"error": message}` with `status`."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+    self.message = message
+
+
+class SafeJSONResponse(JSONResponse):
+  """JSON with `<`, `>` and `&` written as \\u escapes.
+
+  Still the same JSON to any parser, but model text like `</script><script>` cannot be read as
+  markup even by a client that ignores the content type.
+  """
+
+  def render(self, content: Any) -> bytes:
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .encode("utf-8"))
+
+
+def _error(status: int, message: str) -> SafeJSONResponse:
+  return SafeJSONResponse({"error": message}, status_code=status)
+
+
+class SecurityHeaders:
+  """ASGI middleware adding the CSP and friends to every response, errors and static files too."""
+
+  def __init__(self, app: ASGIApp):
+    self.app = app
+
+  async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+      await self.app(scope, receive, send)
+      return
+
+    async def send_with_headers(message: Message) -> None:
+      if message["type"] == "http.response.start":
+        names = {name.lower() for name, _ in message.get("headers", [])}
+        extra = [(name, value) for name, value in _SECURITY_HEADERS if name not in names]
+        message = {**message, "headers": [*message.get("headers", []), *extra]}
+      await send(message)
+
+    await self.app(scope, receive, send_with_headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request checks: each returns the checked value or raises ApiError naming the field.
+
+
+def _check_token(request: Request, token: str) -> None:
+  given = request.headers.get(TOKEN_HEADER)
+  if not given:
+    raise ApiError(401, f"missing {TOKEN_HEADER} header; open the URL that `rlhf-jax label` "
+                   "printed (it ends in ?token=...)")
+  if not secrets.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+    raise ApiError(403, f"wrong {TOKEN_HEADER}; the token changes each time `rlhf-jax label` "
+                   "starts: open the URL it printed this time")
+
+
+def _check_labeler(value: Any) -> str:
+  if not isinstance(value, str) or not value.strip():
+    raise ApiError(400, f"labeler: expected a non-empty name, got {value!r}")
+  if len(value) > MAX_LABELER_CHARS:
+    raise ApiError(400, f"labeler: expected at most {MAX_LABELER_CHARS} characters, "
+                   f"got {len(value)}")
+  return value
+
+
+def _check_id(body: Mapping[str, Any], field: str) -> int:
+  value = body.get(field)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ApiError(400, f"{field}: expected a sample id (a positive int), got {value!r}")
+  return value
+
+
+def _check_fields(body: Mapping[str, Any], expected: tuple[str, ...]) -> None:
+  """Unknown or missing fields are errors, so a typo is not silently ignored."""
+  unknown = sorted(set(body) - set(expected))
+  missing = [f for f in expected if f not in body]
+  if unknown or missing:
+    problems = [f"unknown {unknown}"] if unknown else []
+    problems += [f"missing {missing}"] if missing else []
+    raise ApiError(400, f"fields: {'; '.join(problems)}; expected {list(expected)}")
+
+
+async def _read_json_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+  """The request body as a JSON object, read no further than `limit` bytes (then 413)."""
+  declared = request.headers.get("content-length")
+  if declared is not None and declared.isdigit() and int(declared) > limit:
+    raise ApiError(413, f"request body of {declared} bytes; the limit is {limit}")
+  if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+    raise ApiError(415, "expected Content-Type: application/json")
+  body = bytearray()
+  async for chunk in request.stream():  # a chunked body has no Content-Length: count as it comes
+    body += chunk
+    if len(body) > limit:
+      raise ApiError(413, f"request body over {limit} bytes; the limit is {limit}")
+  try:
+    value = json.loads(body.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ApiError(400, f"body: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise ApiError(400, f"body: expected a JSON object, got {type(value).__name__}")
+  return value
+
+
+# ---------------------------------------------------------------------------------------------
+# What the API sends back.
+
+
+def _sample_json(sample: Any) -> dict[str, Any]:
+  return {"id": sample.id, "text": sample.text}
+
+
+def _task_json(store: FeedbackStore, labeler: str, rate_scale: int | None,
+               rng: random.Random) -> dict[str, Any]:
+  """The labeler's next task; a pair comes in random left/right order (the page sends the ids
+  back in the order it got them, so the store records what the labeler saw)."""
+  if rate_scale is None:
+    task = store.next_pair(labeler)
+    if task is None:
+      return {"kind": "pair", "done": True}
+    shown = [task.a, task.b] if rng.random() < 0.5 else [task.b, task.a]
+    return {"kind": "pair", "done": False, "prompt": task.prompt.text,
+            "samples": [_sample_json(s) for s in shown], "lease_until": task.lease_until}
+  task = store.next_sample_to_rate(labeler)
+  if task is None:
+    return {"kind": "rating", "done": True, "scale": rate_scale}
+  return {"kind": "rating", "done": False, "prompt": task.prompt.text,
+          "sample": _sample_json(task.sample), "scale": rate_scale,
+          "lease_until": task.lease_until}
+
+
+def _progress_json(store: FeedbackStore, labeler: str, rate_scale: int | None) -> dict[str, Any]:
+  """This labeler's counts ("labeled", "queued": what is left for them) and everyone's."""
+  mine, everyone = store.progress(labeler), store.progress()
+  if rate_scale is None:
+    return {"kind": "pair", "labeled": mine.pairs_judged, "queued": mine.pairs_queued,
+            "everyone": {"labeled": everyone.pairs_judged, "queued": everyone.pairs_queued,
+                         "judgements": everyone.comparisons}}
+  return {"kind": "rating", "labeled": mine.samples_rated, "queued": mine.samples_queued,
+          "everyone": {"labeled": everyone.samples_rated, "queued": everyone.samples_queued,
+                       "judgements": everyone.ratings}}
+
+
+def _judge(store: FeedbackStore, body: Mapping[str, Any], rate_scale: int | None) -> dict[str, Any]:
+  """Checks a judgement body for this server's mode and stores it."""
+  if rate_scale is None:
+    if "value" in body or "sample" in body:
+      raise ApiError(400, "this server collects pair comparisons, not ratings; start "
+                     "`rlhf-jax label` with --rate N to rate single samples")
+    _check_fields(body, ("labeler", "a", "b", "outcome"))
+    labeler, a, b = _check_labeler(body["labeler"]), _check_id(body, "a"), _check_id(body, "b")
+    outcome = body["outcome"]
+    if outcome not in OUTCOMES:
+      raise ApiError(400, f"outcome: expected one of {list(OUTCOMES)}, got {outcome!r}")
+    return {"kind": "comparison", "id": store.compare(a, b, outcome, labeler=labeler)}
+  if "outcome" in body or "a" in body or "b" in body:
+    raise ApiError(400, f"this server collects ratings 1..{rate_scale}, not pair comparisons; "
+                   "start `rlhf-jax label` without --rate to compare pairs")
+  _check_fields(body, ("labeler", "sample", "value"))
+  labeler, sample = _check_labeler(body["labeler"]), _check_id(body, "sample")
+  value = body["value"]
+  if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= rate_scale:
+    raise ApiError(400, f"value: expected an int in 1..{rate_scale}, got {value!r}")
+  return {"kind": "rating", "id": store.rate(sample, value, scale=rate_scale, labeler=labeler)}
+
+
+def _undo(store: FeedbackStore, body: Mapping[str, Any]) -> dict[str, Any]:
+  _check_fields(body, ("labeler",))
+  undone = store.undo_last(_check_labeler(body["labeler"]))
+  if undone is None:
+    return {"undone": None}
+  return {"undone": {"kind": type(undone).__name__.lower(), "id": undone.id}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The app.
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+def _api(token: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+  """Wraps an endpoint: token first, then the handler; ApiError and FeedbackError become JSON."""
+
+  async def endpoint(request: Request) -> Response:
+    try:
+      _check_token(request, token)
+      return SafeJSONResponse(await handler(request))
+    except ApiError as e:
+      return _error(e.status, e.message)
+    except FeedbackError as e:  # the store names the field and what it expected
+      return _error(400, str(e))
+    except Exception as e:  # caught here, not by Starlette's outermost handler, to keep the CSP
+      _log.exception("%s %s failed", request.method, request.url.path)
+      return _error(500, f"internal error in {request.url.path}: {type(e).__name__}: {e}")
+
+  return endpoint
+
+
+def create_app(store_path: str | Path, *, token: str, rate_scale: int | None = None,
+               labeler: str | None = None, seed: int | None = None) -> Starlette:
+  """The ASGI app on the store at `store_path` (opened now, so a bad file fails before serving).
+
+  `token` guards every /api request; `rate_scale` N switches from pairs to ratings 1..N;
+  `labeler` is the name the page uses when neither the URL nor the browser gives one; `seed`
+  fixes the left/right order of pairs (tests).
+  """
+  if not token:
+    raise ValueError("token: expected a non-empty secret (see secrets.token_urlsafe)")
+  if rate_scale is not None and (isinstance(rate_scale, bool) or not isinstance(rate_scale, int)
+                                 or rate_scale < 2):
+    raise FeedbackError(f"rate_scale: expected an int >= 2 (--rate N), got {rate_scale!r}")
+  if labeler is not None:
+    try:
+      _check_labeler(labeler)
+    except ApiError as e:
+      raise FeedbackError(e.message) from None
+  store = FeedbackStore(store_path)
+  rng = random.Random(seed)
+
+  def query_labeler(request: Request) -> str:
+    return _check_labeler(request.query_params.get("labeler"))
+
+  async def task(request: Request) -> dict[str, Any]:
+    who = query_labeler(request)
+    return await run_in_threadpool(_task_json, store, who, rate_scale, rng)
+
+  async def progress(request: Request) -> dict[str, Any]:
+    who = query_labeler(request)
+    return await run_in_threadpool(_progress_json, store, who, rate_scale)
+
+  async def judge(request: Request) -> dict[str, Any]:
+    body = await _read_json_object(request)
+    return await run_in_threadpool(_judge, store, body, rate_scale)
+
+  async def undo(request: Request) -> dict[str, Any]:
+    body = await _read_json_object(request)
+    return await run_in_threadpool(_undo, store, body)
+
+  async def config(request: Request) -> dict[str, Any]:
+    return {"kind": "pair" if rate_scale is None else "rating", "scale": rate_scale,
+            "default_labeler": labeler, "outcomes": list(OUTCOMES)}
+
+  async def page(request: Request) -> Response:
+    # A file, not a template: nothing from the store or the request is ever put into HTML.
+    return FileResponse(STATIC_DIR / "label.html", media_type="text/html; charset=utf-8")
+
+  async def favicon(request: Request) -> Response:
+    return Response(status_code=204)
+
+  async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    response = _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+    response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+    return response
+
+  async def server_error(request: Request, exc: Exception) -> Response:
+    # Outside the API (static files); the traceback still goes to the server's log.
+    return _error(500, f"internal error in {request.url.path}: {type(exc).__name__}: {exc}")
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    try:
+      yield
+    finally:
+      store.close()
+
+  routes = [
+      Route("/", page, methods=["GET"]),
+      Route("/favicon.ico", favicon, methods=["GET"]),
+      Route("/api/config", _api(token, config), methods=["GET"]),
+      Route("/api/task", _api(token, task), methods=["GET"]),
+      Route("/api/progress", _api(token, progress), methods=["GET"]),
+      Route("/api/judge", _api(token, judge), methods=["POST"]),
+      Route("/api/undo", _api(token, undo), methods=["POST"]),
+      Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+  ]
+  app = Starlette(routes=routes, lifespan=lifespan,
+                  exception_handlers={HTTPException: http_error, Exception: server_error})
+  app.add_middleware(SecurityHeaders)
+  app.state.store = store
+  return app
+
+
+def is_loopback(host: str) -> bool:
+  """Whether `host` is reachable from this machine only."""
+  if host == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False
+
+
+def page_url(host: str, port: int, token: str, labeler: str | None = None) -> str:
+  """The URL to open: the token travels in the query and the page moves it into a header."""
+  shown = f"[{host}]" if ":" in host else host
+  query = {"token": token} | ({"labeler": labeler} if labeler else {})
+  return f"http://{shown}:{port}/?{urlencode(query)}"
+
+
+def bind(host: str, port: int) -> socket.socket:
+  """A listening socket, made before the URL is printed, so a busy port is an error up front
+  (and port 0 picks a free one whose number the URL can show)."""
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    sock.bind((host, port))
+    sock.listen(2048)  # listening claims the port; uvicorn accepts on this socket
+  except OSError as e:
+    sock.close()
+    raise OSError(e.errno, f"cannot listen on {host}:{port} ({e.strerror}); pass --port with a "
+                  "free port, or --host with an address of this machine") from None
+  return sock
+
+
+def _run_uvicorn(app: ASGIApp, sock: socket.socket) -> None:
+  import uvicorn  # only the command needs a server; tests use the app directly
+
+  # No access log: it would print the page URL, token and all, on every reload.
+  config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+  uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve(store_path: str | Path, *, host: str = "127.0.0.1", port: int = 8765,
+          rate_scale: int | None = None, token: str | None = None,
+          labeler: str | None = None) -> None:
+  """Serves the labeling page until Ctrl-C; prints the URL (with a fresh token) to open.
+
+  Raises FeedbackError for a bad store or argument and OSError when the port cannot be had, both
+  before anything is printed.
+  """
+  token = token or secrets.token_urlsafe(32)
+  app = create_app(store_path, token=token, rate_scale=rate_scale, labeler=labeler)
+  sock = bind(host, port)
+  try:
+    if not is_loopback(host):
+      print(f"warning: serving on {host}, not 127.0.0.1: anyone who can reach this address and "
+            "sees the URL below can read the samples and write judgements, and the traffic "
+            "(token included) is plain, unencrypted HTTP", file=sys.stderr)
+    what = "pairs to compare" if rate_scale is None else f"samples to rate 1..{rate_scale}"
+    url = page_url(host, sock.getsockname()[1], token, labeler)
+    print(f"labeling {what} in {store_path}\nopen this URL (it holds a secret token):\n\n  "
+          f"{url}\n\nCtrl-C stops the server; every answer is already saved.", flush=True)
+    _run_uvicorn(app, sock)
+  finally:
+    sock.close()

@@ -1,0 +1,168 @@
+"""The labeling page in a real headless Chromium: keys, undo, reload, escaping, CSP.
+
+Needs Debian's Chromium (`apt-get install -y chromium`, as .ci/run does) and Playwright for Python
+as the driver only: the browser is never downloaded (`playwright install` is not used).
+"""
+
+import contextlib
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from rlhf_jax.feedback import server
+from rlhf_jax.feedback.store import FeedbackStore
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+TOKEN = "browser-test-token"
+SCRIPT = '<script>alert("xss")</script><img src=x onerror="alert(2)">'
+
+
+@contextlib.contextmanager
+def running_server(app):
+  """uvicorn on a socket bound here first, so the port is ours before the thread starts."""
+  import uvicorn
+
+  sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  sock.bind(("127.0.0.1", 0))
+  uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+  thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+  thread.start()
+  deadline = time.monotonic() + 10
+  while not uv.started:
+    if time.monotonic() > deadline or not thread.is_alive():
+      raise RuntimeError("uvicorn did not start within 10 s")
+    time.sleep(0.02)
+  try:
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+  finally:
+    uv.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+requires_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing: `apt-get install -y chromium` (CI "
+    "does) to run the labeling page in a real browser")
+
+
+@contextlib.contextmanager
+def browser_page(tmp_path, problems):
+  """A fresh Chromium profile and page; console errors and page errors go to `problems`."""
+  from playwright.sync_api import sync_playwright
+
+  with sync_playwright() as pw:
+    context = pw.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    try:
+      page = context.pages[0] if context.pages else context.new_page()
+      page.set_default_timeout(10_000)
+      page.on("pageerror", lambda e: problems.append(str(e)))
+      page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+      yield page
+    finally:
+      context.close()
+
+
+@requires_chromium
+def test_label_pairs_with_keys_undo_and_reload(tmp_path):
+  from playwright.sync_api import expect
+
+  path = tmp_path / "f.db"
+  with FeedbackStore(path) as store:
+    ids = store.add_samples([{"prompt": "Say hi", "response": r, "model": "m"}
+                             for r in ("hello there", "hey", SCRIPT)])
+  text_of = dict(zip(("hello there", "hey", SCRIPT), ids))
+  dialogs, problems = [], []
+
+  with (running_server(server.create_app(path, token=TOKEN)) as base,
+        browser_page(tmp_path, problems) as page):
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    progress = page.locator("#progress")
+
+    # No name in the URL, none stored: the page asks once and keeps it in localStorage.
+    page.goto(f"{base}/?token={TOKEN}")
+    expect(page.locator("#status")).to_contain_text("enter your labeler name")
+    page.fill("#labeler", "alice")
+    page.press("#labeler", "Enter")
+    expect(progress).to_have_text("0 labeled / 3 queued")
+    assert page.evaluate("localStorage.getItem('rlhf_jax.labeler')") == "alice"
+
+    seen_texts, shown = set(), []
+
+    def judge(key, expected_progress):
+      left, right = page.inner_text("#left"), page.inner_text("#right")
+      seen_texts.update((left, right))
+      shown.append((text_of[left], text_of[right]))
+      page.keyboard.press(key)
+      expect(progress).to_have_text(expected_progress)
+
+    judge("a", "1 labeled / 2 queued")
+    judge("ArrowRight", "2 labeled / 1 queued")
+    page.keyboard.press("u")  # the second pair comes back
+    expect(progress).to_have_text("1 labeled / 2 queued")
+    assert {text_of[page.inner_text("#left")], text_of[page.inner_text("#right")]} == set(shown[1])
+    judge("t", "2 labeled / 1 queued")
+
+    page.reload()
+    expect(progress).to_have_text("2 labeled / 1 queued")
+    expect(page.locator("#keys")).to_contain_text("a or ← = A is better")
+    judge("s", "3 labeled / 0 queued")
+    expect(page.locator("#done")).to_be_visible()
+
+    # The sample with markup was shown in two of the pairs, as text.
+    assert SCRIPT in seen_texts
+    page.keyboard.press("u")
+    expect(progress).to_have_text("2 labeled / 1 queued")
+    assert SCRIPT in page.inner_text("main")
+    assert page.evaluate("document.querySelectorAll('main script, main img').length") == 0
+
+  assert dialogs == [], "model text ran as script"
+  assert problems == [], "console errors (a CSP violation would show here)"
+  with FeedbackStore(path) as store:
+    live = store.judgements(kind="comparison")
+    everything = store.judgements(kind="comparison", include_retracted=True)
+  # Exact outcomes, by alice, with the ids in the order the page showed them.
+  assert [(c.sample_a, c.sample_b, c.outcome, c.labeler) for c in live] == [
+      (*shown[0], "a", "alice"), (*shown[2], "tie", "alice")]
+  retracted = [(c.sample_a, c.sample_b, c.outcome) for c in everything if c.retracted_at]
+  assert retracted == [(*shown[1], "b"), (*shown[3], "skip")]
+
+
+@requires_chromium
+def test_rate_with_number_keys(tmp_path):
+  from playwright.sync_api import expect
+
+  path = tmp_path / "f.db"
+  with FeedbackStore(path) as store:
+    ids = store.add_samples([{"prompt": "Q", "response": r, "model": "m"} for r in ("x", "y")])
+  problems = []
+  app = server.create_app(path, token=TOKEN, rate_scale=3, labeler="default-name")
+  with running_server(app) as base, browser_page(tmp_path, problems) as page:
+    page.goto(f"{base}/?token={TOKEN}&labeler=bob")  # the URL's name wins over the default
+    progress = page.locator("#progress")
+    expect(progress).to_have_text("0 labeled / 2 queued")
+    expect(page.locator("#values button")).to_have_count(3)
+    expect(page.locator("#keys")).to_contain_text("1..3 = rating")
+    first = page.inner_text("#sample")
+    page.keyboard.press("9")  # out of range: ignored
+    page.keyboard.press("3")
+    expect(progress).to_have_text("1 labeled / 1 queued")
+    page.keyboard.press("u")
+    expect(progress).to_have_text("0 labeled / 2 queued")
+    expect(page.locator("#sample")).to_have_text(first)
+    page.keyboard.press("2")
+    expect(progress).to_have_text("1 labeled / 1 queued")
+    page.locator("#values button", has_text="1").click()
+    expect(progress).to_have_text("2 labeled / 0 queued")
+  assert problems == []
+  with FeedbackStore(path) as store:
+    live = store.judgements(kind="rating")
+  sample_of = dict(zip(("x", "y"), ids))
+  assert [(r.sample_id, r.value, r.scale, r.labeler) for r in live] == [
+      (sample_of[first], 2, 3, "bob"), (sample_of[({"x", "y"} - {first}).pop()], 1, 3, "bob")]

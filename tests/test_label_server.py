@@ -1,0 +1,269 @@
+"""The labeling web server through Starlette's test client: API, token, limits, escaping, CSP."""
+
+import json
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from rlhf_jax.feedback import server
+from rlhf_jax.feedback.store import FeedbackError, FeedbackStore
+
+TOKEN = "test-token"
+AUTH = {"X-Label-Token": TOKEN}
+SCRIPT = "<script>alert(1)</script>"
+IMG = '<img src=x onerror="alert(2)">'
+
+
+def make_store(path, responses=("hello", "hey", "yo")):
+  with FeedbackStore(path) as store:
+    store.add_samples([{"prompt": "Say hi", "response": r, "model": "m"} for r in responses])
+  return path
+
+
+@pytest.fixture
+def store_path(tmp_path):
+  return make_store(tmp_path / "f.db")
+
+
+@pytest.fixture
+def client(store_path):
+  with TestClient(server.create_app(store_path, token=TOKEN, seed=0)) as c:
+    yield c
+
+
+@pytest.fixture
+def rating_client(store_path):
+  with TestClient(server.create_app(store_path, token=TOKEN, rate_scale=3)) as c:
+    yield c
+
+
+def get(client, path, labeler="alice"):
+  response = client.get(path, params={"labeler": labeler}, headers=AUTH)
+  assert response.status_code == 200, response.text
+  return response.json()
+
+
+def post(client, path, body, status=200):
+  response = client.post(path, json=body, headers=AUTH)
+  assert response.status_code == status, response.text
+  return response.json()
+
+
+def stored(store_path, **kwargs):
+  with FeedbackStore(store_path) as store:
+    return store.judgements(include_retracted=True, **kwargs)
+
+
+def test_task_judge_progress(client, store_path):
+  assert get(client, "/api/progress") == {
+      "kind": "pair", "labeled": 0, "queued": 3,
+      "everyone": {"labeled": 0, "queued": 3, "judgements": 0}}
+  task = get(client, "/api/task")
+  assert task["kind"] == "pair" and not task["done"] and task["prompt"] == "Say hi"
+  left, right = task["samples"]
+  assert post(client, "/api/judge", {"labeler": "alice", "a": left["id"], "b": right["id"],
+                                     "outcome": "b"})["kind"] == "comparison"
+  progress = get(client, "/api/progress")
+  assert (progress["labeled"], progress["queued"]) == (1, 2)
+  (comparison,) = stored(store_path)
+  # The ids are stored in the order the page showed them: "b" means the right-hand text won.
+  assert (comparison.sample_a, comparison.sample_b, comparison.outcome, comparison.labeler) == (
+      left["id"], right["id"], "b", "alice")
+  assert get(client, "/api/progress", "bob")["labeled"] == 0  # per labeler; "everyone" counts all
+  assert get(client, "/api/progress", "bob")["everyone"]["labeled"] == 1
+
+
+def test_pairs_until_done_and_order_is_randomised(client, store_path):
+  shown_first_is_lower = set()
+  for outcome in ("a", "tie", "skip"):
+    left, right = get(client, "/api/task")["samples"]
+    shown_first_is_lower.add(left["id"] < right["id"])
+    post(client, "/api/judge", {"labeler": "alice", "a": left["id"], "b": right["id"],
+                                "outcome": outcome})
+  assert get(client, "/api/task") == {"kind": "pair", "done": True}
+  assert [c.outcome for c in stored(store_path)] == ["a", "tie", "skip"]
+  assert shown_first_is_lower == {True, False}  # seed 0 shows both orders within three pairs
+
+
+def test_undo_brings_the_pair_back(client, store_path):
+  task = get(client, "/api/task")
+  ids = [s["id"] for s in task["samples"]]
+  post(client, "/api/judge", {"labeler": "alice", "a": ids[0], "b": ids[1], "outcome": "a"})
+  assert sorted(s["id"] for s in get(client, "/api/task")["samples"]) != sorted(ids)
+  undone = post(client, "/api/undo", {"labeler": "alice"})["undone"]
+  assert undone["kind"] == "comparison"
+  assert sorted(s["id"] for s in get(client, "/api/task")["samples"]) == sorted(ids)
+  assert get(client, "/api/progress")["labeled"] == 0
+  assert post(client, "/api/undo", {"labeler": "alice"}) == {"undone": None}
+  (comparison,) = stored(store_path)
+  assert comparison.retracted_at is not None  # retracted, not deleted
+
+
+@pytest.mark.parametrize("headers, status", [({}, 401), ({"X-Label-Token": "guess"}, 403),
+                                             ({"X-Label-Token": ""}, 401)])
+def test_every_api_call_needs_the_token(client, store_path, headers, status):
+  body = {"labeler": "alice", "a": 1, "b": 2, "outcome": "a"}
+  responses = [
+      client.get("/api/task", params={"labeler": "alice"}, headers=headers),
+      client.get("/api/progress", params={"labeler": "alice"}, headers=headers),
+      client.get("/api/config", headers=headers),
+      client.post("/api/judge", json=body, headers=headers),
+      client.post("/api/undo", json={"labeler": "alice"}, headers=headers),
+      client.get("/api/task", params={"labeler": "alice", "token": TOKEN}, headers=headers),
+  ]
+  for response in responses:
+    assert response.status_code == status, response.text
+    assert "X-Label-Token" in response.json()["error"]
+  assert stored(store_path) == []
+  with FeedbackStore(store_path) as store:
+    assert store.progress().pairs_claimed == 0  # a refused read leased nothing either
+
+
+def test_oversized_body_is_413_and_stores_nothing(client, store_path):
+  body = {"labeler": "alice" * 1000, "a": 1, "b": 2, "outcome": "a"}
+  response = client.post("/api/judge", json=body, headers=AUTH)
+  assert response.status_code == 413 and "limit is 4096" in response.json()["error"]
+  # Chunked, without a Content-Length: counted while reading.
+  chunks = iter([b'{"labeler": "', b"x" * 3000, b"x" * 3000, b'"}'])
+  response = client.post("/api/undo", content=chunks,
+                         headers={**AUTH, "Content-Type": "application/json"})
+  assert response.status_code == 413 and "over 4096 bytes" in response.json()["error"]
+  assert stored(store_path) == []
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"labeler": "alice", "a": 1, "b": 2, "outcome": "best"}, "outcome: expected one of"),
+    ({"labeler": "alice", "a": "1", "b": 2, "outcome": "a"}, "a: expected a sample id"),
+    ({"labeler": "alice", "a": 1, "b": True, "outcome": "a"}, "b: expected a sample id"),
+    ({"labeler": "alice", "a": 1, "b": 2.0, "outcome": "a"}, "b: expected a sample id"),
+    ({"labeler": "alice", "a": 1, "b": 2}, "missing ['outcome']"),
+    ({"labeler": "alice", "a": 1, "b": 2, "outcome": "a", "winner": "a"}, "unknown ['winner']"),
+    ({"labeler": " ", "a": 1, "b": 2, "outcome": "a"}, "labeler: expected a non-empty name"),
+    ({"labeler": "alice", "a": 1, "b": 1, "outcome": "a"}, "two different samples"),
+    ({"labeler": "alice", "a": 1, "b": 99, "outcome": "a"}, "no sample with id 99"),
+    ({"labeler": "alice", "sample": 1, "value": 2}, "start `rlhf-jax label` with --rate N"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_invalid_judgements_are_400_with_the_field(client, store_path, body, message):
+  assert message in post(client, "/api/judge", body, status=400)["error"]
+  assert stored(store_path) == []
+
+
+def test_not_json_is_400_and_wrong_content_type_415(client):
+  response = client.post("/api/judge", content=b"{not json",
+                         headers={**AUTH, "Content-Type": "application/json"})
+  assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+  response = client.post("/api/judge", content=b"labeler=alice",
+                         headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
+  assert response.status_code == 415
+
+
+def test_ratings(rating_client, store_path):
+  config = rating_client.get("/api/config", headers=AUTH).json()
+  assert config["kind"] == "rating" and config["scale"] == 3
+  task = get(rating_client, "/api/task", "bob")
+  assert task["kind"] == "rating" and task["scale"] == 3
+  sample = task["sample"]["id"]
+  for value in (0, 4, 2.5, "2", True):
+    error = post(rating_client, "/api/judge", {"labeler": "bob", "sample": sample, "value": value},
+                 status=400)["error"]
+    assert "value: expected an int in 1..3" in error
+  assert "--rate" in post(rating_client, "/api/judge", {"labeler": "bob", "a": 1, "b": 2,
+                                                        "outcome": "a"}, status=400)["error"]
+  post(rating_client, "/api/judge", {"labeler": "bob", "sample": sample, "value": 3})
+  again = {"labeler": "bob", "sample": sample, "value": 1}
+  assert "already rated" in post(rating_client, "/api/judge", again, status=400)["error"]
+  assert get(rating_client, "/api/progress", "bob")["labeled"] == 1
+  (rating,) = stored(store_path)
+  assert (rating.sample_id, rating.value, rating.scale, rating.labeler) == (sample, 3, 3, "bob")
+
+
+def test_two_labelers_get_different_pairs(client):
+  alice = {s["id"] for s in get(client, "/api/task", "alice")["samples"]}
+  bob = {s["id"] for s in get(client, "/api/task", "bob")["samples"]}
+  carol = {s["id"] for s in get(client, "/api/task", "carol")["samples"]}
+  assert len({frozenset(alice), frozenset(bob), frozenset(carol)}) == 3
+  # A reload keeps the leased pair instead of skipping it.
+  assert {s["id"] for s in get(client, "/api/task", "alice")["samples"]} == alice
+
+
+def test_untrusted_text_is_never_markup(tmp_path):
+  path = make_store(tmp_path / "x.db", responses=(SCRIPT, IMG, "plain"))
+  with TestClient(server.create_app(path, token=TOKEN)) as client:
+    seen = set()
+    for labeler in ("a1", "a2", "a3"):
+      response = client.get("/api/task", params={"labeler": labeler}, headers=AUTH)
+      assert response.headers["content-type"] == "application/json"
+      assert "<" not in response.text and ">" not in response.text  # escaped as \u003c, \u003e
+      seen |= {s["text"] for s in json.loads(response.text)["samples"]}
+    assert {SCRIPT, IMG} <= seen  # the same text, exactly, once parsed
+    page = client.get("/")
+  # The page is the file on disk byte for byte: nothing is interpolated into HTML.
+  assert page.content == (server.STATIC_DIR / "label.html").read_bytes()
+  assert "alert(" not in page.text and "{{" not in page.text and "{%" not in page.text
+  scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page.text, flags=re.S)
+  assert scripts == [(' src="/static/label.js" defer', "")]  # no inline script
+  assert not re.search(r"\son[a-z]+\s*=", page.text)  # no inline event handlers
+  script = (server.STATIC_DIR / "label.js").read_text()
+  for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+    assert sink not in script.replace("never innerHTML", "")
+
+
+def test_security_headers_on_every_response(client):
+  responses = [client.get("/"), client.get("/static/label.js"), client.get("/static/label.css"),
+               client.get("/api/task", params={"labeler": "alice"}, headers=AUTH),
+               client.get("/api/task", params={"labeler": "alice"}), client.get("/missing"),
+               client.get("/static/../server.py")]
+  for response in responses:
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp, response.url
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+  assert responses[-2].status_code == 404 and "error" in responses[-2].json()
+  assert responses[-1].status_code == 404  # no path traversal out of static/
+
+
+def test_unexpected_errors_are_json_500(store_path):
+  app = server.create_app(store_path, token=TOKEN)
+
+  def broken(labeler):
+    raise RuntimeError("disk on fire")
+
+  app.state.store.next_pair = broken
+  with TestClient(app, raise_server_exceptions=False) as client:
+    response = client.get("/api/task", params={"labeler": "alice"}, headers=AUTH)
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error in /api/task: RuntimeError: disk on fire"}
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    response = client.delete("/api/undo", headers=AUTH)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
+def test_create_app_refuses_bad_arguments(tmp_path):
+  with pytest.raises(FeedbackError, match="rate_scale"):
+    server.create_app(tmp_path / "f.db", token=TOKEN, rate_scale=1)
+  with pytest.raises(ValueError, match="token"):
+    server.create_app(tmp_path / "f.db", token="")
+  (tmp_path / "notes.txt").write_text("not a store")
+  with pytest.raises(FeedbackError, match="not an SQLite file"):
+    server.create_app(tmp_path / "notes.txt", token=TOKEN)
+
+
+def test_serve_prints_the_url_and_warns_off_loopback(store_path, monkeypatch, capsys):
+  ports = []
+  monkeypatch.setattr(server, "_run_uvicorn", lambda app, sock: ports.append(sock.getsockname()[1]))
+  server.serve(store_path, port=0, labeler="alice")
+  out, err = capsys.readouterr()
+  match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]+)&labeler=alice", out)
+  assert int(match.group(1)) == ports[-1] > 0 and len(match.group(2)) >= 40 and err == ""
+  server.serve(store_path, host="0.0.0.0", port=0, token="given")
+  out, err = capsys.readouterr()
+  assert f"http://0.0.0.0:{ports[-1]}/?token=given" in out and "warning: serving on 0.0.0.0" in err
+  with server.bind("127.0.0.1", 0) as busy:  # a port in use fails before any URL is printed
+    with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
+      server.serve(store_path, port=busy.getsockname()[1])
+  assert capsys.readouterr().out == ""
+  assert server.is_loopback("localhost") and server.is_loopback("::1")
+  assert not server.is_loopback("192.168.1.5") and not server.is_loopback("example.org")
+  assert server.page_url("::1", 80, "t") == "http://[::1]:80/?token=t"
