@@ -101,15 +101,13 @@ def main(config: Config, workdir: Path):
   model = Transformer(model_config)
   tx = common.make_optimizer(config.optim)
 
-  def init(key, lm_params):
-    state = common.init_state(key, model=model, tx=tx)
-    if lm_params is None:
-      return state
-    params = pretrained.with_scalar_head(lm_params, {"scalar_head": state.params["scalar_head"]})
-    return common.TrainState(step=state.step, params=params, opt_state=tx.init(params))
-
-  init_fn = functools.partial(jax.jit(init, out_shardings=sharding.replicated(mesh)), jax.random.fold_in(key, 0),
-                              start.params if rc.init_from else None)
+  repl = sharding.replicated(mesh)
+  if rc.init_from:
+    init = jax.jit(functools.partial(pretrained.init_with_trunk, model=model, tx=tx), out_shardings=repl)
+    init_fn = functools.partial(init, jax.random.fold_in(key, 0), start.params)
+  else:
+    init = jax.jit(functools.partial(common.init_state, model=model, tx=tx), out_shardings=repl)
+    init_fn = functools.partial(init, jax.random.fold_in(key, 0))
 
   if rc.kind == "rating":
     tokens, mask = _tokenize(tokenizer, [r.text for r in train_reviews], rc.seq_len)

@@ -152,13 +152,9 @@ def main(config: Config, workdir: Path):
   model = Transformer(dataclasses.replace(policy.model, scalar_head=True, scalar_head_init="reward"))
   tx = common.make_optimizer(config.optim)
 
-  def init(key, lm_params):
-    state = common.init_state(key, model=model, tx=tx)
-    params = pretrained.with_scalar_head(lm_params, {"scalar_head": state.params["scalar_head"]})
-    return common.TrainState(step=state.step, params=params, opt_state=tx.init(params))
-
-  init_fn = functools.partial(jax.jit(init, out_shardings=sharding.replicated(mesh)), jax.random.fold_in(key, 0),
-                              policy.params)
+  init = jax.jit(functools.partial(pretrained.init_with_trunk, model=model, tx=tx),
+                 out_shardings=sharding.replicated(mesh))
+  init_fn = functools.partial(init, jax.random.fold_in(key, 0), policy.params)
   dataset = rows.rows_dataset(pair_arrays(train, policy.tokenizer, rc.seq_len), rc.batch_size // jax.process_count(),
                               seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
 

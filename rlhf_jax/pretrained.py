@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import optax
 from jax.sharding import Mesh
 
 from rlhf_jax import config as config_lib
@@ -60,8 +61,17 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None) -> Pretrained
   return Pretrained(model=model_config, params=state.params, tokenizer=tokenizer, step=step)
 
 
-def with_scalar_head(params: Any, head_params: Any) -> Any:
-  """LM trunk parameters plus a freshly initialised scalar head (`head_params["scalar_head"]`)."""
-  if "scalar_head" in params:
+def init_with_trunk(key: jax.Array, lm_params: Any, *, model: Transformer,
+                    tx: optax.GradientTransformation) -> common.TrainState:
+  """Train state of a scalar-head model (reward or value) whose trunk starts from `lm_params`.
+
+  Only the head is freshly initialised (with `model.config.scalar_head_init`); jit this with
+  `out_shardings` like any initializer.
+  """
+  if not model.config.scalar_head:
+    raise ValueError("init_with_trunk needs a model with scalar_head=True")
+  if "scalar_head" in lm_params:
     raise ValueError("these parameters already have a scalar head")
-  return {**params, "scalar_head": head_params["scalar_head"]}
+  fresh = common.init_state(key, model=model, tx=tx)
+  params = {**lm_params, "scalar_head": fresh.params["scalar_head"]}
+  return common.TrainState(step=fresh.step, params=params, opt_state=tx.init(params))
