@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -28,11 +27,11 @@ from tqdm import tqdm
 
 from rlhf_jax import pretrained, sharding
 from rlhf_jax.data import fine_foods, rows
+from rlhf_jax.eval import reward as reward_eval
 from rlhf_jax.feedback import labelers
 from rlhf_jax.loop import LoopConfig, train_loop
-from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.models.transformer import ModelConfig
 from rlhf_jax.steps import common, reward
-from rlhf_jax.tokenizers import SentencePieceTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,28 +85,13 @@ def main(config: Config, workdir: Path):
   train_reviews, test_reviews = fine_foods.load("train"), fine_foods.load("test")
 
   key = jax.random.key(config.seed)
-  if rc.init_from:
-    start = pretrained.load(rc.init_from, mesh)
-    tokenizer = start.tokenizer
-    shutil.copy(Path(rc.init_from) / "tokenizer.model", workdir / "tokenizer.model")
-    model_config = dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward")
-  else:
-    path = workdir / "tokenizer.model"
-    tokenizer = (SentencePieceTokenizer.load(path) if path.exists() else
-                 SentencePieceTokenizer.train([r.text for r in train_reviews], config.model.vocab_size, path))
-    model_config = dataclasses.replace(config.model, scalar_head=True, scalar_head_init="reward")
-  if rc.seq_len > model_config.max_len:
-    raise ValueError(f"reward.seq_len={rc.seq_len} exceeds the model's max_len={model_config.max_len}")
-  model = Transformer(model_config)
   tx = common.make_optimizer(config.optim)
-
-  repl = sharding.replicated(mesh)
-  if rc.init_from:
-    init = jax.jit(functools.partial(pretrained.init_with_trunk, model=model, tx=tx), out_shardings=repl)
-    init_fn = functools.partial(init, jax.random.fold_in(key, 0), start.params)
-  else:
-    init = jax.jit(functools.partial(common.init_state, model=model, tx=tx), out_shardings=repl)
-    init_fn = functools.partial(init, jax.random.fold_in(key, 0))
+  start = pretrained.start_scalar_model(workdir, init_from=rc.init_from, fallback=config.model,
+                                        texts=[r.text for r in train_reviews], mesh=mesh, tx=tx,
+                                        key=jax.random.fold_in(key, 0))
+  tokenizer, model, init_fn = start.tokenizer, start.model, start.init_fn
+  if rc.seq_len > model.config.max_len:
+    raise ValueError(f"reward.seq_len={rc.seq_len} exceeds the model's max_len={model.config.max_len}")
 
   if rc.kind == "rating":
     tokens, mask = _tokenize(tokenizer, [r.text for r in train_reviews], rc.seq_len)
@@ -123,21 +107,19 @@ def main(config: Config, workdir: Path):
 
   test_tokens, test_mask = _tokenize(tokenizer, [r.text for r in test_reviews], rc.seq_len)
   test_labels = np.array([r.great for r in test_reviews], np.int32)
-  test_batches = rows.eval_row_batches({"tokens": test_tokens, "mask": test_mask}, rc.eval_batch_size)
   score_fn = jax.jit(functools.partial(reward.rewards, model=model))
-  baselines = {f"{name}_auc": fine_foods.roc_auc(labelers.get_scorer(name).score([r.text for r in test_reviews]),
+  baselines = {f"{name}_auc": reward_eval.roc_auc(labelers.get_scorer(name).score([r.text for r in test_reviews]),
                                                   test_labels) for name in rc.baselines}
 
   def test_scores(params) -> np.ndarray:
-    scores = []
-    for batch in test_batches:
-      placed = sharding.put_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, mesh)
-      scores.append(np.asarray(score_fn(params, placed["tokens"], placed["mask"]))[batch["row_mask"] > 0])
-    return np.concatenate(scores)
+    return reward_eval.score_all(score_fn, params, test_tokens, test_mask, rc.eval_batch_size, mesh)
 
   def evaluate(state) -> dict[str, float]:
     scores = test_scores(state.params)
-    metrics = {"auc": fine_foods.roc_auc(scores, test_labels), "accuracy": float(np.mean((scores > 0) == test_labels)),
+    # The rating model's P(great) = sigmoid(reward); calibration says whether to trust it as such.
+    cal = reward_eval.calibration(1 / (1 + np.exp(-scores.astype(np.float64))), test_labels)
+    metrics = {"auc": reward_eval.roc_auc(scores, test_labels), "accuracy": float(np.mean((scores > 0) == test_labels)),
+               "ece": cal["ece"], "brier": cal["brier"],
                "reward_mean": float(scores.mean()), "reward_std": float(scores.std()), **baselines}
     tqdm.write(f"step {int(state.step)}: test ROC AUC {metrics['auc']:.3f} ("
                + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()) + ")")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from rlhf_jax import cli, pretrained, sampling, sharding
 from rlhf_jax.data import corpora, rows
 from rlhf_jax.eval import lm as lm_eval
+from rlhf_jax.eval import reward as reward_eval
 from rlhf_jax.feedback import labelers
 from rlhf_jax.feedback.store import FeedbackStore
 from rlhf_jax.loop import LoopConfig, train_loop
@@ -134,7 +135,6 @@ def main(config: Config, workdir: Path):
     policy_dir = workdir / "policy"
     cli.run_experiment(PRETRAIN, smoke=config.policy.pretrain_smoke, workdir=policy_dir)
   policy = pretrained.load(policy_dir, mesh)
-  (workdir / "tokenizer.model").write_bytes((Path(policy_dir) / "tokenizer.model").read_bytes())
 
   store_path = workdir / "feedback.db"
   with FeedbackStore(store_path) as store:
@@ -149,12 +149,10 @@ def main(config: Config, workdir: Path):
   print(f"preferences: {len(train)} train, {len(test)} held out, from {store_path}", flush=True)
 
   rc = config.reward
-  model = Transformer(dataclasses.replace(policy.model, scalar_head=True, scalar_head_init="reward"))
   tx = common.make_optimizer(config.optim)
-
-  init = jax.jit(functools.partial(pretrained.init_with_trunk, model=model, tx=tx),
-                 out_shardings=sharding.replicated(mesh))
-  init_fn = functools.partial(init, jax.random.fold_in(key, 0), policy.params)
+  start = pretrained.start_scalar_model(workdir, init_from=str(policy_dir), fallback=policy.model, texts=[],
+                                        mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0))
+  model, init_fn = start.model, start.init_fn
   dataset = rows.rows_dataset(pair_arrays(train, policy.tokenizer, rc.seq_len), rc.batch_size // jax.process_count(),
                               seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
 
@@ -172,7 +170,12 @@ def main(config: Config, workdir: Path):
           {k: v for k, v in batch.items() if k != "row_mask"}, mesh))
       margins.append(np.asarray(r_chosen - r_rejected)[batch["row_mask"] > 0])
     margin = np.concatenate(margins)
-    metrics = {"accuracy_vs_labels": float(np.mean(margin > 0)),
+    # Against the labeler's own (noisy) labels. Each pair is shown in a fixed random orientation
+    # (chosen first or second), so calibration sees both outcomes, not only "first side wins".
+    flip = np.random.default_rng(0).random(margin.size) < 0.5
+    vs_labels = reward_eval.pairwise_metrics(np.where(flip, -margin, margin), ~flip)
+    metrics = {"accuracy_vs_labels": vs_labels["accuracy"], "ece_vs_labels": vs_labels["ece"],
+               "brier_vs_labels": vs_labels["brier"],
                "accuracy_vs_noiseless": float(np.mean((margin > 0) == (true_margin > 0), where=untied)),
                "label_agreement_with_noiseless": float(np.mean(true_margin > 0, where=untied)),
                "pairs": float(len(margin))}

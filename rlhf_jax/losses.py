@@ -48,6 +48,56 @@ def binary_rating_loss(logit_B: jax.Array, label_B: jax.Array,
   return jnp.sum(nll_B * mask_B), jnp.sum(mask_B)
 
 
+def ordinal_thresholds(num_levels: int) -> jax.Array:
+  """Fixed cut points theta_1..theta_{N-1} = k - N/2 of the ordinal rating loss: unit-spaced, centred.
+
+  Fixing them costs nothing: the scalar head's own scale and bias learn how far apart levels are
+  in reward units, and the reward stays one number (no extra parameters to carry around).
+  """
+  return jnp.arange(1, num_levels, dtype=jnp.float32) - num_levels / 2
+
+
+def ordinal_rating_loss(score_B: jax.Array, level_B: jax.Array, num_levels: int,
+                        mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed negative log-likelihood of ratings 0..N-1 under the ordered-logit model.
+
+  The cumulative-link ("proportional odds") model of McCullagh (1980, eq. 2.1) with the reward as
+  the latent score: P(y >= k) = sigmoid(s - theta_k) for k = 1..N-1 (theta from
+  `ordinal_thresholds`), so P(y = k) = sigmoid(s - theta_k) - sigmoid(s - theta_{k+1}) with
+  P(y >= 0) = 1 and P(y >= N) = 0. For interior levels the difference is written as
+  sigmoid(a) sigmoid(-b) (1 - exp(b - a)) with a = s - theta_k, b = s - theta_{k+1}, so its log
+  is finite for any score. With N = 2 this is binary cross-entropy with the logit s.
+  """
+  if num_levels < 2:
+    raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+  mask_B = jnp.ones_like(score_B) if mask_B is None else mask_B.astype(jnp.float32)
+  theta = ordinal_thresholds(num_levels)
+  # Pad the cut points with -inf / +inf so levels 0 and N-1 use the same formula's limits.
+  theta = jnp.concatenate([jnp.array([-jnp.inf]), theta, jnp.array([jnp.inf])])
+  level_B = jnp.clip(level_B.astype(jnp.int32), 0, num_levels - 1)
+  a_B = score_B - theta[level_B]  # +inf at level 0
+  b_B = score_B - theta[level_B + 1]  # -inf at level N-1
+  log_upper_B = jnp.where(level_B == 0, 0.0, jax.nn.log_sigmoid(jnp.where(level_B == 0, 0.0, a_B)))
+  log_lower_B = jnp.where(level_B == num_levels - 1, 0.0,
+                          jax.nn.log_sigmoid(-jnp.where(level_B == num_levels - 1, 0.0, b_B)))
+  interior_B = (level_B > 0) & (level_B < num_levels - 1)
+  gap = jnp.log1p(-jnp.exp(-1.0))  # b - a = theta_k - theta_{k+1} = -1 for unit-spaced cut points
+  nll_B = -(log_upper_B + log_lower_B + jnp.where(interior_B, gap, 0.0))
+  return jnp.sum(nll_B * mask_B), jnp.sum(mask_B)
+
+
+def ordinal_expected_level(score_B: jax.Array, num_levels: int) -> jax.Array:
+  """E[y] = sum_k P(y >= k) under the ordered-logit model: the predicted rating, in 0..N-1."""
+  return jnp.sum(jax.nn.sigmoid(score_B[:, None] - ordinal_thresholds(num_levels)), axis=-1)
+
+
+def squared_error_loss(pred_B: jax.Array, target_B: jax.Array,
+                       mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed (pred - target)^2: rating regression, the reward read as the rating itself."""
+  mask_B = jnp.ones_like(pred_B) if mask_B is None else mask_B.astype(jnp.float32)
+  return jnp.sum((pred_B - target_B.astype(jnp.float32)) ** 2 * mask_B), jnp.sum(mask_B)
+
+
 def last_token_value(scalar_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
   """The scalar at each row's last real token (mask 1), never at padding after it.
 

@@ -1,8 +1,11 @@
-"""Start from a trained language model: its tokenizer, model config and parameters from a workdir.
+"""Start from a trained model: its tokenizer, model config and parameters from a workdir.
 
-Later stages (reward models, value heads, RL policies) begin from a pretrained or SFT run. The
-workdir of such a run holds `config.json` (with `model` and `optim` sections), `tokenizer.model`
-and Orbax checkpoints; this module reads them back into this process's mesh.
+Later stages (reward models, value heads, RL policies) begin from a pretrained or SFT run, and
+simulated labelers may use a trained reward model as their "gold" taste. The workdir of such a run
+holds `config.json` (with `optim` and, unless `model.json` says otherwise, `model` sections),
+`tokenizer.model` and Orbax checkpoints; this module reads them back into this process's mesh.
+A run whose model config is not its config's `model` section (a reward model grafted onto a
+pretrained LM) writes the model it trained to `model.json` with `save_model_config`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -42,9 +46,12 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None) -> Pretrained
     raise FileNotFoundError(f"{saved} not found: expected the workdir of a finished or running LM run "
                             "(e.g. from experiments/pretrain_tiny.py)")
   config = json.loads(saved.read_text())
+  model_file = workdir / "model.json"
+  if model_file.is_file():
+    config["model"] = json.loads(model_file.read_text())
   for section in ("model", "optim"):
     if section not in config:
-      raise ValueError(f"{saved} has no {section!r} section: expected the config of an LM run")
+      raise ValueError(f"{saved} has no {section!r} section: expected the config of a model run")
   model_config = config_lib.from_dict(ModelConfig, config["model"])
   optim = config_lib.from_dict(common.OptimConfig, config["optim"])
   checkpointer = Checkpointer(workdir / "checkpoints")
@@ -61,6 +68,68 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None) -> Pretrained
   return Pretrained(model=model_config, params=state.params, tokenizer=tokenizer, step=step)
 
 
+def save_model_config(workdir: str | Path, model: ModelConfig) -> None:
+  """Record the model a run trains (read back by `load` in place of the config's `model`)."""
+  (Path(workdir) / "model.json").write_text(json.dumps(dataclasses.asdict(model), indent=2) + "\n")
+
+
+class RewardModelScorer:
+  """A trained reward model as a `labelers.Scorer`: the "gold reward model" labeler.
+
+  Gao et al. (2022) label synthetic comparisons with a large "gold" reward model in place of
+  people; any reward-model workdir (e.g. `experiments/reward_fine_foods.py`, trained on real human
+  ratings) plays that part here. Texts are tokenized with the run's tokenizer, cut to `seq_len`
+  tokens (default: the model's max_len, as in training) and scored in jitted batches of a fixed
+  size (the last batch padded), so scoring never recompiles. An empty text is scored as a lone EOS.
+
+  `normalize(texts)` returns a scorer whose rewards on `texts` (e.g. reference-policy samples)
+  have mean 0 and std 1 (Ziegler et al. 2019), folded into the head's parameters.
+  """
+
+  def __init__(self, workdir: str | Path, mesh: Mesh | None = None, *, seq_len: int | None = None,
+               batch_size: int = 64, step: int | None = None, _loaded: Pretrained | None = None):
+    from rlhf_jax.steps import reward
+
+    self.workdir = Path(workdir)
+    self.mesh = mesh if mesh is not None else sharding.make_mesh(sharding.MeshConfig())
+    self.loaded = _loaded or load(workdir, self.mesh, step)
+    if not self.loaded.model.scalar_head:
+      raise ValueError(f"{workdir}: expected a reward model (a model with scalar_head=True), got a language model")
+    self.seq_len = seq_len or self.loaded.model.max_len
+    if self.seq_len > self.loaded.model.max_len:
+      raise ValueError(f"seq_len={self.seq_len} exceeds the reward model's max_len={self.loaded.model.max_len}")
+    self.batch_size = batch_size
+    self._score = jax.jit(functools.partial(reward.rewards, model=Transformer(self.loaded.model)))
+
+  @property
+  def name(self) -> str:
+    return f"rm:{self.workdir}@{self.loaded.step}"
+
+  def score(self, texts) -> np.ndarray:
+    from rlhf_jax.data import rows
+
+    tok = self.loaded.tokenizer
+    ids = [t or [tok.eos_id] for t in tok.encode_batch(list(texts))]
+    out = []
+    for start in range(0, len(ids), self.batch_size):
+      chunk = ids[start:start + self.batch_size]
+      chunk = chunk + [[tok.eos_id]] * (self.batch_size - len(chunk))  # fixed shape: one compile
+      tokens, mask = rows.pad_rows(chunk, self.seq_len, tok.pad_id)
+      batch = sharding.put_batch({"tokens": tokens, "mask": mask}, self.mesh)
+      out.append(np.asarray(self._score(self.loaded.params, batch["tokens"], batch["mask"])))
+    scores = np.concatenate(out)[:len(ids)] if out else np.zeros(0)
+    return scores.astype(np.float32)
+
+  def normalize(self, texts) -> "RewardModelScorer":
+    from rlhf_jax.steps import reward
+
+    scores = self.score(texts).astype(np.float64)
+    params = reward.normalize_head(self.loaded.params, float(scores.mean()), float(scores.std()))
+    loaded = dataclasses.replace(self.loaded, params=params)
+    return RewardModelScorer(self.workdir, self.mesh, seq_len=self.seq_len, batch_size=self.batch_size,
+                             _loaded=loaded)
+
+
 def init_with_trunk(key: jax.Array, lm_params: Any, *, model: Transformer,
                     tx: optax.GradientTransformation) -> common.TrainState:
   """Train state of a scalar-head model (reward or value) whose trunk starts from `lm_params`.
@@ -75,3 +144,40 @@ def init_with_trunk(key: jax.Array, lm_params: Any, *, model: Transformer,
   fresh = common.init_state(key, model=model, tx=tx)
   params = {**lm_params, "scalar_head": fresh.params["scalar_head"]}
   return common.TrainState(step=fresh.step, params=params, opt_state=tx.init(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalarModelStart:
+  """Where a scalar-head model (reward model, classifier) starts: tokenizer, model, initializer."""
+  tokenizer: SentencePieceTokenizer
+  model: Transformer
+  init_fn: Any  # no-argument jitted initializer of the TrainState, created replicated over the mesh
+
+
+def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelConfig, texts: list[str],
+                       mesh: Mesh, tx: optax.GradientTransformation, key: jax.Array) -> ScalarModelStart:
+  """A scalar-head model grafted onto the LM in `init_from`, or (init_from="") a fresh one.
+
+  With `init_from`, the LM's tokenizer is copied into `workdir` and its trunk into the model; the
+  head is new (`scalar_head_init="reward"`). Without, a tokenizer is trained on `texts` (or
+  reused from `workdir` on resume) and `fallback` is initialised at random. Either way the model
+  config is written to `workdir/model.json`, so the trained model loads back with `load`.
+  """
+  workdir = Path(workdir)
+  repl = sharding.replicated(mesh)
+  if init_from:
+    start = load(init_from, mesh)
+    tokenizer = start.tokenizer
+    (workdir / "tokenizer.model").write_bytes((Path(init_from) / "tokenizer.model").read_bytes())
+    model = Transformer(dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward"))
+    init = jax.jit(functools.partial(init_with_trunk, model=model, tx=tx), out_shardings=repl)
+    init_fn = functools.partial(init, key, start.params)
+  else:
+    path = workdir / "tokenizer.model"
+    tokenizer = (SentencePieceTokenizer.load(path) if path.exists() else
+                 SentencePieceTokenizer.train(texts, fallback.vocab_size, path))
+    model = Transformer(dataclasses.replace(fallback, scalar_head=True, scalar_head_init="reward"))
+    init = jax.jit(functools.partial(common.init_state, model=model, tx=tx), out_shardings=repl)
+    init_fn = functools.partial(init, key)
+  save_model_config(workdir, model.config)
+  return ScalarModelStart(tokenizer=tokenizer, model=model, init_fn=init_fn)

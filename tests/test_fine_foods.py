@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.data.fine_foods: cleaning, pairing, ROC AUC, and the real Debian data.
+"""Tests for rlhf_jax.data.fine_foods: cleaning, pairing, and the real Debian data.
 
 Tests marked `network` download r-cran-modeldata (4 MB, ~2 s) once per session into the
 `cache_dir` fixture's temp cache: they are the only proof that the source still works.
@@ -18,41 +18,6 @@ import pytest
 
 from rlhf_jax.data import fine_foods
 from rlhf_jax.data.fine_foods import Review
-
-# --- ROC AUC --------------------------------------------------------------------------------
-
-
-def test_roc_auc_hand_values():
-  assert fine_foods.roc_auc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
-  assert fine_foods.roc_auc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
-  # Positives {0.35, 0.8}, negatives {0.1, 0.4}: of the 4 (pos, neg) pairs, 0.35 beats 0.1,
-  # 0.8 beats both -> 3/4.
-  assert fine_foods.roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
-  # Positives {1, 2, 2}, negatives {2, 0}: wins 1>0, 2>0, 2>0 = 3, ties 2=2 twice = 2 x 1/2,
-  # losses 1<2 -> (3 + 1) / 6.
-  assert fine_foods.roc_auc([1, 2, 2, 2, 0], [1, 1, 1, 0, 0]) == pytest.approx(4 / 6)
-  assert fine_foods.roc_auc([5, 5, 5], [1, 0, 1]) == 0.5  # all tied
-
-
-def test_roc_auc_matches_pairwise_count():
-  rng = np.random.default_rng(0)
-  scores = rng.integers(0, 5, size=60).astype(float)  # many ties
-  labels = rng.random(60) < 0.4
-  pos, neg = scores[labels], scores[~labels]
-  expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
-  assert fine_foods.roc_auc(scores, labels) == pytest.approx(expected / (len(pos) * len(neg)))
-
-
-def test_roc_auc_errors():
-  with pytest.raises(ValueError, match="both classes"):
-    fine_foods.roc_auc([0.1, 0.2], [1, 1])
-  with pytest.raises(ValueError, match="same length"):
-    fine_foods.roc_auc([0.1, 0.2], [1])
-  with pytest.raises(ValueError, match="labels"):
-    fine_foods.roc_auc([0.1, 0.2], [1, 2])
-  with pytest.raises(ValueError, match="scores"):
-    fine_foods.roc_auc([np.nan, 0.2], [1, 0])
-
 
 # --- cleaning and the R database ------------------------------------------------------------
 

@@ -37,3 +37,31 @@ def test_preference_smoke_starts_from_a_pretrained_lm(tmp_path, cache_dir):
   train = logs.read_metrics(rm_dir, "train")
   assert len(train) == 10 and all(r["loss"] > 0 for r in train)
   assert [r["step"] for r in logs.read_metrics(rm_dir, "eval")] == [0, 10]
+
+
+@pytest.mark.network
+def test_trained_reward_model_is_a_gold_scorer(tmp_path, cache_dir):
+  """The RM of a run scores texts as the run measured it, normalizes, and labels pairs."""
+  import numpy as np
+
+  from rlhf_jax.data import fine_foods
+  from rlhf_jax.eval import reward as reward_eval
+  from rlhf_jax.feedback import labelers
+
+  cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=["loop.steps=10", "loop.checkpoint_every=10"])
+  scorer = labelers.get_scorer(f"rm:{tmp_path}")
+  assert scorer.name == f"rm:{tmp_path}@10"
+  test = fine_foods.load("test")
+  scores = scorer.score([r.text for r in test])
+  assert scores.shape == (1000,) and scores.dtype == np.float32
+  end = logs.read_metrics(tmp_path, "eval")[-1]
+  assert reward_eval.roc_auc(scores, [r.great for r in test]) == pytest.approx(end["auc"], abs=1e-3)
+  assert scores.std() > 0
+  normalized = scorer.normalize([r.text for r in test[:200]])
+  reference = normalized.score([r.text for r in test[:200]])
+  np.testing.assert_allclose([reference.mean(), reference.std()], [0.0, 1.0], atol=1e-3)
+  labeler = labelers.SimulatedLabeler(scorer, beta=float("inf"))
+  a, b = [test[0].text, ""], [test[1].text, test[2].text]
+  expected = ["a" if x > y else "b" for x, y in zip(scorer.score(a), scorer.score(b))]
+  assert labeler.compare(a, b) == expected
+  assert labeler.name.startswith(f"rm:{tmp_path}@10(beta=inf")

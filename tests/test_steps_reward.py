@@ -104,3 +104,47 @@ def test_rating_training_learns_binary_labels():
     state, _ = step(state, ratings(i), jax.random.key(1), OPTIM.hparams())
   held_out = jax.jit(functools.partial(reward.eval_sums, model=model, kind="rating"))(state.params, ratings(999))
   assert held_out["correct"] / held_out["count"] > 0.85, held_out
+
+
+def _counted_sevens(seed, batch_size=16, length=8, levels=3):
+  """Rows with 0..levels-1 copies of token 7; the rating is the number of copies."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, 7, (batch_size, length))
+  label = rng.integers(0, levels, batch_size)
+  for i, n in enumerate(label):
+    tokens[i, rng.choice(length, n, replace=False)] = 7
+  return {"tokens": tokens.astype(np.int32), "mask": np.ones((batch_size, length), np.int32),
+          "label": label.astype(np.int32)}
+
+
+@pytest.mark.parametrize("kind", ["ordinal", "regression"])
+def test_rating_scales_beyond_two_levels(kind):
+  model = Transformer(RM)
+  tx = common.make_optimizer(OPTIM)
+  state = jax.jit(functools.partial(common.init_state, model=model, tx=tx))(jax.random.key(0))
+  step = jax.jit(functools.partial(reward.train_step, model=model, tx=tx, kind=kind, warmup_steps=0,
+                                   total_steps=100, min_lr_ratio=1.0, num_levels=3))
+  evaluate = jax.jit(functools.partial(reward.eval_sums, model=model, kind=kind, num_levels=3))
+  held_out = _counted_sevens(999, batch_size=96)
+  before = jax.device_get(evaluate(state.params, held_out))
+  for i in range(80):
+    state, _ = step(state, _counted_sevens(i), jax.random.key(1), OPTIM.hparams())
+  after = jax.device_get(evaluate(state.params, held_out))
+  assert after["loss_sum"] < 0.5 * before["loss_sum"], (before, after)
+  assert after["correct"] / after["count"] > 0.7, after
+  # The reward orders the levels: mean reward rises with the rating.
+  r = np.asarray(jax.jit(functools.partial(reward.rewards, model=model))(state.params, held_out["tokens"],
+                                                                          held_out["mask"]))
+  means = [r[held_out["label"] == k].mean() for k in range(3)]
+  assert means[0] < means[1] < means[2], means
+
+
+def test_normalize_head_gives_mean_zero_std_one(setup):
+  model, state, _, _ = setup
+  batch = pairs(3, batch_size=32)
+  score = jax.jit(functools.partial(reward.rewards, model=model))
+  r = np.asarray(score(state.params, batch["chosen"], batch["chosen_mask"]))
+  normalized = reward.normalize_head(state.params, r.mean(), r.std())
+  r_norm = np.asarray(score(normalized, batch["chosen"], batch["chosen_mask"]))
+  np.testing.assert_allclose([r_norm.mean(), r_norm.std()], [0.0, 1.0], atol=1e-4)
+  np.testing.assert_allclose(r_norm, (r - r.mean()) / r.std(), rtol=1e-4, atol=1e-4)

@@ -17,8 +17,8 @@ What the data holds (modeldata 1.1.0, checked): train 4,000 reviews (2,600 great
 reviews (658 great); every review is of a different product (4,000 and 1,000 distinct ASINs, none
 shared between the splits). So no product has two reviews, and the labels are per-text ratings:
 `ratings(split)` exports them in the feedback store's ratings shape, and `preference_pairs`
-builds great-vs-other pairs across products (see there). `roc_auc` measures how well a scorer
-separates great from other.
+builds great-vs-other pairs across products (see there). `rlhf_jax.eval.reward.roc_auc` measures
+how well a scorer separates great from other.
 """
 
 from __future__ import annotations
@@ -314,34 +314,3 @@ def preference_pairs(
   """
   return pair_reviews(load(split, cache=cache), seed=seed, same_product=same_product,
                       max_pairs_per_product=max_pairs_per_product, max_pairs=max_pairs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation.
-
-
-def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float:
-  """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2.
-
-  Computed from ranks (Mann & Whitney 1947; Hanley & McNeil 1982, eq. 2):
-  AUC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg), where R_pos is the sum of the
-  positives' ranks among all scores, tied scores sharing their average rank
-  (`scipy.stats.rankdata`).
-  """
-  from scipy.stats import rankdata
-
-  scores = np.asarray(scores, dtype=np.float64)
-  labels = np.asarray(labels)
-  if scores.ndim != 1 or scores.shape != labels.shape:
-    raise ValueError(f"scores and labels: expected two 1-D arrays of the same length, got "
-                     f"shapes {scores.shape} and {labels.shape}")
-  if labels.dtype != np.bool_ and not np.isin(labels, [0, 1]).all():
-    raise ValueError("labels: expected booleans or 0/1")
-  if not np.all(np.isfinite(scores)):
-    raise ValueError("scores: expected finite numbers")
-  labels = labels.astype(bool)
-  n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-  if n_pos == 0 or n_neg == 0:
-    raise ValueError(f"labels: expected both classes, got {n_pos} positive and {n_neg} negative")
-  rank_sum = rankdata(scores, method="average")[labels].sum()
-  return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -146,11 +146,19 @@ SCORERS: dict[str, Callable[[], Scorer]] = {
 
 
 def get_scorer(name: str) -> Scorer:
-  """A new scorer registered as `name`, or a ValueError listing the valid names and the nearest."""
+  """A new scorer registered as `name`, or a ValueError listing the valid names and the nearest.
+
+  `rm:WORKDIR` is a trained reward model (`pretrained.RewardModelScorer`), the gold-RM labeler.
+  """
+  if name.startswith("rm:"):
+    from rlhf_jax.pretrained import RewardModelScorer  # imports JAX: only when asked for
+
+    return RewardModelScorer(name[3:])
   if name not in SCORERS:
     close = difflib.get_close_matches(name, list(SCORERS), n=1, cutoff=0.0)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown scorer {name!r}{hint} Valid scorers: {', '.join(sorted(SCORERS))}")
+    raise ValueError(f"unknown scorer {name!r}{hint} Valid scorers: {', '.join(sorted(SCORERS))}, "
+                     "or rm:WORKDIR for a trained reward model")
   return SCORERS[name]()
 
 

@@ -1,4 +1,4 @@
-"""Reward-model training on pairwise preferences (Bradley-Terry) and on binary ratings.
+"""Reward-model training on pairwise preferences (Bradley-Terry) and on ratings.
 
 A reward model is the Transformer trunk with its scalar head (`ModelConfig(scalar_head=True,
 scalar_head_init="reward")`); a text's reward is the head's output at its last real token.
@@ -7,7 +7,13 @@ Batches:
 - preferences: `{"chosen", "chosen_mask", "rejected", "rejected_mask"}`, each [B, T] (prompt and
   response concatenated; padding on either side, mask 0). Chosen and rejected go through one
   forward pass of [2B, T].
-- ratings: `{"tokens", "mask", "label"}` with tokens/mask [B, T] and label [B] in {0, 1}.
+- ratings: `{"tokens", "mask", "label"}` with tokens/mask [B, T] and label [B]: in {0, 1} for
+  `kind="rating"` (binary, e.g. great vs other), in 0..N-1 for `kind="ordinal"` (ratings 1..N
+  shifted down by one; N = `num_levels`), and a float target for `kind="regression"`.
+
+`kind` picks the loss: "preference" (Bradley-Terry), "rating" (binary cross-entropy), "ordinal"
+(ordered logit, `losses.ordinal_rating_loss`) or "regression" (squared error). The ordinal model
+keeps the rating's order without pretending its steps are equal in reward; regression does.
 """
 
 from __future__ import annotations
@@ -60,16 +66,46 @@ def rating_sums(params, batch: Batch, key: jax.Array | None, *, model: Transform
   return total, {"count": count, "correct": correct, "margin": jnp.sum(logit_B * mask_B)}
 
 
-SUMS = {"preference": preference_sums, "rating": rating_sums}
+def ordinal_sums(params, batch: Batch, key: jax.Array | None, *, model: Transformer, num_levels: int):
+  """Summed ordered-logit NLL of ratings 0..N-1; `correct` counts exact predicted levels."""
+  score_B = rewards(params, batch["tokens"], batch["mask"], model=model, key=key)
+  mask_B = batch.get("row_mask", jnp.ones_like(score_B))
+  total, count = losses.ordinal_rating_loss(score_B, batch["label"], num_levels, mask_B)
+  expected_B = losses.ordinal_expected_level(score_B, num_levels)
+  correct = jnp.sum((jnp.round(expected_B) == batch["label"]) * mask_B)
+  return total, {"count": count, "correct": correct, "margin": jnp.sum(score_B * mask_B)}
+
+
+def regression_sums(params, batch: Batch, key: jax.Array | None, *, model: Transformer):
+  """Summed squared error of the reward against a numeric rating; `correct` counts |error| < 0.5."""
+  score_B = rewards(params, batch["tokens"], batch["mask"], model=model, key=key)
+  mask_B = batch.get("row_mask", jnp.ones_like(score_B))
+  total, count = losses.squared_error_loss(score_B, batch["label"], mask_B)
+  correct = jnp.sum((jnp.abs(score_B - batch["label"]) < 0.5) * mask_B)
+  return total, {"count": count, "correct": correct, "margin": jnp.sum(score_B * mask_B)}
+
+
+SUMS = {"preference": preference_sums, "rating": rating_sums, "ordinal": ordinal_sums,
+        "regression": regression_sums}
+
+
+def sums_fn(kind: str, model: Transformer, num_levels: int = 2):
+  """`(params, batch, key) -> (loss_sum, sums)` of a reward-model kind, its settings bound."""
+  if kind not in SUMS:
+    raise ValueError(f"unknown reward-model kind {kind!r}; expected one of {sorted(SUMS)}")
+  if kind == "ordinal":
+    return functools.partial(ordinal_sums, model=model, num_levels=num_levels)
+  return functools.partial(SUMS[kind], model=model)
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hparams, *, model: Transformer,
                tx: optax.GradientTransformation, kind: str, warmup_steps: int, total_steps: int,
-               min_lr_ratio: float, num_microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW update of a reward model; `kind` is "preference" or "rating"."""
+               min_lr_ratio: float, num_microbatches: int = 1,
+               num_levels: int = 2) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW update of a reward model; `kind` is a key of `SUMS`."""
   key = jax.random.fold_in(key, state.step)
-  sums_fn = functools.partial(SUMS[kind], model=model)
-  total, sums, grads = accumulate_gradients(sums_fn, state.params, batch, key, num_microbatches)
+  total, sums, grads = accumulate_gradients(sums_fn(kind, model, num_levels), state.params, batch, key,
+                                            num_microbatches)
   state, lr = apply_gradients(state, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                               min_lr_ratio=min_lr_ratio)
   count = jnp.maximum(sums["count"], 1.0)
@@ -78,7 +114,20 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hparams, *, 
   return state, metrics
 
 
-def eval_sums(params, batch: Batch, *, model: Transformer, kind: str) -> dict[str, jax.Array]:
+def eval_sums(params, batch: Batch, *, model: Transformer, kind: str, num_levels: int = 2) -> dict[str, jax.Array]:
   """Summed loss, correct and count of a batch; the caller adds them up over the eval set."""
-  total, sums = SUMS[kind](params, batch, None, model=model)  # no key: dropout off in evaluation
+  total, sums = sums_fn(kind, model, num_levels)(params, batch, None)  # no key: dropout off in evaluation
   return {"loss_sum": total, **sums}
+
+
+def normalize_head(params, mean: jax.Array, std: jax.Array):
+  """Parameters whose reward is (r - mean) / std: the scalar head's kernel and bias rescaled.
+
+  Ziegler et al. (2019, sec. 2.2) normalise the reward model so that its rewards on the reference
+  policy's samples have mean 0 and standard deviation 1 before RL. The head is affine in the
+  trunk's features, r = w.h + b, so (r - mean) / std = (w / std).h + (b - mean) / std exactly:
+  the normalisation lives in the parameters and every consumer of the reward model gets it.
+  """
+  head = params["scalar_head"]
+  std = jnp.maximum(jnp.asarray(std, jnp.float32), 1e-6)
+  return {**params, "scalar_head": {"kernel": head["kernel"] / std, "bias": (head["bias"] - mean) / std}}
