@@ -107,3 +107,37 @@ def last_token_value(scalar_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
   T = mask_BxT.shape[-1]
   last_B = T - 1 - jnp.argmax(mask_BxT[:, ::-1].astype(jnp.int32), axis=-1)
   return jnp.take_along_axis(scalar_BxT, last_B[:, None], axis=-1)[:, 0]
+
+
+def ppo_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array, adv_BxT: jax.Array, mask_BxT: jax.Array,
+                    clip_eps: float | jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Summed clipped surrogate of PPO (Schulman et al. 2017, eq. 7), negated to be minimised:
+
+    L = -min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t),   rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+
+  over the response's real tokens.
+  """
+  mask = mask_BxT.astype(jnp.float32)
+  ratio_BxT = jnp.exp(logp_BxT - old_logp_BxT)
+  unclipped = ratio_BxT * adv_BxT
+  clipped = jnp.clip(ratio_BxT, 1.0 - clip_eps, 1.0 + clip_eps) * adv_BxT
+  return jnp.sum(-jnp.minimum(unclipped, clipped) * mask), jnp.sum(mask)
+
+
+def ppo_value_loss(values_BxT: jax.Array, old_values_BxT: jax.Array, returns_BxT: jax.Array, mask_BxT: jax.Array,
+                   clip_eps: float | jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Summed clipped value loss (Huang et al. 2024, detail 11; the lm-human-preferences code):
+
+    L = 1/2 max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2)
+  """
+  mask = mask_BxT.astype(jnp.float32)
+  clipped_BxT = old_values_BxT + jnp.clip(values_BxT - old_values_BxT, -clip_eps, clip_eps)
+  loss_BxT = 0.5 * jnp.maximum((values_BxT - returns_BxT) ** 2, (clipped_BxT - returns_BxT) ** 2)
+  return jnp.sum(loss_BxT * mask), jnp.sum(mask)
+
+
+def policy_gradient_loss(logp_BxT: jax.Array, adv_BxT: jax.Array, mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Summed REINFORCE surrogate -A_t log pi(a_t|s_t) (Williams 1992): its gradient is the policy
+  gradient with advantage A (which must carry no gradient)."""
+  mask = mask_BxT.astype(jnp.float32)
+  return jnp.sum(-jax.lax.stop_gradient(adv_BxT) * logp_BxT * mask), jnp.sum(mask)
