@@ -127,7 +127,7 @@ def accumulate_gradients(loss_fn: LossFn, params, batch: Batch, key: jax.Array, 
   return loss_sum, sums, jax.tree.map(lambda g: g / denom, grads)
 
 
-def apply_gradients(state: TrainState, grads: Any, hp: Hparams, *, tx: optax.GradientTransformation,
+def apply_gradients(state, grads: Any, hp: Hparams, *, tx: optax.GradientTransformation,
                     warmup_steps: int, total_steps: int, min_lr_ratio: float) -> tuple[TrainState, jax.Array]:
   """One optimizer step at the scheduled learning rate; returns the new state and that rate."""
   lr = hp.learning_rate * lr_multiplier(state.step, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -136,7 +136,8 @@ def apply_gradients(state: TrainState, grads: Any, hp: Hparams, *, tx: optax.Gra
       hyperparams={**state.opt_state.hyperparams, "learning_rate": lr, "weight_decay": hp.weight_decay})
   updates, opt_state = tx.update(grads, opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), lr
+  # `replace` keeps any extra fields of a trainer's own state (e.g. PPO's KL coefficient).
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), lr
 
 
 def jit_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation):
