@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from rlhf_jax import cli, pretrained, sampling, sharding
 from rlhf_jax.data import corpora, rows
+from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.eval import lm as lm_eval
 from rlhf_jax.eval import reward as reward_eval
 from rlhf_jax.feedback import labelers
@@ -87,14 +88,6 @@ def get_config(smoke: bool = False) -> Config:
   return config
 
 
-def make_prompts(num_prompts: int, words: int, seed: int) -> list[str]:
-  """The first words of distinct WordNet example sentences, in a seeded order."""
-  docs = corpora.load_documents("wordnet_examples")
-  starts = sorted({" ".join(d.text.split()[:words]) for d in docs if len(d.text.split()) > words})
-  order = np.random.default_rng(seed).permutation(len(starts))[:num_prompts]
-  return [starts[i] for i in order]
-
-
 def collect_feedback(store: FeedbackStore, policy, prompts: list[str], config: Config, key: jax.Array) -> None:
   """Two samples per prompt from the policy, judged by the simulated labeler into the store."""
   pc, lc = config.policy, config.labeler
@@ -139,7 +132,7 @@ def main(config: Config, workdir: Path):
   store_path = workdir / "feedback.db"
   with FeedbackStore(store_path) as store:
     if not store.judgements(kind="comparison"):  # a resumed run reuses its judgements
-      prompts = make_prompts(config.policy.num_prompts, config.policy.prompt_words, config.seed)
+      prompts = prompts_lib.wordnet_openings(config.policy.num_prompts, config.policy.prompt_words, config.seed)
       collect_feedback(store, policy, prompts, config, jax.random.fold_in(key, 3))
     records = store.export_preferences(workdir / "preferences.jsonl")
   test_ids = {r["prompt_id"] for r in records

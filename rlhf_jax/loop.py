@@ -95,7 +95,6 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
   """
   workdir = Path(workdir)
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=loop.keep_checkpoints)
-  writer = logs.MetricWriter(workdir)
   stop = stop or threading.Event()
   start = checkpointer.latest_step()
   if start is None:
@@ -106,6 +105,9 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
     state, rng = checkpointer.restore(start, abstract_state=abstract_state(init_fn, state_shardings),
                                       data_iterator=data_iterator)
     logs.truncate_metrics(workdir, start)
+  # Opened only after the truncation above, which replaces the file: a writer opened before it
+  # would append to the replaced (unlinked) file and lose every record of the resumed run.
+  writer = logs.MetricWriter(workdir)
 
   pending = _Pending()
   progress = None

@@ -1,0 +1,124 @@
+"""The whole RLHF loop on CPU with packaged data: pretrain, sample, label, reward model, PPO, evaluate.
+
+  rlhf-jax run experiments/quickstart.py                 # the README's main command (~10 min on 2 cores)
+  rlhf-jax run experiments/quickstart.py --smoke         # < 2 min, for tests
+  rlhf-jax run experiments/quickstart.py --set seed=1
+
+Stages, each an experiment of its own in a subfolder of the workdir (rerunning resumes):
+1. `lm/`      pretrain_tiny: a small GPT on the Brown Corpus (or `--set lm_corpus=austen`).
+2. `reward/`  reward_simulated: the LM continues WordNet openings twice; a simulated labeler
+              (VADER with Bradley-Terry noise, standing in for people) compares each pair into the
+              feedback store; a Bradley-Terry reward model learns from the exported preferences.
+3. `ppo/`     sentiment_ppo: PPO fine-tunes the LM against the learned reward model, with a KL
+              penalty to the pretrained LM, and is evaluated by the noiseless labeler (the "gold"
+              taste the reward model only approximates).
+4. `report.json`, `report.md`, `reward_kl.png`: gold and proxy reward and KL before/after,
+              the reward model's held-out accuracy, and sample continuations before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from rlhf_jax import cli, logs
+from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax.eval.plots import plot_metrics
+
+HERE = Path(__file__).parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int = 0
+  smoke: bool = False  # each stage in its own --smoke mode
+  lm_corpus: str = "brown"
+  lm_steps: int = 300
+  reward_prompts: int = 2048
+  reward_steps: int = 300
+  ppo_steps: int = 60
+  ppo_batch_size: int = 32
+
+
+def get_config(smoke: bool = False) -> Config:
+  if smoke:
+    return Config(smoke=True, lm_steps=20, reward_prompts=64, reward_steps=10, ppo_steps=4, ppo_batch_size=16)
+  return Config()
+
+
+def _checkpoint_every(steps: int) -> int:
+  return max(1, steps // 2)
+
+
+def stages(config: Config, workdir: Path) -> list[tuple[str, Path, list[str]]]:
+  """(experiment file, workdir, --set overrides) of each stage, in order."""
+  lm, rm, rl = workdir / "lm", workdir / "reward", workdir / "ppo"
+  return [
+      ("pretrain_tiny.py", lm, [f"seed={config.seed}", f"data.corpus={config.lm_corpus}",
+                                f"loop.steps={config.lm_steps}", f"loop.eval_every={config.lm_steps}",
+                                f"loop.checkpoint_every={_checkpoint_every(config.lm_steps)}"]),
+      ("reward_simulated.py", rm, [f"seed={config.seed}", f"labeler.seed={config.seed}", f"policy.init_from={lm}",
+                                   f"policy.num_prompts={config.reward_prompts}",
+                                   f"loop.steps={config.reward_steps}", f"loop.eval_every={config.reward_steps}",
+                                   f"loop.checkpoint_every={_checkpoint_every(config.reward_steps)}"]),
+      ("sentiment_ppo.py", rl, [f"seed={config.seed}", f"policy.init_from={lm}", f"reward.scorer=rm:{rm}",
+                                "reward.with_prompt=true", "rl.gold=vader", f"rl.batch_size={config.ppo_batch_size}",
+                                f"loop.steps={config.ppo_steps}",
+                                f"loop.eval_every={_checkpoint_every(config.ppo_steps)}",
+                                f"loop.checkpoint_every={_checkpoint_every(config.ppo_steps)}"]),
+  ]
+
+
+def report(workdir: Path) -> dict:
+  """Numbers of every stage, read back from their metrics files."""
+  lm_eval = logs.read_metrics(workdir / "lm", "eval")
+  rm_eval = logs.read_metrics(workdir / "reward", "eval")
+  ppo_eval = logs.read_metrics(workdir / "ppo", "eval")
+  before, after = ppo_eval[0], ppo_eval[-1]
+  samples = [json.loads(line) for line in (workdir / "ppo" / "samples.jsonl").read_text().splitlines()]
+  first, last = samples[0]["step"], samples[-1]["step"]
+  return {
+      "lm": {"validation_perplexity": lm_eval[-1]["perplexity"], "steps": lm_eval[-1]["step"]},
+      "reward_model": {"heldout_accuracy_vs_noiseless_labeler": rm_eval[-1]["accuracy_vs_noiseless"],
+                       "heldout_accuracy_vs_labels": rm_eval[-1]["accuracy_vs_labels"],
+                       "label_agreement_with_noiseless": rm_eval[-1]["label_agreement_with_noiseless"],
+                       "heldout_pairs": rm_eval[-1]["pairs"]},
+      "ppo": {"updates": after["step"], "gold_before": before["gold_score"], "gold_after": after["gold_score"],
+              "proxy_before": before["proxy_score"], "proxy_after": after["proxy_score"], "kl_after": after["kl"],
+              "response_length_after": after["response_length"], "eos_rate_after": after["eos_rate"]},
+      "samples": [{"prompt": b["prompt"], "before": b["completion"], "after": a["completion"]}
+                  for b, a in zip([s for s in samples if s["step"] == first], [s for s in samples if s["step"] == last])],
+  }
+
+
+def _markdown(r: dict) -> str:
+  p = r["ppo"]
+  lines = [
+      "# Quickstart report", "",
+      "| stage | result |", "|---|---|",
+      f"| pretraining | validation perplexity {r['lm']['validation_perplexity']:.1f} after {r['lm']['steps']} steps |",
+      f"| reward model | held-out pairwise accuracy {r['reward_model']['heldout_accuracy_vs_noiseless_labeler']:.3f} "
+      f"against the noiseless labeler ({r['reward_model']['heldout_pairs']:.0f} pairs) |",
+      f"| PPO, gold (VADER) score | {p['gold_before']:.3f} -> {p['gold_after']:.3f} |",
+      f"| PPO, proxy (reward model) score | {p['proxy_before']:.3f} -> {p['proxy_after']:.3f} |",
+      f"| PPO, KL to the reference (nats/sequence) | {p['kl_after']:.2f} |", "",
+      "## Samples (same prompt and seed, before -> after PPO)", "",
+  ]
+  lines += [f"- *{s['prompt']}* | before: {s['before']!r} | after: {s['after']!r}" for s in r["samples"]]
+  return "\n".join(lines) + "\n"
+
+
+def main(config: Config, workdir: Path) -> dict:
+  workdir = Path(workdir)
+  for experiment, stage_dir, overrides in stages(config, workdir):
+    print(f"== {experiment} -> {stage_dir}", flush=True)
+    cli.run_experiment(HERE / experiment, smoke=config.smoke, workdir=stage_dir, overrides=overrides)
+  result = report(workdir)
+  atomic_write_bytes(workdir / "report.json", (json.dumps(result, indent=2) + "\n").encode())
+  atomic_write_bytes(workdir / "report.md", _markdown(result).encode())
+  ppo_dir = workdir / "ppo"
+  plot_metrics([ppo_dir], workdir / "reward_kl.png",
+               [("train", "score"), ("train", "kl"), ("eval", "gold_score"), ("eval", "kl")], labels=["PPO"])
+  print(_markdown(result), flush=True)
+  return result

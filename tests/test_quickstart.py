@@ -1,0 +1,65 @@
+"""The quickstart (pretrain -> feedback -> reward model -> PPO -> report) and sentiment_ppo, in --smoke mode."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_jax import cli, logs
+from rlhf_jax.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory, cache_dir):
+  workdir = tmp_path_factory.mktemp("quickstart")
+  result = cli.run_experiment(ROOT / "experiments" / "quickstart.py", smoke=True, workdir=workdir)
+  return workdir, result
+
+
+@pytest.mark.network
+def test_quickstart_smoke_writes_the_report(quickstart):
+  workdir, result = quickstart
+  assert json.loads((workdir / "report.json").read_text()) == result
+  assert (workdir / "reward_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "Quickstart report" in (workdir / "report.md").read_text()
+  ppo = result["ppo"]
+  assert ppo["updates"] > 0 and ppo["kl_after"] >= -0.5  # a k1 estimate on few samples may dip below 0
+  assert 0.0 <= result["reward_model"]["heldout_accuracy_vs_noiseless_labeler"] <= 1.0
+  assert result["samples"] and all(s["prompt"] for s in result["samples"])
+  # The PPO stage scored with the learned reward model and logged every metric of an update.
+  train = logs.read_metrics(workdir / "ppo", "train")
+  assert len(train) == 4
+  for name in ("score", "kl", "kl_coef", "entropy", "response_length", "eos_rate", "clipfrac", "approx_kl",
+               "value_loss", "explained_variance"):
+    assert all(name in r for r in train), name
+  config = json.loads((workdir / "ppo" / "config.json").read_text())
+  assert config["reward"]["scorer"] == f"rm:{workdir / 'reward'}"
+  norm = json.loads((workdir / "ppo" / "reward_norm.json").read_text())
+  assert norm["std"] > 0 and norm["samples"] > 0
+
+
+@pytest.mark.network
+def test_sentiment_ppo_with_a_lexicon_reward_resumes(quickstart, tmp_path):
+  import shutil
+
+  workdir, _ = quickstart
+  ppo = ROOT / "experiments" / "sentiment_ppo.py"
+  overrides = [f"policy.init_from={workdir / 'lm'}", "reward.scorer=afinn", "loop.steps=4", "loop.checkpoint_every=2",
+               "loop.eval_every=2"]
+  cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "a", overrides=overrides)
+  cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "b", overrides=overrides)
+  # Break run b after update 2 (its last checkpoint gone) and rerun: it resumes at 2 and must
+  # reach exactly what the unbroken run a reached.
+  shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+  cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "b", overrides=overrides)
+  a, b = logs.read_metrics(tmp_path / "a", "train"), logs.read_metrics(tmp_path / "b", "train")
+  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+  for ra, rb in zip(a, b):
+    assert ra["score"] == pytest.approx(rb["score"], abs=1e-6) and ra["kl"] == pytest.approx(rb["kl"], abs=1e-5)
+  assert logs.read_metrics(tmp_path / "a", "eval")[-1] == pytest.approx(logs.read_metrics(tmp_path / "b", "eval")[-1])
+  with pytest.raises(ValueError, match="value.init=reward needs a reward model"):
+    cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "c", overrides=overrides + ["value.init=reward"])
+  with pytest.raises(ConfigError, match="kl_estimator"):
+    cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "d", overrides=["ppo.kl_estimator=k9"])
