@@ -51,17 +51,24 @@ def values_of_responses(value_params, prompt_BxP, prompt_mask_BxP, response_BxN,
 
 
 def rollout(policy_params, value_params, ref_params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
-            key: jax.Array, temperature: jax.Array, *, policy_model: Transformer, value_model: Transformer,
+            key: jax.Array, temperature: jax.Array, *, policy_model: Transformer, value_model: Transformer | None,
             max_new_tokens: int, eos_id: int, pad_id: int) -> Rollout:
-  """Samples one response per prompt row and everything the RL update needs about it."""
+  """Samples one response per prompt row and everything the RL update needs about it.
+
+  `value_model=None` (critic-free methods) skips the value forward; values are then zeros.
+  Repeat prompt rows K times for K samples per prompt: each row draws from its own key.
+  """
   out = sampling.generate(policy_params, prompt_BxP, prompt_mask_BxP, key, model=policy_model,
                           max_new_tokens=max_new_tokens, temperature=temperature, eos_id=eos_id, pad_id=pad_id)
   logp = sampling.response_logprobs(policy_params, prompt_BxP, prompt_mask_BxP, out.tokens_BxN, out.mask_BxN,
                                     model=policy_model, temperature=temperature)
   ref_logp = sampling.response_logprobs(ref_params, prompt_BxP, prompt_mask_BxP, out.tokens_BxN, out.mask_BxN,
                                         model=policy_model, temperature=temperature)
-  values = values_of_responses(value_params, prompt_BxP, prompt_mask_BxP, out.tokens_BxN, out.mask_BxN,
-                               value_model=value_model)
+  if value_model is None:  # critic-free methods (REINFORCE, RLOO, GRPO, ReMax)
+    values = jnp.zeros(out.tokens_BxN.shape, jnp.float32)
+  else:
+    values = values_of_responses(value_params, prompt_BxP, prompt_mask_BxP, out.tokens_BxN, out.mask_BxN,
+                                 value_model=value_model)
   return Rollout(prompt_BxP=prompt_BxP, prompt_mask_BxP=prompt_mask_BxP, response_BxN=out.tokens_BxN,
                  response_mask_BxN=out.mask_BxN, logp_BxN=logp, ref_logp_BxN=ref_logp, values_BxN=values,
                  ended_B=out.ended_B)
