@@ -81,8 +81,10 @@ class Config:
   reward: RewardConfig = RewardConfig()
   value: ValueConfig = ValueConfig()
   rl: RLConfig = RLConfig()
-  ppo: ppo.PPOConfig = ppo.PPOConfig(kl_coef=0.05, kl_target=3.0, epochs=4, minibatches=2)
-  optim: common.OptimConfig = common.OptimConfig(learning_rate=5e-5, warmup_steps=5, weight_decay=0.0,
+  # Continuations have a fixed length, as in Ziegler et al.'s sentiment task: a tiny LM seldom ends
+  # within max_new_tokens, and a no-EOS penalty would teach it to stop rather than to please.
+  ppo: ppo.PPOConfig = ppo.PPOConfig(kl_coef=0.05, kl_target=3.0, epochs=4, minibatches=2, penalize_no_eos=False)
+  optim: common.OptimConfig = common.OptimConfig(learning_rate=2e-4, warmup_steps=5, weight_decay=0.0,
                                                  min_lr_ratio=1.0)
   loop: LoopConfig = LoopConfig(steps=100, log_every=5, eval_every=25, checkpoint_every=25)
   mesh: sharding.MeshConfig = sharding.MeshConfig()

@@ -178,7 +178,7 @@ def sequence_advantages_to_tokens(adv_B: jax.Array, mask_BxT: jax.Array) -> jax.
 
 
 # ---------------------------------------------------------------------------------------------
-# KL coefficient control and best-of-N.
+# KL coefficient control.
 
 
 def adaptive_kl_coef(kl_coef: jax.Array, kl: jax.Array, *, target: float, horizon: float,
@@ -191,13 +191,3 @@ def adaptive_kl_coef(kl_coef: jax.Array, kl: jax.Array, *, target: float, horizo
   """
   error = jnp.clip(kl / target - 1.0, -0.2, 0.2)
   return kl_coef * (1.0 + error * n_steps / horizon)
-
-
-def best_of_n_kl_bound(n: int) -> float:
-  """Analytic KL(pi_bon || pi) of best-of-n sampling: log n - (n - 1) / n (Stiennon et al. 2020,
-  appendix G.3; Beirami et al. 2024 show it is an upper bound)."""
-  import math
-
-  if n < 1:
-    raise ValueError(f"best-of-n needs n >= 1, got {n}")
-  return math.log(n) - (n - 1) / n

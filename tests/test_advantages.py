@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import advantages, losses
+from rlhf_jax import advantages, best_of_n, losses
 
 
 def _gae_loop(r, v, m, gamma, lam):
@@ -102,8 +102,8 @@ def test_adaptive_kl_coef():
                              0.1 * (1 + 0.2 * 64 / 10000), rtol=1e-6)
   np.testing.assert_allclose(advantages.adaptive_kl_coef(0.1, 5.4, target=6.0, horizon=10000, n_steps=64),
                              0.1 * (1 - 0.1 * 64 / 10000), rtol=1e-6)
-  assert advantages.best_of_n_kl_bound(1) == 0.0
-  assert advantages.best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 0.75)
+  assert best_of_n.kl_bound(1) == 0.0
+  assert best_of_n.kl_bound(4) == pytest.approx(math.log(4) - 0.75)
 
 
 def test_ppo_losses_hand_computed():
@@ -120,3 +120,16 @@ def test_ppo_losses_hand_computed():
   np.testing.assert_allclose(total, 2.5, rtol=1e-6)
   total, count = losses.policy_gradient_loss(jnp.array([[-1.0, -2.0]]), jnp.array([[2.0, 1.0]]), jnp.ones((1, 2)))
   np.testing.assert_allclose(total, 4.0)
+
+
+def test_best_of_n_select_and_kl():
+  np.testing.assert_array_equal(best_of_n.select(np.array([[0.1, 0.5, 0.5], [2.0, -1.0, 0.0]])), [1, 0])
+  # Two equally likely values: best-of-2 picks the higher one with prob 3/4 ->
+  # KL = 1/4 log(1/2) + 3/4 log(3/2).
+  assert best_of_n.kl_plugin(np.array([0.0, 1.0]), 2) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
+  # No ties and many samples: the plug-in approaches the closed form.
+  rng = np.random.default_rng(0)
+  assert best_of_n.kl_plugin(rng.normal(size=200_000), 8) == pytest.approx(best_of_n.kl_bound(8), abs=0.01)
+  assert best_of_n.kl_plugin(np.zeros(100), 8) == 0.0  # all tied: best-of-n is the reference
+  with pytest.raises(ValueError, match="n >= 1"):
+    best_of_n.kl_bound(0)
