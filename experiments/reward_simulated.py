@@ -60,6 +60,7 @@ class LabelerConfig:
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
   seq_len: int = 64  # prompt + response tokens
+  with_prompt: bool = True  # the reward model reads prompt + response (False: the response alone)
   batch_size: int = 32
   eval_batch_size: int = 64
   test_fraction: float = 0.2  # prompts held out (by prompt, so no pair leaks)
@@ -110,11 +111,11 @@ def collect_feedback(store: FeedbackStore, policy, prompts: list[str], config: C
       store.compare(id_a, id_b, outcome, labeler=labeler.name)
 
 
-def pair_arrays(records: list[dict], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
-  """Prompt + response tokens of the chosen and rejected sides, right-padded to seq_len."""
+def pair_arrays(records: list[dict], tokenizer, seq_len: int, with_prompt: bool = True) -> dict[str, np.ndarray]:
+  """Tokens of the chosen and rejected sides (after their prompt when `with_prompt`), right-padded."""
   arrays = {}
   for side in ("chosen", "rejected"):
-    texts = [r["prompt"] + r[side] for r in records]
+    texts = [(r["prompt"] if with_prompt else "") + r[side] for r in records]
     arrays[side], arrays[f"{side}_mask"] = rows.pad_rows(tokenizer.encode_batch(texts), seq_len, tokenizer.pad_id)
   return arrays
 
@@ -146,14 +147,14 @@ def main(config: Config, workdir: Path):
   start = pretrained.start_scalar_model(workdir, init_from=str(policy_dir), fallback=policy.model, texts=[],
                                         mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0))
   model, init_fn = start.model, start.init_fn
-  dataset = rows.rows_dataset(pair_arrays(train, policy.tokenizer, rc.seq_len), rc.batch_size // jax.process_count(),
+  dataset = rows.rows_dataset(pair_arrays(train, policy.tokenizer, rc.seq_len, rc.with_prompt), rc.batch_size // jax.process_count(),
                               seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
 
   # The labeler's noiseless preference on the held-out pairs, in the same chosen/rejected order.
   scorer = labelers.get_scorer(config.labeler.scorer)
   true_margin = scorer.score([r["chosen"] for r in test]) - scorer.score([r["rejected"] for r in test])
   untied = np.abs(true_margin) > 0
-  test_batches = rows.eval_row_batches(pair_arrays(test, policy.tokenizer, rc.seq_len), rc.eval_batch_size)
+  test_batches = rows.eval_row_batches(pair_arrays(test, policy.tokenizer, rc.seq_len, rc.with_prompt), rc.eval_batch_size)
   pair_fn = jax.jit(functools.partial(reward.pair_rewards, model=model))
 
   def evaluate(state) -> dict[str, float]:
