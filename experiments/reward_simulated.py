@@ -43,6 +43,7 @@ class PolicyConfig:
   init_from: str = ""  # an LM workdir; "" runs pretrain_tiny into <workdir>/policy first
   pretrain_smoke: bool = False  # with init_from="": run pretrain_tiny in --smoke mode
   num_prompts: int = 4096
+  samples_per_prompt: int = 2  # K; every pair of a prompt's K samples is compared
   prompt_words: int = 4
   max_new_tokens: int = 32
   temperature: float = 1.0
@@ -90,8 +91,14 @@ def get_config(smoke: bool = False) -> Config:
 
 
 def collect_feedback(store: FeedbackStore, policy, prompts: list[str], config: Config, key: jax.Array) -> None:
-  """Two samples per prompt from the policy, judged by the simulated labeler into the store."""
+  """K samples per prompt from the policy; the simulated labeler compares every pair into the store.
+
+  Comparing all K(K-1)/2 pairs of K samples is how InstructGPT collects rankings (Ouyang et al.
+  2022, sec. 3.5): labels are cheap next to sampling, so K = 4 gives 6 pairs for twice the
+  sampling of K = 2's one pair.
+  """
   pc, lc = config.policy, config.labeler
+  K = pc.samples_per_prompt
   model = Transformer(policy.model)
   generate = jax.jit(functools.partial(
       sampling.generate, model=model, max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
@@ -101,14 +108,17 @@ def collect_feedback(store: FeedbackStore, policy, prompts: list[str], config: C
   model_name = f"{config.policy.init_from or 'policy'}@{policy.step}"
   for start in tqdm(range(0, len(prompts), pc.sample_batch_size), desc="sample+label", leave=False):
     batch = prompts[start:start + pc.sample_batch_size]
-    a = lm_eval.complete(generate, policy.params, policy.tokenizer, batch, jax.random.fold_in(key, 2 * start))
-    b = lm_eval.complete(generate, policy.params, policy.tokenizer, batch, jax.random.fold_in(key, 2 * start + 1))
-    keep = [i for i in range(len(batch)) if a[i].strip() and b[i].strip() and a[i] != b[i]]
-    records = [{"prompt": batch[i], "response": r, "model": model_name} for i in keep for r in (a[i], b[i])]
-    ids = store.add_samples(records, source="wordnet_examples")
-    outcomes = labeler.compare([a[i] for i in keep], [b[i] for i in keep])
-    for (id_a, id_b), outcome in zip(zip(ids[::2], ids[1::2]), outcomes):
-      store.compare(id_a, id_b, outcome, labeler=labeler.name)
+    samples = [lm_eval.complete(generate, policy.params, policy.tokenizer, batch, jax.random.fold_in(key, K * start + k))
+               for k in range(K)]
+    pairs = [(i, a, b) for i in range(len(batch)) for a in range(K) for b in range(a + 1, K)
+             if samples[a][i].strip() and samples[b][i].strip() and samples[a][i] != samples[b][i]]
+    used = sorted({(i, k) for i, a, b in pairs for k in (a, b)})
+    ids = store.add_samples([{"prompt": batch[i], "response": samples[k][i], "model": model_name} for i, k in used],
+                            source="wordnet_examples")
+    sample_id = dict(zip(used, ids))
+    outcomes = labeler.compare([samples[a][i] for i, a, _ in pairs], [samples[b][i] for i, _, b in pairs])
+    for (i, a, b), outcome in zip(pairs, outcomes):
+      store.compare(sample_id[i, a], sample_id[i, b], outcome, labeler=labeler.name)
 
 
 def pair_arrays(records: list[dict], tokenizer, seq_len: int, with_prompt: bool = True) -> dict[str, np.ndarray]:
