@@ -13,10 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.network
 def test_smoke_labels_into_the_store_and_trains_a_reward_model(tmp_path, cache_dir):
-  cli.run_experiment(ROOT / "experiments" / "reward_simulated.py", smoke=True, workdir=tmp_path)
+  cli.run_experiment(ROOT / "experiments" / "reward_simulated.py", smoke=True, workdir=tmp_path,
+                     overrides=["policy.samples_per_prompt=3"])
   with FeedbackStore(tmp_path / "feedback.db") as store:
     comparisons = store.judgements(kind="comparison")
-    assert len(comparisons) >= 40
+    assert len(comparisons) > 48 * 2  # 48 prompts, up to 3 pairs each (identical samples are not compared)
+    per_prompt = {}
+    for c in comparisons:
+      per_prompt.setdefault(store.sample(c.sample_a).prompt_id, set()).update({c.sample_a, c.sample_b})
+    assert max(len(s) for s in per_prompt.values()) == 3
     assert {c.labeler for c in comparisons} == {"vader(beta=10,tie=0,seed=0)"}
     exported = store.export_preferences()
   lines = (tmp_path / "preferences.jsonl").read_text().splitlines()
