@@ -36,14 +36,18 @@ class Config:
   lm_corpus: str = "brown"
   lm_steps: int = 300
   reward_prompts: int = 2048
+  reward_samples_per_prompt: int = 4  # every pair of a prompt's samples is compared: 6 pairs per prompt
   reward_steps: int = 300
-  ppo_steps: int = 60
+  ppo_steps: int = 40
   ppo_batch_size: int = 32
+  ppo_kl_coef: float = 0.1
+  ppo_learning_rate: float = 1e-4
 
 
 def get_config(smoke: bool = False) -> Config:
   if smoke:
-    return Config(smoke=True, lm_steps=20, reward_prompts=64, reward_steps=10, ppo_steps=4, ppo_batch_size=16)
+    return Config(smoke=True, lm_steps=20, reward_prompts=64, reward_samples_per_prompt=3, reward_steps=10, ppo_steps=4,
+                  ppo_batch_size=16)
   return Config()
 
 
@@ -60,12 +64,14 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, list[str]]]:
                                 f"loop.checkpoint_every={_checkpoint_every(config.lm_steps)}"]),
       ("reward_simulated.py", rm, [f"seed={config.seed}", f"labeler.seed={config.seed}", f"policy.init_from={lm}",
                                    f"policy.num_prompts={config.reward_prompts}",
+                                   f"policy.samples_per_prompt={config.reward_samples_per_prompt}",
                                    f"loop.steps={config.reward_steps}", f"loop.eval_every={config.reward_steps}",
                                    f"loop.checkpoint_every={_checkpoint_every(config.reward_steps)}"]),
       ("sentiment_ppo.py", rl, [f"seed={config.seed}", f"policy.init_from={lm}", f"reward.scorer=rm:{rm}",
                                 "reward.with_prompt=true", "rl.gold=vader", f"rl.batch_size={config.ppo_batch_size}",
+                                f"ppo.kl_coef={config.ppo_kl_coef}", f"optim.learning_rate={config.ppo_learning_rate}",
                                 f"loop.steps={config.ppo_steps}",
-                                f"loop.eval_every={_checkpoint_every(config.ppo_steps)}",
+                                f"loop.eval_every={max(1, config.ppo_steps // 4)}",
                                 f"loop.checkpoint_every={_checkpoint_every(config.ppo_steps)}"]),
   ]
 
