@@ -137,7 +137,7 @@ def main(config: Config, workdir: Path):
     if state is None:
       init_fn = start.init_fn
     else:  # fine-tune again from the last round's weights, with a fresh optimizer and schedule
-      init_fn = jax.jit(functools.partial(_restart, tx=tx), out_shardings=sharding.replicated(mesh))
+      init_fn = jax.jit(functools.partial(pretrained.restart_state, tx=tx), out_shardings=sharding.replicated(mesh))
       init_fn = functools.partial(init_fn, state.params)
     index = np.flatnonzero(labeled)
     dataset = rows.rows_dataset({"tokens": pool_tokens[index], "mask": pool_mask[index], "label": pool_labels[index]},
@@ -169,12 +169,6 @@ def main(config: Config, workdir: Path):
                   if "shown" in result else ""))
   atomic_write_bytes(workdir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in results).encode())
   return state
-
-
-def _restart(params, *, tx) -> common.TrainState:
-  import jax.numpy as jnp
-
-  return common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
 def _corrections(path: Path, params, score_fn, pool, pool_tokens, pool_mask, labeled, cc: ClassifyConfig, mesh,

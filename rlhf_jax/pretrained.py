@@ -130,6 +130,13 @@ class RewardModelScorer:
                              _loaded=loaded)
 
 
+def restart_state(params: Any, *, tx: optax.GradientTransformation) -> common.TrainState:
+  """A fresh train state (step 0, new optimizer state) around trained `params`: fine-tuning again."""
+  import jax.numpy as jnp
+
+  return common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
 def init_with_trunk(key: jax.Array, lm_params: Any, *, model: Transformer,
                     tx: optax.GradientTransformation) -> common.TrainState:
   """Train state of a scalar-head model (reward or value) whose trunk starts from `lm_params`.

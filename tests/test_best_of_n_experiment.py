@@ -1,0 +1,26 @@
+"""The best-of-n / rejection-sampling experiment in --smoke mode."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_jax import cli, logs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.network
+def test_best_of_n_smoke(tmp_path, cache_dir):
+  result = cli.run_experiment(ROOT / "experiments" / "best_of_n.py", smoke=True, workdir=tmp_path)
+  assert json.loads((tmp_path / "results.json").read_text()) == result
+  bon = [r for r in result["rows"] if r["method"].startswith("best-of-")]
+  assert [r["n"] for r in bon] == [1, 2, 4]
+  # Proxy = gold here, and the best of the first n samples is taken over nested sets: never worse.
+  golds = [r["gold"] for r in bon]
+  assert golds == sorted(golds)
+  assert all(0.0 <= r["kl_plugin"] <= r["kl_bound"] + 1e-9 for r in bon)
+  assert bon[0]["kl_bound"] == 0.0
+  rsft = result["rows"][-1]
+  assert rsft["method"].startswith("rejection-sampling FT") and "kl" in rsft
+  assert [r["step"] for r in logs.read_metrics(tmp_path / "rsft", "train")] == [1, 2, 3, 4]
