@@ -106,6 +106,7 @@ class ModelOutput:
   logits_BxTxV: jax.Array  # float32
   scalar_BxT: jax.Array | None = None  # float32; present when config.scalar_head
   cache: KVCache | None = None
+  hidden_BxTxD: jax.Array | None = None  # the final LayerNorm's output, for extra heads (e.g. ILQL's Q and V)
 
 
 def _dense(config: ModelConfig, features: int, name: str, std: float) -> nn.Dense:
@@ -224,7 +225,7 @@ class Transformer(nn.Module):
     if cache is not None:
       new_cache = KVCache(k_LxBxSxNxH=jnp.stack(new_k), v_LxBxSxNxH=jnp.stack(new_v),
                           key_mask_BxS=key_mask_BxS, index=cache.index + T)
-    return ModelOutput(logits_BxTxV=logits_BxTxV, scalar_BxT=scalar_BxT, cache=new_cache)
+    return ModelOutput(logits_BxTxV=logits_BxTxV, scalar_BxT=scalar_BxT, cache=new_cache, hidden_BxTxD=x_BxTxD)
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
