@@ -266,3 +266,18 @@ def test_get_scorer_suggests_nearest_name():
     labelers.get_scorer("vadr")
   with pytest.raises(ValueError, match="afinn, textblob, vader"):
     labelers.get_scorer("txtblob")
+
+
+def test_python_function_scorer(tmp_path, monkeypatch):
+  (tmp_path / "my_rewards.py").write_text("def exclaim(texts):\n  return [t.count('!') for t in texts]\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  scorer = labelers.get_scorer("py:my_rewards:exclaim")
+  assert scorer.name == "py:my_rewards:exclaim"
+  np.testing.assert_array_equal(scorer.score(["a!", "b!!!", "c"]), [1, 3, 0])
+  assert labelers.SimulatedLabeler(scorer, beta=float("inf")).compare(["a!"], ["b!!"]) == ["b"]
+  with pytest.raises(ValueError, match="has no attribute 'missing'"):
+    labelers.get_scorer("py:my_rewards:missing")
+  with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+    labelers.get_scorer("py:no_such_module_xyz:f")
+  with pytest.raises(ValueError, match="expected py:MODULE:FUNCTION"):
+    labelers.get_scorer("py:my_rewards")

@@ -137,6 +137,39 @@ class AfinnScorer:
     return np.array([self._score_one(t) for t in texts], dtype=np.float32)
 
 
+class FunctionScorer:
+  """A user's Python function `fn(texts) -> scores` as a scorer (a reward for RL, a labeler's taste).
+
+  `get_scorer("py:package.module:function")` imports it; the module must be importable (on
+  PYTHONPATH or installed). Scores are checked like every scorer's (`score_texts`).
+  """
+
+  def __init__(self, fn: Callable[[Sequence[str]], Sequence[float]], name: str | None = None) -> None:
+    if not callable(fn):
+      raise TypeError(f"fn: expected a callable texts -> scores, got {type(fn).__name__}")
+    self._fn = fn
+    self.name = name or f"py:{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+  @classmethod
+  def from_path(cls, path: str) -> "FunctionScorer":
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+      raise ValueError(f"scorer py:{path}: expected py:MODULE:FUNCTION, e.g. py:my_rewards:length_bonus")
+    try:
+      module = importlib.import_module(module_name)
+    except ImportError as e:
+      raise ValueError(f"scorer py:{path}: cannot import module {module_name!r} ({e})") from None
+    fn = getattr(module, attr, None)
+    if fn is None:
+      raise ValueError(f"scorer py:{path}: module {module_name!r} has no attribute {attr!r}")
+    return cls(fn, name=f"py:{path}")
+
+  def score(self, texts: Sequence[str]) -> np.ndarray:
+    return np.asarray(self._fn(list(texts)), dtype=np.float32)
+
+
 # The only list of scorer names.
 SCORERS: dict[str, Callable[[], Scorer]] = {
     "vader": VaderScorer,
@@ -148,8 +181,11 @@ SCORERS: dict[str, Callable[[], Scorer]] = {
 def get_scorer(name: str) -> Scorer:
   """A new scorer registered as `name`, or a ValueError listing the valid names and the nearest.
 
-  `rm:WORKDIR` is a trained reward model (`pretrained.RewardModelScorer`), the gold-RM labeler.
+  `rm:WORKDIR` is a trained reward model (`pretrained.RewardModelScorer`), the gold-RM labeler;
+  `py:MODULE:FUNCTION` any importable Python function `texts -> scores` (`FunctionScorer`).
   """
+  if name.startswith("py:"):
+    return FunctionScorer.from_path(name[3:])
   if name.startswith("rm:"):
     from rlhf_jax.pretrained import RewardModelScorer  # imports JAX: only when asked for
 
