@@ -141,3 +141,87 @@ def policy_gradient_loss(logp_BxT: jax.Array, adv_BxT: jax.Array, mask_BxT: jax.
   gradient with advantage A (which must carry no gradient)."""
   mask = mask_BxT.astype(jnp.float32)
   return jnp.sum(-jax.lax.stop_gradient(adv_BxT) * logp_BxT * mask), jnp.sum(mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct preference optimization and its relatives. Inputs are per-sequence log-probabilities of
+# the response (summed over its tokens, `sampling.response_logprobs(...).sum(-1)`), [B] each.
+
+
+def _mask_or_ones(x_B: jax.Array, mask_B: jax.Array | None) -> jax.Array:
+  return jnp.ones_like(x_B) if mask_B is None else mask_B.astype(jnp.float32)
+
+
+def dpo_loss(logp_chosen_B: jax.Array, logp_rejected_B: jax.Array, ref_chosen_B: jax.Array, ref_rejected_B: jax.Array,
+             beta: float | jax.Array, label_smoothing: float | jax.Array = 0.0,
+             mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed DPO loss (Rafailov et al. 2023, eq. 7):
+
+    -log sigmoid(beta [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))])
+
+  With label_smoothing eps > 0 it is conservative DPO (Mitchell 2023): the labels are assumed
+  flipped with probability eps, -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h).
+  """
+  h_B = (logp_chosen_B - ref_chosen_B) - (logp_rejected_B - ref_rejected_B)
+  nll_B = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h_B) - label_smoothing * jax.nn.log_sigmoid(-beta * h_B)
+  mask_B = _mask_or_ones(h_B, mask_B)
+  return jnp.sum(nll_B * mask_B), jnp.sum(mask_B)
+
+
+def ipo_loss(logp_chosen_B, logp_rejected_B, ref_chosen_B, ref_rejected_B, tau: float | jax.Array,
+             mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed IPO loss (Azar et al. 2023, eq. 17): (h - 1 / (2 tau))^2 with h the DPO log-ratio
+  margin; it regresses the margin to a finite target instead of pushing it to infinity."""
+  h_B = (logp_chosen_B - ref_chosen_B) - (logp_rejected_B - ref_rejected_B)
+  mask_B = _mask_or_ones(h_B, mask_B)
+  return jnp.sum((h_B - 1.0 / (2.0 * tau)) ** 2 * mask_B), jnp.sum(mask_B)
+
+
+def kto_loss(logp_B: jax.Array, ref_logp_B: jax.Array, desirable_B: jax.Array, kl_reference: jax.Array,
+             beta: float | jax.Array, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed KTO loss on unpaired examples (Ethayarajh et al. 2024, eq. 8):
+
+    desirable:    lambda_D (1 - sigmoid(beta (r - z0)))
+    undesirable:  lambda_U (1 - sigmoid(beta (z0 - r)))
+
+  with r = log pi(y|x) - log pi_ref(y|x) and z0 the reference point, an estimate of
+  KL(pi || pi_ref) (e.g. the batch mean of r on mismatched pairs, clipped at 0), which carries no
+  gradient.
+  """
+  r_B = logp_B - ref_logp_B
+  z0 = jax.lax.stop_gradient(jnp.maximum(kl_reference, 0.0))
+  good = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r_B - z0)))
+  bad = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - r_B)))
+  mask_B = _mask_or_ones(r_B, mask_B)
+  return jnp.sum(jnp.where(desirable_B, good, bad) * mask_B), jnp.sum(mask_B)
+
+
+def orpo_odds_ratio_loss(mean_logp_chosen_B: jax.Array, mean_logp_rejected_B: jax.Array,
+                         mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed odds-ratio term of ORPO (Hong et al. 2024, eqs. 6-7), no reference model:
+
+    -log sigmoid(log odds(y_w) - log odds(y_l)),   odds(y) = P(y) / (1 - P(y)),
+
+  with P(y) = exp(mean token log-prob) (length-normalized, as in the paper). ORPO's full loss adds
+  the SFT loss of y_w: `next_token_loss` + lambda * this.
+  """
+  def log_odds(mean_logp_B):
+    mean_logp_B = jnp.minimum(mean_logp_B, -1e-6)  # P < 1, so log(1 - P) is finite
+    return mean_logp_B - jnp.log1p(-jnp.exp(mean_logp_B))
+  z_B = log_odds(mean_logp_chosen_B) - log_odds(mean_logp_rejected_B)
+  mask_B = _mask_or_ones(z_B, mask_B)
+  return jnp.sum(-jax.nn.log_sigmoid(z_B) * mask_B), jnp.sum(mask_B)
+
+
+def simpo_loss(logp_chosen_B: jax.Array, logp_rejected_B: jax.Array, len_chosen_B: jax.Array,
+               len_rejected_B: jax.Array, beta: float | jax.Array, gamma: float | jax.Array,
+               mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed SimPO loss (Meng et al. 2024, eq. 6), no reference model:
+
+    -log sigmoid(beta / |y_w| log pi(y_w) - beta / |y_l| log pi(y_l) - gamma)
+  """
+  z_B = (beta * logp_chosen_B / jnp.maximum(len_chosen_B, 1) - beta * logp_rejected_B / jnp.maximum(len_rejected_B, 1)
+         - gamma)
+  mask_B = _mask_or_ones(z_B, mask_B)
+  return jnp.sum(-jax.nn.log_sigmoid(z_B) * mask_B), jnp.sum(mask_B)
