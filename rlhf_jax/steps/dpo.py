@@ -1,0 +1,135 @@
+"""Offline preference optimization: one pure step for DPO, conservative DPO, IPO, KTO, ORPO and SimPO.
+
+Batches hold preference pairs after a shared left-padded prompt:
+`{"prompt", "prompt_mask"}` [B, P] and `{"chosen", "chosen_mask", "rejected", "rejected_mask"}`
+[B, N] (responses right-padded), plus the reference model's summed log-probs `ref_chosen`,
+`ref_rejected` [B], computed once for the dataset (`reference_logprobs`) and cached: the
+reference never changes, so recomputing it every step would double the cost for nothing.
+
+`kind` selects the loss (`rlhf_jax.losses`): "dpo" (with `hp.label_smoothing` > 0: conservative
+DPO), "ipo" (tau = beta), "kto" (chosen as desirable, rejected as undesirable, the reference point
+z0 the batch mean of the policy/reference log-ratio over both, clipped at 0 and without gradient,
+a cheaper stand-in for the paper's mismatched-pair estimate), "orpo" (SFT on chosen + lambda x odds
+ratio; lambda = beta) and "simpo" (length-normalized, margin gamma). Reference-free losses ignore
+`ref_*`.
+
+Metrics show what happens to each side, not only the margin: the implicit rewards
+beta (log pi - log pi_ref) of chosen and rejected, their accuracy and margin, and the log-probs of
+chosen and rejected themselves (the "chosen log-prob goes down too" effect is visible).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlhf_jax import losses, sampling
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.steps import common
+
+KINDS = ("dpo", "ipo", "kto", "orpo", "simpo")
+
+
+@flax.struct.dataclass
+class DPOHparams:
+  learning_rate: jax.Array
+  weight_decay: jax.Array
+  beta: jax.Array
+  label_smoothing: jax.Array
+  gamma: jax.Array  # SimPO's target margin
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+  kind: Literal["dpo", "ipo", "kto", "orpo", "simpo"] = "dpo"
+  beta: float = 0.1
+  label_smoothing: float = 0.0
+  gamma: float = 0.5
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"dpo.kind must be one of {KINDS}, got {self.kind!r}")
+    if not self.beta > 0:
+      raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+    if not 0.0 <= self.label_smoothing < 0.5:
+      raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+  def hparams(self, optim: common.OptimConfig) -> DPOHparams:
+    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    return DPOHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay), beta=f(self.beta),
+                      label_smoothing=f(self.label_smoothing), gamma=f(self.gamma))
+
+
+def pair_logprobs(params, batch, *, model: Transformer):
+  """Token log-probs [B, N] of the chosen and rejected responses, from one forward over [2B, P+N]."""
+  prompt = jnp.concatenate([batch["prompt"], batch["prompt"]])
+  prompt_mask = jnp.concatenate([batch["prompt_mask"], batch["prompt_mask"]])
+  response = jnp.concatenate([batch["chosen"], batch["rejected"]])
+  mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+  logp = sampling.response_logprobs(params, prompt, prompt_mask, response, mask, model=model)
+  B = batch["chosen"].shape[0]
+  return logp[:B], logp[B:]
+
+
+def reference_logprobs(params, batch, *, model: Transformer) -> dict[str, jax.Array]:
+  """Summed reference log-probs of each pair's two responses: `{"ref_chosen", "ref_rejected"}` [B]."""
+  chosen, rejected = pair_logprobs(params, batch, model=model)
+  return {"ref_chosen": chosen.sum(-1), "ref_rejected": rejected.sum(-1)}
+
+
+def _loss_sums(params, batch, key, hp: DPOHparams, *, model: Transformer, kind: str):
+  del key
+  tok_c, tok_r = pair_logprobs(params, batch, model=model)
+  mask_c = batch["chosen_mask"].astype(jnp.float32)
+  mask_r = batch["rejected_mask"].astype(jnp.float32)
+  logp_c, logp_r = tok_c.sum(-1), tok_r.sum(-1)
+  len_c, len_r = mask_c.sum(-1), mask_r.sum(-1)
+  ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
+  pair_mask = batch.get("pair_mask", jnp.ones_like(logp_c))
+  if kind == "dpo":
+    total, count = losses.dpo_loss(logp_c, logp_r, ref_c, ref_r, hp.beta, hp.label_smoothing, pair_mask)
+  elif kind == "ipo":
+    total, count = losses.ipo_loss(logp_c, logp_r, ref_c, ref_r, hp.beta, pair_mask)
+  elif kind == "kto":
+    logp = jnp.concatenate([logp_c, logp_r])
+    ref = jnp.concatenate([ref_c, ref_r])
+    z0 = jnp.mean(logp - ref)
+    desirable = jnp.concatenate([jnp.ones_like(logp_c, bool), jnp.zeros_like(logp_r, bool)])
+    total, count = losses.kto_loss(logp, ref, desirable, z0, hp.beta, mask_B=jnp.concatenate([pair_mask, pair_mask]))
+    count = count / 2  # per pair, like the others
+  elif kind == "orpo":
+    odds_sum, count = losses.orpo_odds_ratio_loss(logp_c / jnp.maximum(len_c, 1), logp_r / jnp.maximum(len_r, 1),
+                                                  pair_mask)
+    sft_sum = jnp.sum(-logp_c / jnp.maximum(len_c, 1) * pair_mask)  # per-token mean NLL of chosen, per pair
+    total = sft_sum + hp.beta * odds_sum
+  else:
+    total, count = losses.simpo_loss(logp_c, logp_r, len_c, len_r, hp.beta, hp.gamma, pair_mask)
+  reward_c = hp.beta * (logp_c - ref_c)
+  reward_r = hp.beta * (logp_r - ref_r)
+  sums = {"count": count, "reward_chosen": jnp.sum(reward_c * pair_mask),
+          "reward_rejected": jnp.sum(reward_r * pair_mask),
+          "reward_accuracy": jnp.sum((reward_c > reward_r) * pair_mask),
+          "logp_chosen": jnp.sum(logp_c * pair_mask), "logp_rejected": jnp.sum(logp_r * pair_mask)}
+  return total, sums
+
+
+def dpo_step(state: common.TrainState, batch, key: jax.Array, hp: DPOHparams, *, model: Transformer,
+             tx: optax.GradientTransformation, kind: str, warmup_steps: int, total_steps: int,
+             min_lr_ratio: float, num_microbatches: int = 1) -> tuple[common.TrainState, dict]:
+  """One AdamW update on the exact pair-mean preference loss of `kind`."""
+  key = jax.random.fold_in(key, state.step)
+  total, sums, grads = common.accumulate_gradients(
+      functools.partial(_loss_sums, hp=hp, model=model, kind=kind), state.params, batch, key, num_microbatches)
+  state, lr = common.apply_gradients(state, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
+                                     min_lr_ratio=min_lr_ratio)
+  n = jnp.maximum(sums["count"], 1.0)
+  metrics = {"loss": total / n, **{k: v / n for k, v in sums.items() if k != "count"},
+             "reward_margin": (sums["reward_chosen"] - sums["reward_rejected"]) / n,
+             "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
+  return state, metrics
