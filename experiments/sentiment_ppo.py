@@ -32,7 +32,7 @@ from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.data import rows
 from rlhf_jax.data.corpora import atomic_write_bytes
-from rlhf_jax.eval import lm as lm_eval
+from rlhf_jax.eval import policy as policy_eval
 from rlhf_jax.feedback import labelers
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import Transformer
@@ -169,13 +169,7 @@ def main(config: Config, workdir: Path):
   scorer = labelers.get_scorer(rc.scorer)
   gold = scorer if lc.gold == rc.scorer else labelers.get_scorer(lc.gold)
 
-  def sample(params, tokens, mask, k) -> tuple[rollout_lib.Rollout, list[str], list[str]]:
-    placed = sharding.put_batch({"p": tokens, "m": mask}, mesh)
-    k = jax.device_put(k, repl)  # a key restored from a checkpoint is committed to one device
-    r = roll(params["policy"], params["value"], ref_params, placed["p"], placed["m"], k, hp.temperature)
-    host = jax.device_get(r)
-    return (r, rollout_lib.decode_prompts(tok, host.prompt_BxP, host.prompt_mask_BxP),
-            rollout_lib.decode_responses(tok, host.response_BxN, host.response_mask_BxN))
+  sampler = policy_eval.PolicySampler(roll, ref_params, tok, mesh, config.ppo.temperature)
 
   # Reward normalisation (Ziegler et al. 2019): gain and bias that give the reference policy's
   # samples mean 0 and std 1, measured once and saved, so a resumed run uses the same reward.
@@ -185,24 +179,17 @@ def main(config: Config, workdir: Path):
   elif norm_path.exists():
     norm = json.loads(norm_path.read_text())
   else:
-    state0 = {"policy": ref_params, "value": value_params}
-    scores = []
-    for i in range(0, rc.normalize_samples, lc.batch_size):
-      chunk = slice(i, i + lc.batch_size)
-      if len(prompt_tokens[chunk]) < lc.batch_size:
-        break
-      _, p, r = sample(state0, prompt_tokens[chunk], prompt_mask[chunk], jax.random.fold_in(key, 10_000 + i))
-      scores.append(rollout_lib.score_texts(scorer, p, r, rc.with_prompt))
-    scores = np.concatenate(scores).astype(np.float64)
-    norm = {"mean": float(scores.mean()), "std": float(max(scores.std(), 1e-6)), "samples": int(scores.size)}
+    norm = policy_eval.reference_normalization(sampler, prompt_tokens, prompt_mask, lc.batch_size,
+                                               jax.random.fold_in(key, 10_000), scorer, with_prompt=rc.with_prompt,
+                                               num_samples=rc.normalize_samples, value_params=value_params)
     atomic_write_bytes(norm_path, (json.dumps(norm) + "\n").encode())
 
   def iteration(state: ppo.PPOState, batch, rng, hp):
-    r, p, texts = sample(state.params, batch["prompt"], batch["prompt_mask"],
-                         jax.random.fold_in(jax.random.fold_in(rng, 0), int(state.step)))
-    raw = rollout_lib.score_texts(scorer, p, texts, rc.with_prompt)
+    s = sampler(state.params["policy"], batch["prompt"], batch["prompt_mask"],
+                jax.random.fold_in(jax.random.fold_in(rng, 0), int(state.step)), state.params["value"])
+    raw = rollout_lib.score_texts(scorer, s.prompts, s.responses, rc.with_prompt)
     score = (raw - norm["mean"]) / norm["std"]
-    fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
+    fields = {f.name: getattr(s.rollout, f.name) for f in dataclasses.fields(s.rollout)}
     placed = sharding.put_batch({"score_B": score.astype(np.float32)}, mesh)
     state, metrics = step(state, {**fields, **placed}, rng, hp)
     return state, {**metrics, "score_raw": float(raw.mean())}
@@ -210,22 +197,11 @@ def main(config: Config, workdir: Path):
   eval_key = jax.random.fold_in(key, 7)
 
   def evaluate(state) -> dict[str, float]:
-    golds, proxies, kls, lengths, ended = [], [], [], [], []
-    for i in range(0, len(test_prompts) - lc.eval_batch_size + 1, lc.eval_batch_size):
-      chunk = slice(i, i + lc.eval_batch_size)
-      r, p, texts = sample(state.params, test_tokens[chunk], test_mask[chunk], jax.random.fold_in(eval_key, i))
-      host = jax.device_get(r)
-      golds.append(rollout_lib.score_texts(gold, p, texts, False))
-      proxies.append((rollout_lib.score_texts(scorer, p, texts, rc.with_prompt) - norm["mean"]) / norm["std"])
-      kls.append(np.asarray(ppo.sequence_kl(host.logp_BxN, host.ref_logp_BxN, host.response_mask_BxN)))
-      lengths.append(host.response_mask_BxN.sum(-1))
-      ended.append(host.ended_B)
-      if i == 0:
-        n = lc.samples_to_log
-        lm_eval.write_samples(workdir / "samples.jsonl", int(state.step), p[:n], texts[:n])
-    metrics = {"gold_score": float(np.concatenate(golds).mean()), "proxy_score": float(np.concatenate(proxies).mean()),
-               "kl": float(np.concatenate(kls).mean()), "response_length": float(np.concatenate(lengths).mean()),
-               "eos_rate": float(np.concatenate(ended).mean()), "kl_coef": float(state.kl_coef)}
+    metrics = policy_eval.evaluate_policy(
+        sampler, state.params["policy"], test_tokens, test_mask, lc.eval_batch_size, eval_key, gold=gold,
+        proxy=scorer, proxy_with_prompt=rc.with_prompt, norm=norm, value_params=state.params["value"],
+        samples_path=workdir / "samples.jsonl", step=int(state.step), samples_to_log=lc.samples_to_log)
+    metrics["kl_coef"] = float(state.kl_coef)
     tqdm.write(f"update {int(state.step)}: gold ({lc.gold}) {metrics['gold_score']:.3f}, proxy "
                f"{metrics['proxy_score']:.3f}, KL {metrics['kl']:.2f}, length {metrics['response_length']:.1f}")
     return metrics
