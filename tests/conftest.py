@@ -23,3 +23,16 @@ def cache_dir(tmp_path_factory):
   path = os.environ.get("RLHF_JAX_TEST_CACHE") or str(tmp_path_factory.mktemp("rlhf_jax_cache"))
   os.environ["RLHF_JAX_CACHE"] = path
   return path
+
+
+@pytest.fixture(scope="session")
+def smoke_lm(tmp_path_factory, cache_dir):
+  """A tiny pretrained LM workdir (pretrain_tiny --smoke, 5 steps) for experiments that start from one."""
+  from pathlib import Path
+
+  from rlhf_jax import cli
+
+  workdir = tmp_path_factory.mktemp("smoke_lm")
+  cli.run_experiment(Path(__file__).resolve().parents[1] / "experiments" / "pretrain_tiny.py", smoke=True,
+                     workdir=workdir, overrides=["loop.steps=5", "loop.checkpoint_every=5"])
+  return workdir

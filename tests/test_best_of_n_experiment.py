@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.network
-def test_best_of_n_smoke(tmp_path, cache_dir):
-  result = cli.run_experiment(ROOT / "experiments" / "best_of_n.py", smoke=True, workdir=tmp_path)
+def test_best_of_n_smoke(tmp_path, smoke_lm):
+  result = cli.run_experiment(ROOT / "experiments" / "best_of_n.py", smoke=True, workdir=tmp_path,
+                              overrides=[f"policy.init_from={smoke_lm}"])
   assert json.loads((tmp_path / "results.json").read_text()) == result
   bon = [r for r in result["rows"] if r["method"].startswith("best-of-")]
   assert [r["n"] for r in bon] == [1, 2, 4]

@@ -1,0 +1,43 @@
+"""dpo_sentiment in --smoke mode: online rounds labeled into the store, then offline from that store."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_jax import cli, logs
+from rlhf_jax.feedback.store import FeedbackStore
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = ROOT / "experiments" / "dpo_sentiment.py"
+
+
+@pytest.mark.network
+def test_online_then_offline_dpo(smoke_lm, tmp_path):
+  online = tmp_path / "online"
+  results = cli.run_experiment(EXPERIMENT, smoke=True, workdir=online, overrides=[f"policy.init_from={smoke_lm}"])
+  assert [r["round"] for r in results] == [-1, 0, 1]
+  assert all(r["pairs"] >= 16 for r in results[1:])
+  with FeedbackStore(online / "feedback.db") as store:
+    prefs = store.export_preferences()
+  assert {r["chosen_model"] for r in prefs} == {"dpo-round-0", "dpo-round-1"}
+  for k in range(2):
+    train = logs.read_metrics(online / f"round_{k}", "train")
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(name in train[0] for name in ("reward_chosen", "reward_rejected", "reward_accuracy", "logp_chosen",
+                                            "logp_rejected", "reward_margin"))
+  # A rerun resumes every round and reuses the store's judgements: same results, no new pairs.
+  before = (online / "rounds.jsonl").read_text()
+  cli.run_experiment(EXPERIMENT, smoke=True, workdir=online, overrides=[f"policy.init_from={smoke_lm}"])
+  assert (online / "rounds.jsonl").read_text() == before
+  with FeedbackStore(online / "feedback.db") as store:
+    assert len(store.export_preferences()) == len(prefs)
+
+  offline = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "offline",
+                               overrides=[f"policy.init_from={smoke_lm}", f"data.source=store:{online / 'feedback.db'}",
+                                          "dpo.kind=ipo"])
+  assert [r["round"] for r in offline] == [-1, 0] and offline[1]["pairs"] == len(prefs)
+  with pytest.raises(FileNotFoundError, match="feedback store"):
+    cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "bad",
+                       overrides=[f"policy.init_from={smoke_lm}", f"data.source=store:{tmp_path / 'nope.db'}"])
+  assert json.loads((online / "rounds.jsonl").read_text().splitlines()[0])["round"] == -1
