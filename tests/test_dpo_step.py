@@ -54,9 +54,10 @@ def test_first_dpo_step_is_log_two_at_the_reference():
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
   state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
   batch = _pairs(0)
-  batch = {**batch, **dpo.reference_logprobs(params, batch, model=model)}
-  _, metrics = dpo.dpo_step(state, batch, jax.random.key(0), dpo.DPOConfig().hparams(optim), model=model, tx=tx,
-                            kind="dpo", warmup_steps=0, total_steps=10, min_lr_ratio=1.0)
+  batch = {**batch, **jax.jit(functools.partial(dpo.reference_logprobs, model=model))(params, batch)}
+  step = jax.jit(functools.partial(dpo.dpo_step, model=model, tx=tx, kind="dpo", warmup_steps=0, total_steps=10,
+                                   min_lr_ratio=1.0))
+  _, metrics = step(state, batch, jax.random.key(0), dpo.DPOConfig().hparams(optim))
   assert float(metrics["loss"]) == pytest.approx(np.log(2), rel=1e-5)
   assert float(metrics["reward_margin"]) == pytest.approx(0.0, abs=1e-5)
   with pytest.raises(ValueError, match="dpo.kind"):
