@@ -25,12 +25,13 @@ import numpy as np
 from rlhf_jax import best_of_n, cli, pretrained, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import prompts as prompts_lib
+from rlhf_jax.eval import policy as policy_eval
 from rlhf_jax.data import rows
 from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.feedback import labelers
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.steps import common, lm, ppo
+from rlhf_jax.steps import common, lm
 
 PRETRAIN = Path(__file__).with_name("pretrain_tiny.py")
 
@@ -117,22 +118,9 @@ def main(config: Config, workdir: Path) -> dict:
   test_prompts = test_prompts[:bc.eval_prompts]
   roll = jax.jit(functools.partial(rollout_lib.rollout, policy_model=model, value_model=None,
                                    max_new_tokens=pc.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id))
-  repl = sharding.replicated(mesh)
 
-  def sample(params, prompts: list[str], k: jax.Array):
-    """Responses to `prompts` (any number; sampled in fixed-size chunks), with their KL to the start."""
-    texts, kls = [], []
-    for i in range(0, len(prompts), bc.batch_size):
-      chunk = prompts[i:i + bc.batch_size]
-      chunk = chunk + [chunk[0]] * (bc.batch_size - len(chunk))  # fixed shape; extras dropped below
-      tokens, mask = prompts_lib.encode_prompts(tok, chunk, pc.prompt_len)
-      placed = sharding.put_batch({"p": tokens, "m": mask}, mesh)
-      r = jax.device_get(roll(params, None, policy.params, placed["p"], placed["m"],
-                              jax.device_put(jax.random.fold_in(k, i), repl), pc.temperature))
-      n = min(bc.batch_size, len(prompts) - i)
-      texts += rollout_lib.decode_responses(tok, r.response_BxN, r.response_mask_BxN)[:n]
-      kls.append(np.asarray(ppo.sequence_kl(r.logp_BxN, r.ref_logp_BxN, r.response_mask_BxN))[:n])
-    return texts, np.concatenate(kls)
+  sampler = policy_eval.PolicySampler(roll, policy.params, tok, mesh, pc.temperature)
+  sample = functools.partial(policy_eval.sample_texts, sampler, prompt_len=pc.prompt_len, batch_size=bc.batch_size)
 
   def scores(scorer, prompts, texts, with_prompt):
     return rollout_lib.score_texts(scorer, prompts, texts, with_prompt).astype(np.float64)
@@ -140,7 +128,7 @@ def main(config: Config, workdir: Path) -> dict:
   # Best-of-n on the held-out prompts: max_n samples of each, in prompt-major order.
   max_n = max(bc.n)
   repeated = [p for p in test_prompts for _ in range(max_n)]
-  texts, _ = sample(policy.params, repeated, jax.random.fold_in(key, 1))
+  texts, _ = sample(policy.params, repeated, key=jax.random.fold_in(key, 1))
   proxy_PxN = scores(proxy, repeated, texts, rc.with_prompt).reshape(-1, max_n)
   gold_PxN = scores(gold, repeated, texts, False).reshape(-1, max_n)
   table = []
@@ -172,7 +160,7 @@ def _rsft(config: Config, workdir: Path, policy, model, train_prompts, test_prom
   tok = policy.tokenizer
   prompts = train_prompts[:sc.train_prompts]
   repeated = [p for p in prompts for _ in range(sc.n)]
-  texts, _ = sample(policy.params, repeated, jax.random.fold_in(key, 2))
+  texts, _ = sample(policy.params, repeated, key=jax.random.fold_in(key, 2))
   best = best_of_n.select(scores(proxy, repeated, texts, rc.with_prompt).reshape(-1, sc.n))
   chosen = [texts[i * sc.n + b] for i, b in enumerate(best)]
   keep = [i for i, t in enumerate(chosen) if tok.encode(t)]
@@ -188,7 +176,7 @@ def _rsft(config: Config, workdir: Path, policy, model, train_prompts, test_prom
                      init_fn=functools.partial(init, policy.params), state_shardings=sharding.replicated(mesh),
                      step_fn=step, data_iterator=iter(dataset), hp=config.optim.hparams(),
                      rng=jax.random.fold_in(key, 3), mesh=mesh, tokens_per_step=sc.batch_size * data["inputs"].shape[1])
-  texts, kl = sample(state.params, test_prompts, jax.random.fold_in(key, 4))
+  texts, kl = sample(state.params, test_prompts, key=jax.random.fold_in(key, 4))
   row = {"method": f"rejection-sampling FT (best of {sc.n}, {sc.steps} steps)", "n": sc.n,
          "gold": float(scores(gold, test_prompts, texts, False).mean()),
          "proxy": float(scores(proxy, test_prompts, texts, rc.with_prompt).mean()), "kl": float(kl.mean())}

@@ -214,15 +214,8 @@ def _online_pairs(store_path: Path, k: int, sampler, params, train_prompts: list
       return existing
     start = (k * oc.prompts_per_round) % max(len(train_prompts) - oc.prompts_per_round, 1)
     prompts = train_prompts[start:start + oc.prompts_per_round]
-    tokens, mask = prompts_lib.encode_prompts(sampler.tokenizer, prompts, pc.prompt_len)
-    texts = []
-    for copy in range(2):
-      out = []
-      for i in range(0, len(prompts) - tc.eval_batch_size + 1, tc.eval_batch_size):
-        s = sampler(params, tokens[i:i + tc.eval_batch_size], mask[i:i + tc.eval_batch_size],
-                    jax.random.fold_in(key, 1000 * (k + 1) + 10 * copy + i))
-        out += s.responses
-      texts.append(out)
+    texts = [policy_eval.sample_texts(sampler, params, prompts, prompt_len=pc.prompt_len, batch_size=tc.eval_batch_size,
+                                      key=jax.random.fold_in(key, 1000 * (k + 1) + copy))[0] for copy in range(2)]
     keep = [i for i in range(len(texts[0])) if texts[0][i].strip() and texts[1][i].strip() and texts[0][i] != texts[1][i]]
     ids = store.add_samples([{"prompt": prompts[i], "response": texts[c][i], "model": tag} for i in keep for c in (0, 1)],
                             source="wordnet_examples")

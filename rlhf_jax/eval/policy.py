@@ -53,6 +53,28 @@ class PolicySampler:
                    responses=rollout_lib.decode_responses(self.tokenizer, host.response_BxN, host.response_mask_BxN))
 
 
+def sample_texts(sampler: PolicySampler, policy_params, prompts: list[str], *, prompt_len: int, batch_size: int,
+                 key: jax.Array) -> tuple[list[str], np.ndarray]:
+  """Responses to any number of prompt texts and their KL to the reference (nats/sequence).
+
+  Prompts go through in batches of `batch_size` (the last one padded with copies of its first
+  prompt, whose samples are dropped), so one compiled program serves every call; batch i uses the
+  key `fold_in(key, i)`.
+  """
+  from rlhf_jax.data import prompts as prompts_lib
+  from rlhf_jax.steps.ppo import sequence_kl
+
+  texts, kls = [], []
+  for i in range(0, len(prompts), batch_size):
+    chunk = prompts[i:i + batch_size]
+    n = len(chunk)
+    tokens, mask = prompts_lib.encode_prompts(sampler.tokenizer, chunk + [chunk[0]] * (batch_size - n), prompt_len)
+    s = sampler(policy_params, tokens, mask, jax.random.fold_in(key, i))
+    texts += s.responses[:n]
+    kls.append(np.asarray(sequence_kl(s.host.logp_BxN, s.host.ref_logp_BxN, s.host.response_mask_BxN))[:n])
+  return texts, (np.concatenate(kls) if kls else np.zeros(0))
+
+
 def reference_normalization(sampler: PolicySampler, tokens_NxP: np.ndarray, mask_NxP: np.ndarray, batch_size: int,
                             key: jax.Array, scorer, *, with_prompt: bool, num_samples: int,
                             value_params=None) -> dict[str, float]:
