@@ -129,13 +129,9 @@ def main(config: Config, workdir: Path) -> list[dict]:
   if not online and not config.data.source.startswith("store:"):
     raise ValueError(f"data.source: expected 'online' or 'store:PATH', got {config.data.source!r}")
   key = jax.random.key(config.seed)
-  policy_dir = pc.init_from
-  if not policy_dir:
-    policy_dir = workdir / "policy"
-    cli.run_experiment(PRETRAIN, smoke=pc.pretrain_smoke, workdir=policy_dir)
-  policy = pretrained.load(policy_dir, mesh)
+  policy, _ = pretrained.load_policy(pc.init_from, workdir, mesh, pretrain=functools.partial(
+      cli.run_experiment, PRETRAIN, smoke=pc.pretrain_smoke))
   tok = policy.tokenizer
-  (workdir / "tokenizer.model").write_bytes((Path(policy_dir) / "tokenizer.model").read_bytes())
   pretrained.save_model_config(workdir, policy.model)
   model = Transformer(policy.model)
   gold = labelers.get_scorer(tc.gold)

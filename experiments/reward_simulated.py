@@ -134,11 +134,9 @@ def main(config: Config, workdir: Path):
   workdir = Path(workdir)
   mesh = sharding.make_mesh(config.mesh)
   key = jax.random.key(config.seed)
-  policy_dir = config.policy.init_from
-  if not policy_dir:
-    policy_dir = workdir / "policy"
-    cli.run_experiment(PRETRAIN, smoke=config.policy.pretrain_smoke, workdir=policy_dir)
-  policy = pretrained.load(policy_dir, mesh)
+  policy, policy_dir = pretrained.load_policy(config.policy.init_from, workdir, mesh,
+                                               pretrain=functools.partial(cli.run_experiment, PRETRAIN,
+                                                                          smoke=config.policy.pretrain_smoke))
 
   store_path = workdir / "feedback.db"
   with FeedbackStore(store_path) as store:

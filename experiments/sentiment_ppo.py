@@ -127,13 +127,9 @@ def main(config: Config, workdir: Path):
   sharding.check_batch_divisible(lc.eval_batch_size, mesh, "rl.eval_batch_size")
   key = jax.random.key(config.seed)
 
-  policy_dir = pc.init_from
-  if not policy_dir:
-    policy_dir = workdir / "policy"
-    cli.run_experiment(PRETRAIN, smoke=pc.pretrain_smoke, workdir=policy_dir)
-  policy = pretrained.load(policy_dir, mesh)
+  policy, _ = pretrained.load_policy(pc.init_from, workdir, mesh, pretrain=functools.partial(
+      cli.run_experiment, PRETRAIN, smoke=pc.pretrain_smoke))
   tok = policy.tokenizer
-  (workdir / "tokenizer.model").write_bytes((Path(policy_dir) / "tokenizer.model").read_bytes())
   if pc.prompt_len + pc.max_new_tokens > policy.model.max_len:
     raise ValueError(f"policy.prompt_len + policy.max_new_tokens = {pc.prompt_len + pc.max_new_tokens} exceeds the "
                      f"policy's max_len={policy.model.max_len}")

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -66,6 +66,19 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None) -> Pretrained
     checkpointer.close()
   tokenizer = SentencePieceTokenizer.load(workdir / "tokenizer.model")
   return Pretrained(model=model_config, params=state.params, tokenizer=tokenizer, step=step)
+
+
+def load_policy(init_from: str, workdir: str | Path, mesh: Mesh, *,
+                pretrain: Callable[[Path], Any]) -> tuple[Pretrained, Path]:
+  """The starting policy of an experiment and its workdir: `init_from`, or (init_from="") a model
+  that `pretrain(workdir=<workdir>/policy)` trains first (rerunning it resumes). The tokenizer is copied
+  into `workdir` so the experiment's workdir is self-contained."""
+  policy_dir = Path(init_from) if init_from else Path(workdir) / "policy"
+  if not init_from:
+    pretrain(workdir=policy_dir)
+  policy = load(policy_dir, mesh)
+  (Path(workdir) / "tokenizer.model").write_bytes((policy_dir / "tokenizer.model").read_bytes())
+  return policy, policy_dir
 
 
 def save_model_config(workdir: str | Path, model: ModelConfig) -> None:
