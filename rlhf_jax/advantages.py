@@ -105,6 +105,11 @@ def kl_estimate(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, estimator: str = "
   raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
 
 
+def sequence_kl(logp_BxN: jax.Array, ref_logp_BxN: jax.Array, mask_BxN: jax.Array) -> jax.Array:
+  """Monte-Carlo KL(pi || pi_ref) per sequence: sum_t log pi - log pi_ref over sampled tokens (k1)."""
+  return jnp.sum((logp_BxN - ref_logp_BxN) * mask_BxN.astype(jnp.float32), axis=-1)
+
+
 def kl_penalized_rewards(score_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: jax.Array,
                          mask_BxT: jax.Array, kl_coef: jax.Array, estimator: str = "k1") -> jax.Array:
   """Per-token rewards r_t = -beta KL_t, plus the sequence score at the last real token.

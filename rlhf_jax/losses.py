@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax import advantages
+
 
 def next_token_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
                     mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -104,9 +106,7 @@ def last_token_value(scalar_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
   Reward models read their score there: it is the only position that has seen the whole response.
   Rows are assumed right-padded or left-padded; either way the last 1 in the mask is used.
   """
-  T = mask_BxT.shape[-1]
-  last_B = T - 1 - jnp.argmax(mask_BxT[:, ::-1].astype(jnp.int32), axis=-1)
-  return jnp.take_along_axis(scalar_BxT, last_B[:, None], axis=-1)[:, 0]
+  return jnp.take_along_axis(scalar_BxT, advantages.last_token_index(mask_BxT)[:, None], axis=-1)[:, 0]
 
 
 def ppo_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array, adv_BxT: jax.Array, mask_BxT: jax.Array,

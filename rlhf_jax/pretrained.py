@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
@@ -24,9 +25,10 @@ from jax.sharding import Mesh
 from rlhf_jax import config as config_lib
 from rlhf_jax import sharding
 from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.data import rows
 from rlhf_jax.loop import abstract_state
 from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.steps import common
+from rlhf_jax.steps import common, reward
 from rlhf_jax.tokenizers import SentencePieceTokenizer
 
 
@@ -101,8 +103,6 @@ class RewardModelScorer:
 
   def __init__(self, workdir: str | Path, mesh: Mesh | None = None, *, seq_len: int | None = None,
                batch_size: int = 64, step: int | None = None, _loaded: Pretrained | None = None):
-    from rlhf_jax.steps import reward
-
     self.workdir = Path(workdir)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(sharding.MeshConfig())
     self.loaded = _loaded or load(workdir, self.mesh, step)
@@ -119,8 +119,6 @@ class RewardModelScorer:
     return f"rm:{self.workdir}@{self.loaded.step}"
 
   def score(self, texts) -> np.ndarray:
-    from rlhf_jax.data import rows
-
     tok = self.loaded.tokenizer
     ids = [t or [tok.eos_id] for t in tok.encode_batch(list(texts))]
     out = []
@@ -134,8 +132,6 @@ class RewardModelScorer:
     return scores.astype(np.float32)
 
   def normalize(self, texts) -> "RewardModelScorer":
-    from rlhf_jax.steps import reward
-
     scores = self.score(texts).astype(np.float64)
     params = reward.normalize_head(self.loaded.params, float(scores.mean()), float(scores.std()))
     loaded = dataclasses.replace(self.loaded, params=params)
@@ -145,8 +141,6 @@ class RewardModelScorer:
 
 def restart_state(params: Any, *, tx: optax.GradientTransformation) -> common.TrainState:
   """A fresh train state (step 0, new optimizer state) around trained `params`: fine-tuning again."""
-  import jax.numpy as jnp
-
   return common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 

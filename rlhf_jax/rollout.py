@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import sampling
+from rlhf_jax.feedback import labelers
 from rlhf_jax.models.transformer import Transformer
 
 
@@ -90,7 +91,5 @@ def decode_prompts(tokenizer, prompt_BxP: np.ndarray, mask_BxP: np.ndarray) -> l
 
 def score_texts(scorer, prompts: Sequence[str], responses: Sequence[str], with_prompt: bool) -> np.ndarray:
   """The scorer's float32 scores of the responses (after their prompts when `with_prompt`)."""
-  from rlhf_jax.feedback import labelers
-
   texts = [p + r for p, r in zip(prompts, responses)] if with_prompt else list(responses)
   return labelers.score_texts(scorer, texts)

@@ -19,6 +19,8 @@ from jax.sharding import Mesh
 
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax import sharding
+from rlhf_jax.advantages import sequence_kl
+from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.eval import lm as lm_eval
 
 
@@ -61,9 +63,6 @@ def sample_texts(sampler: PolicySampler, policy_params, prompts: list[str], *, p
   prompt, whose samples are dropped), so one compiled program serves every call; batch i uses the
   key `fold_in(key, i)`.
   """
-  from rlhf_jax.data import prompts as prompts_lib
-  from rlhf_jax.steps.ppo import sequence_kl
-
   texts, kls = [], []
   for i in range(0, len(prompts), batch_size):
     chunk = prompts[i:i + batch_size]
@@ -99,8 +98,6 @@ def evaluate_policy(sampler: PolicySampler, policy_params, tokens_NxP: np.ndarra
   Uses every full batch of prompts, each with a key folded from `key` and its offset, so the same
   parameters give the same numbers. The proxy is normalized with `norm` when given.
   """
-  from rlhf_jax.steps.ppo import sequence_kl
-
   norm = norm or {"mean": 0.0, "std": 1.0}
   golds, proxies, kls, lengths, ended = [], [], [], [], []
   for i in range(0, len(tokens_NxP) - batch_size + 1, batch_size):

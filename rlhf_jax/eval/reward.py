@@ -14,6 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rlhf_jax import sharding
+from rlhf_jax.data import rows
+
 
 def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float:
   """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2.
@@ -110,9 +113,6 @@ def score_all(score_fn: Callable, params, tokens_NxT: np.ndarray, mask_NxT: np.n
   The last batch is padded with copies of row 0 (`rows.eval_row_batches`) and those scores are
   dropped, so the result has exactly one score per row, in order.
   """
-  from rlhf_jax import sharding
-  from rlhf_jax.data import rows
-
   scores = []
   for batch in rows.eval_row_batches({"tokens": tokens_NxT, "mask": mask_NxT}, batch_size):
     placed = sharding.put_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, mesh)

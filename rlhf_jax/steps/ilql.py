@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import ilql, losses
+from rlhf_jax.advantages import last_token_index
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common
 
@@ -133,8 +134,6 @@ def ilql_step(state: ILQLState, batch, key: jax.Array, hp: ILQLHparams, *, model
 def decode_logits(params, tokens_BxT, mask_BxT, beta: float | jax.Array, *, model: Transformer) -> jax.Array:
   """Next-token logits after each row's last real token: log pi_beta + beta (min(Q1, Q2) - V)."""
   logits, q1, q2, v = _forward(params, params["heads"], tokens_BxT, mask_BxT, model)
-  from rlhf_jax.advantages import last_token_index
-
   last = last_token_index(mask_BxT)
   at = lambda x: jnp.take_along_axis(x, last[:, None, None], 1)[:, 0]  # noqa: E731
   return ilql.advantage_logits(at(logits), jnp.minimum(at(q1), at(q2)),

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import advantages, losses
+from rlhf_jax import advantages, losses, sampling
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common
 
@@ -99,8 +99,6 @@ def sequence_advantages(reward_B: jax.Array, *, estimator: str, group_size: int,
 def _loss_sums(params, batch, key, hp: PGHparams, kl_coef, *, model: Transformer, kl_in_loss: bool,
                kl_estimator: str):
   del key
-  from rlhf_jax import sampling
-
   mask = batch["response_mask_BxN"]
   maskf = mask.astype(jnp.float32)
   logp = sampling.response_logprobs(params, batch["prompt_BxP"], batch["prompt_mask_BxP"], batch["response_BxN"],
@@ -120,7 +118,7 @@ def pg_step(state: PGState, batch: dict[str, jax.Array], key: jax.Array, hp: PGH
   key = jax.random.fold_in(key, state.step)
   mask = batch["response_mask_BxN"]
   maskf = mask.astype(jnp.float32)
-  kl_B = jnp.sum((batch["logp_BxN"] - batch["ref_logp_BxN"]) * maskf, axis=-1)
+  kl_B = advantages.sequence_kl(batch["logp_BxN"], batch["ref_logp_BxN"], mask)
   penalty = 0.0 if config.kl_in_loss else state.kl_coef
   reward_B = batch["score_B"] - penalty * kl_B
   greedy = batch.get("greedy_score_B")

@@ -186,8 +186,7 @@ def ppo_step(state: PPOState, batch: dict[str, jax.Array], key: jax.Array, hp: P
   state, stats = jax.lax.scan(update, state, (mb_keys, order))
 
   count = jnp.maximum(stats["count"].sum(), 1.0)
-  kl_B = jnp.sum((batch["logp_BxN"] - batch["ref_logp_BxN"]) * maskf, axis=-1)  # k1 per sequence
-  kl = kl_B.mean()
+  kl = advantages.sequence_kl(batch["logp_BxN"], batch["ref_logp_BxN"], mask).mean()
   new_coef = state.kl_coef
   if config.adaptive_kl:
     new_coef = advantages.adaptive_kl_coef(state.kl_coef, kl, target=hp.kl_target, horizon=hp.kl_horizon, n_steps=B)
@@ -214,9 +213,3 @@ def ppo_step(state: PPOState, batch: dict[str, jax.Array], key: jax.Array, hp: P
       "grad_norm": stats["grad_norm"].mean(),
   }
   return state.replace(kl_coef=new_coef), metrics
-
-
-def sequence_kl(logp_BxN: jax.Array, ref_logp_BxN: jax.Array, mask_BxN: jax.Array) -> jax.Array:
-  """Monte-Carlo KL(pi || pi_ref) per sequence: sum_t log pi - log pi_ref over sampled tokens (k1)."""
-  return jnp.sum((logp_BxN - ref_logp_BxN) * mask_BxN.astype(jnp.float32), axis=-1)
-
