@@ -43,7 +43,7 @@ from rlhf_jax.models.transformer import KVCache, Transformer
 
 # Arguments of `generate` that select the compiled program. Everything else may be traced,
 # including temperature, eos_id and pad_id: they change no shape, so changing them reuses the program.
-GENERATE_STATIC_ARGNAMES = ("model", "max_new_tokens", "top_k", "top_p", "use_cache")
+GENERATE_STATIC_ARGNAMES = ("model", "max_new_tokens", "top_k", "top_p", "use_cache", "suppress_ids")
 
 
 @flax.struct.dataclass
@@ -122,8 +122,10 @@ def sample_logits(logits_BxV: jax.Array, key: jax.Array, temperature=1.0, top_k:
   return token_B, logp_B
 
 
-def _emit(logits_BxV, keys_B, done_B, temperature, top_k, top_p, eos_id, pad_id):
+def _emit(logits_BxV, keys_B, done_B, temperature, top_k, top_p, eos_id, pad_id, suppress_ids=()):
   """One decoding step's output: finished rows emit pad with mask 0 and logp 0."""
+  if suppress_ids:
+    logits_BxV = logits_BxV.at[:, jnp.asarray(suppress_ids, jnp.int32)].set(-jnp.inf)
   token_B, logp_B = sample_logits(logits_BxV, keys_B, temperature, top_k, top_p)
   live_B = ~done_B
   token_B = jnp.where(live_B, token_B, pad_id)
@@ -134,7 +136,8 @@ def _emit(logits_BxV, keys_B, done_B, temperature, top_k, top_p, eos_id, pad_id)
 
 def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax.Array, *,
              model: Transformer, max_new_tokens: int, temperature=1.0, top_k: int = 0,
-             top_p: float = 1.0, eos_id: int, pad_id: int, use_cache: bool = True) -> SampleOutput:
+             top_p: float = 1.0, eos_id: int, pad_id: int, use_cache: bool = True,
+             suppress_ids: tuple[int, ...] = (), preference_B: jax.Array | None = None) -> SampleOutput:
   """Samples `max_new_tokens` tokens after each left-padded prompt.
 
   Args:
@@ -155,6 +158,11 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
     use_cache: True decodes with a KV cache (one prefill, then one token per step). False
       recomputes the full forward over a fixed `[B, P + N]` buffer every step: O(N) times slower,
       kept as the reference that tests the cache.
+    suppress_ids: token ids never sampled (static), e.g. a `<|bad|>` control token when sampling a
+      conditionally trained model under `<|good|>`. `logp_BxN` is then the log-prob under the
+      renormalized distribution that was sampled from.
+    preference_B: for a model with `n_preferences`, the preference id every position of row b is
+      conditioned on (prompt and continuation); None: id 0, unconditioned.
 
   Returns:
     `SampleOutput`; see its fields.
@@ -172,23 +180,29 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
   prompt_mask_BxP = prompt_mask_BxP.astype(jnp.bool_)
   variables = {"params": params}
 
+  def pref(T: int) -> dict:
+    """The model's preference input for T positions (none for an unconditioned call)."""
+    if preference_B is None:
+      return {}
+    return {"preference_BxT": jnp.broadcast_to(jnp.asarray(preference_B, jnp.int32)[:, None], (B, T))}
+
   row_keys_B = jax.random.split(key, B) if _is_single_key(key) else key
   fold_rows = jax.vmap(jax.random.fold_in, in_axes=(0, None))
   step_keys_NxB = jax.vmap(lambda i: fold_rows(row_keys_B, i))(jnp.arange(N, dtype=jnp.uint32))
   emit = lambda logits_BxV, keys_B, done_B: _emit(logits_BxV, keys_B, done_B, temperature, top_k,
-                                                  top_p, eos_id, pad_id)
+                                                  top_p, eos_id, pad_id, suppress_ids)
 
   if use_cache:
     # The last sampled token is never fed back, so P + N - 1 slots hold everything attended to.
     cache = KVCache.init(model.config, B, P + N - 1)
-    out = model.apply(variables, prompt_BxP, input_mask_BxT=prompt_mask_BxP, cache=cache)
+    out = model.apply(variables, prompt_BxP, input_mask_BxT=prompt_mask_BxP, cache=cache, **pref(P))
     token_B, logp_B, live_B, done_B = emit(out.logits_BxTxV[:, -1], step_keys_NxB[0],
                                            jnp.zeros((B,), jnp.bool_))
 
     def step(carry, keys_B):
       cache, token_B, live_B, done_B = carry
       # A finished row's pad is fed as padding so that it never becomes a key.
-      out = model.apply(variables, token_B[:, None], input_mask_BxT=live_B[:, None], cache=cache)
+      out = model.apply(variables, token_B[:, None], input_mask_BxT=live_B[:, None], cache=cache, **pref(1))
       token_B, logp_B, live_B, done_B = emit(out.logits_BxTxV[:, 0], keys_B, done_B)
       return (out.cache, token_B, live_B, done_B), (token_B, logp_B, live_B)
 
@@ -204,7 +218,7 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
     def step(carry, xs):
       buffer_BxS, buffer_mask_BxS, done_B = carry
       i, keys_B = xs
-      logits_BxSxV = model.apply(variables, buffer_BxS, input_mask_BxT=buffer_mask_BxS).logits_BxTxV
+      logits_BxSxV = model.apply(variables, buffer_BxS, input_mask_BxT=buffer_mask_BxS, **pref(P + N)).logits_BxTxV
       logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxSxV, P - 1 + i, axis=1, keepdims=False)
       token_B, logp_B, live_B, done_B = emit(logits_BxV, keys_B, done_B)
       buffer_BxS = jax.lax.dynamic_update_slice_in_dim(buffer_BxS, token_B[:, None], P + i, axis=1)

@@ -95,6 +95,7 @@ class SentencePieceTokenizer:
       character_coverage: float = 0.9995,
       input_sentence_size: int = 2_000_000,
       seed: int = 0,
+      user_defined_symbols: Sequence[str] = (),
   ) -> SentencePieceTokenizer:
     """Trains a byte-fallback BPE model on the lines of `texts` and saves it to `path`.
 
@@ -102,7 +103,8 @@ class SentencePieceTokenizer:
     the corpus has more); 2M lines is far above the ~150k lines of a 5-10 MB corpus, so for those
     every line is used and the model depends only on the input. `character_coverage` 0.9995 keeps
     rare characters out of the vocabulary: they are encoded as UTF-8 bytes instead. Digits are
-    split into single pieces. `num_threads` <= 0 uses every core.
+    split into single pieces. `num_threads` <= 0 uses every core. `user_defined_symbols` (e.g.
+    control tokens such as `<|good|>`) get ids right after the special ids and are always one piece.
     """
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
@@ -124,6 +126,7 @@ class SentencePieceTokenizer:
         shuffle_input_sentence=True,
         max_sentence_length=MAX_SENTENCE_BYTES,
         num_threads=num_threads if num_threads > 0 else os.cpu_count() or 1,
+        user_defined_symbols=list(user_defined_symbols),
         minloglevel=2,  # errors only: training logs a line per merge round otherwise
     )
     atomic_write_bytes(Path(path), model.getvalue())
@@ -169,3 +172,11 @@ class SentencePieceTokenizer:
 
   def id_to_piece(self, token_id: int) -> str:
     return self._sp.id_to_piece(int(token_id))
+
+  def piece_to_id(self, piece: str) -> int:
+    """The id of a piece that is in the vocabulary (e.g. a user-defined control token)."""
+    token_id = self._sp.piece_to_id(piece)
+    if token_id == UNK_ID and piece != "<unk>":
+      raise KeyError(f"{piece!r} is not a piece of this tokenizer's vocabulary (train it with "
+                     f"user_defined_symbols=[{piece!r}, ...])")
+    return token_id

@@ -1,4 +1,5 @@
-"""dpo_sentiment in --smoke mode: online rounds labeled into the store, then offline from that store."""
+"""dpo_sentiment in --smoke mode: online rounds labeled into the store, then offline from that store
+and from the fine-food reviews' human preferences."""
 
 import json
 from pathlib import Path
@@ -37,6 +38,9 @@ def test_online_then_offline_dpo(smoke_lm, tmp_path):
                                overrides=[f"policy.init_from={smoke_lm}", f"data.source=store:{online / 'feedback.db'}",
                                           "dpo.kind=ipo"])
   assert [r["round"] for r in offline] == [-1, 0] and offline[1]["pairs"] == len(prefs)
+  people = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "fine_foods",
+                              overrides=[f"policy.init_from={smoke_lm}", "data.source=fine_foods"])
+  assert [r["round"] for r in people] == [-1, 0] and people[1]["pairs"] == 1400  # the real human pairs
   with pytest.raises(FileNotFoundError, match="feedback store"):
     cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "bad",
                        overrides=[f"policy.init_from={smoke_lm}", f"data.source=store:{tmp_path / 'nope.db'}"])

@@ -127,15 +127,19 @@ class _GatherWindows:
 
   tokens_N: np.ndarray
   seq_len: int
+  preference_N: np.ndarray | None = None
 
   def __call__(self, window_B: np.ndarray) -> Batch:
     offsets_BxT1 = window_B[:, None] * self.seq_len + np.arange(self.seq_len + 1)
     windows_BxT1 = self.tokens_N[offsets_BxT1]
-    return {
+    batch = {
         "inputs": windows_BxT1[:, :-1],
         "targets": windows_BxT1[:, 1:],
         "loss_mask": np.ones([len(window_B), self.seq_len], np.int32),
     }
+    if self.preference_N is not None:  # the preference of each input token
+      batch["preference"] = self.preference_N[offsets_BxT1[:, :-1]]
+    return batch
 
 
 def lm_dataset(
@@ -150,6 +154,7 @@ def lm_dataset(
     shard_index: int = 0,
     shard_count: int = 1,
     read_options: grain.ReadOptions | None = None,
+    preference_N: np.ndarray | None = None,
 ) -> grain.IterDataset:
   """Shuffled, repeated batches of non-overlapping windows of the token stream.
 
@@ -159,11 +164,14 @@ def lm_dataset(
   windows are gathered with one numpy fancy index per batch. The iterator of the returned
   dataset supports `get_state()`/`set_state()`; resuming from a state gives the same batches.
   `read_options` defaults to no worker threads: the tokens are in memory and a gather is cheap.
+  `preference_N` (int32, aligned with `tokens_N`) adds each input token's preference id to the
+  batches as `"preference"` (see `rlhf_jax.data.conditional`).
   """
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index: expected 0 <= shard_index < shard_count={shard_count}, "
                      f"got {shard_index}")
   tokens_N = np.asarray(tokens_N, np.int32)
+  _check_aligned(tokens_N, preference_N)
   n = num_windows(tokens_N.size, seq_len)
   if n < shard_count * (batch_size if drop_remainder else 1):
     raise ValueError(
@@ -173,21 +181,31 @@ def lm_dataset(
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.map(_GatherWindows(tokens_N, seq_len))
+  ds = ds.map(_GatherWindows(tokens_N, seq_len,
+                             None if preference_N is None else np.asarray(preference_N, np.int32)))
   read_options = read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   return ds.to_iter_dataset(read_options)
 
 
+def _check_aligned(tokens_N: np.ndarray, preference_N: np.ndarray | None) -> None:
+  if preference_N is not None and np.shape(preference_N) != tokens_N.shape:
+    raise ValueError(f"preference_N: expected one preference id per token, shape {tokens_N.shape}, "
+                     f"got {np.shape(preference_N)}")
+
+
 def eval_batches(
-    tokens_N: np.ndarray, seq_len: int, batch_size: int, *, pad_id: int = 0
+    tokens_N: np.ndarray, seq_len: int, batch_size: int, *, pad_id: int = 0,
+    preference_N: np.ndarray | None = None,
 ) -> list[Batch]:
   """All validation windows in order, the last ones padded, so every target counts exactly once.
 
   Window i is `tokens[i*T : i*T + T + 1]` as in training; the stream is padded with `pad_id` to
   whole batches and `loss_mask` is 1 exactly on the N - 1 real targets `tokens[1:]`. Summing
   masked losses over the batches therefore gives the loss of the whole validation stream.
+  `preference_N` adds `"preference"` of each input token, as in `lm_dataset`.
   """
   tokens_N = np.asarray(tokens_N, np.int32)
+  _check_aligned(tokens_N, preference_N)
   n_targets = tokens_N.size - 1
   if n_targets < 1:
     raise ValueError(f"tokens_N: need at least 2 validation tokens, got {tokens_N.size}")
@@ -200,8 +218,14 @@ def eval_batches(
   shape = [n_batches, batch_size, seq_len]
   inputs, targets = padded[:-1].reshape(shape), padded[1:].reshape(shape)
   loss_mask = mask.reshape(shape)
-  return [{"inputs": inputs[b], "targets": targets[b], "loss_mask": loss_mask[b]}
-          for b in range(n_batches)]
+  batches = [{"inputs": inputs[b], "targets": targets[b], "loss_mask": loss_mask[b]} for b in range(n_batches)]
+  if preference_N is not None:
+    pref = np.zeros([n_slots + 1], np.int32)
+    pref[:tokens_N.size] = preference_N
+    pref_inputs = pref[:-1].reshape(shape)
+    for b, batch in enumerate(batches):
+      batch["preference"] = pref_inputs[b]
+  return batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,11 +252,13 @@ class LMDataConfig:
           raise ValueError(f"data.corpus: {e}") from None
 
 
-def prepare_tokenizer(config: LMDataConfig, path: Path, *, cache: Path | None = None):
+def prepare_tokenizer(config: LMDataConfig, path: Path, *, cache: Path | None = None,
+                      user_defined_symbols: Sequence[str] = ()):
   """The run's tokenizer: loaded from `path` if the run already has one, else trained and saved.
 
   It is trained on the training documents only, so nothing about the validation split (not even
-  its vocabulary) reaches the model.
+  its vocabulary) reaches the model. `user_defined_symbols` (e.g. control tokens) become single
+  pieces that the tokenizer never splits.
   """
   from rlhf_jax.tokenizers import SentencePieceTokenizer
   path = Path(path)
@@ -244,4 +270,5 @@ def prepare_tokenizer(config: LMDataConfig, path: Path, *, cache: Path | None = 
     return tokenizer
   train_docs, _ = split_corpus(config.corpus, config.val_fraction, cache=cache)
   return SentencePieceTokenizer.train((d.text for d in train_docs), config.vocab_size, path,
-                                      num_threads=config.tokenizer_threads)
+                                      num_threads=config.tokenizer_threads,
+                                      user_defined_symbols=user_defined_symbols)

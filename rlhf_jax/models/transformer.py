@@ -40,6 +40,10 @@ class ModelConfig:
   # "zeros": a value head that starts at 0 (PPO); "reward": N(0, 1/sqrt(d_model + 1)), the reward
   # head of Ziegler et al. 2019 (lm-human-preferences), so a fresh reward model already ranks.
   scalar_head_init: Literal["zeros", "reward"] = "zeros"
+  # > 0 adds a learned preference embedding `wpref` [n_preferences, d_model] to the input, indexed by
+  # `preference_BxT` (Korbak et al. 2023's conditional training with an embedding instead of a
+  # control token); id 0 is "unconditioned" and is what a call without preferences uses.
+  n_preferences: int = 0
   layer_norm_eps: float = 1e-5
   init_std: float = 0.02
 
@@ -49,6 +53,8 @@ class ModelConfig:
     for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+    if self.n_preferences < 0:
+      raise ValueError(f"model.n_preferences must be >= 0, got {self.n_preferences}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -67,7 +73,7 @@ class ModelConfig:
     per_block += 2 * self.mlp_ratio * d * d + self.mlp_ratio * d + d  # MLP
     n = L * per_block + 2 * d  # final LayerNorm
     if include_embeddings:
-      n += self.vocab_size * d + self.max_len * d
+      n += self.vocab_size * d + self.max_len * d + self.n_preferences * d
     if self.scalar_head:
       n += d + 1
     return n
@@ -172,7 +178,7 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None, *,
                input_mask_BxT: jax.Array | None = None, cache: KVCache | None = None,
-               deterministic: bool = True) -> ModelOutput:
+               preference_BxT: jax.Array | None = None, deterministic: bool = True) -> ModelOutput:
     cfg = self.config
     B, T = tokens_BxT.shape
     if input_mask_BxT is None:
@@ -200,6 +206,14 @@ class Transformer(nn.Module):
     wpe = nn.Embed(cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                    embedding_init=nn.initializers.normal(cfg.init_std / 2), name="wpe")
     x_BxTxD = wte(tokens_BxT) + wpe(positions_BxT)
+    if cfg.n_preferences:
+      wpref = nn.Embed(cfg.n_preferences, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                       embedding_init=nn.initializers.normal(cfg.init_std), name="wpref")
+      if preference_BxT is None:
+        preference_BxT = jnp.zeros((B, T), jnp.int32)
+      x_BxTxD = x_BxTxD + wpref(preference_BxT)
+    elif preference_BxT is not None:
+      raise ValueError("preference_BxT was given but model.n_preferences is 0 (the model has no preference embedding)")
     x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
 
     block_cls = nn.remat(Block, static_argnums=(5,)) if cfg.remat else Block

@@ -4,6 +4,7 @@
 optimizer and the schedule's shape enter by `functools.partial`; numeric hyperparameters that do not
 change shapes (peak learning rate, weight decay) travel in `hp` as arrays so sweeps can vmap them.
 Batches are `{"inputs": [B, T], "targets": [B, T], "loss_mask": [B, T]}`; SFT masks the prompt.
+An optional `"preference": [B, T]` feeds a model's preference embedding (conditional pretraining).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from rlhf_jax.steps.common import (Batch, Hparams, OptimConfig, TrainState, accu
 def loss_sum(params, batch: Batch, key: jax.Array, *, model: Transformer):
   """Summed next-token loss of a batch and `{"count": tokens counted}`."""
   deterministic = model.config.dropout == 0.0
-  out = model.apply({"params": params}, batch["inputs"], deterministic=deterministic,
-                    rngs=None if deterministic else {"dropout": key})
+  out = model.apply({"params": params}, batch["inputs"], preference_BxT=batch.get("preference"),
+                    deterministic=deterministic, rngs=None if deterministic else {"dropout": key})
   total, count = losses.next_token_loss(out.logits_BxTxV, batch["targets"], batch["loss_mask"])
   return total, {"count": count}
 
@@ -50,7 +51,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hparams, *, 
 
 def eval_step(params, batch: Batch, *, model: Transformer) -> dict[str, jax.Array]:
   """Summed loss and count over a batch; the caller sums these over the eval set."""
-  out = model.apply({"params": params}, batch["inputs"])
+  out = model.apply({"params": params}, batch["inputs"], preference_BxT=batch.get("preference"))
   total, count = losses.next_token_loss(out.logits_BxTxV, batch["targets"], batch["loss_mask"])
   return {"loss_sum": total, "count": count}
 

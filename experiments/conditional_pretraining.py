@@ -1,0 +1,254 @@
+"""Pretraining with human preferences (Korbak et al. 2023): plain vs filtering vs conditional training.
+
+  rlhf-jax run experiments/conditional_pretraining.py                 # 4 x 400 steps, ~25 min on 2 cores
+  rlhf-jax run experiments/conditional_pretraining.py --smoke         # < 1 min, for tests
+  rlhf-jax run experiments/conditional_pretraining.py --set condition.modes=plain,token
+
+Every Brown sentence is scored by a labeler (VADER by default; any scorer name, `rm:WORKDIR` or
+`py:MODULE:FUNCTION`); a sentence scoring below `condition.threshold` is "bad" (negative
+sentiment stands in for the paper's toxicity). The same model then trains from scratch, at the
+same tokenizer, steps and batch (matched compute), on each of `condition.modes`
+(`rlhf_jax.data.conditional`):
+
+- `plain`: every sentence; `filter`: bad sentences removed;
+- `token`: `<|good|>` / `<|bad|>` before each sentence (1% left bare), sampled from `<|good|>` with
+  `<|bad|>` suppressed;
+- `embedding`: the same tags as a learned preference embedding added to the input.
+
+Each mode trains in `<workdir>/<mode>/` (resumable). At the end every model is sampled from a
+document start (`eval.samples` continuations of `eval.max_new_tokens` tokens, ancestral sampling)
+under each conditioning it supports, the labeler scores the samples (control tokens removed), and
+`results.md` / `results.json` report the rate of undesirable samples (score < threshold), their mean
+score, and held-out perplexity on the same validation sentences: without any conditioning, and for
+the conditional models also given the labeler's tags (control tokens never count as targets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from rlhf_jax import sampling, sharding
+from rlhf_jax.data import conditional
+from rlhf_jax.data import lm as lm_data
+from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax.eval import lm as lm_eval
+from rlhf_jax.feedback import labelers
+from rlhf_jax.loop import LoopConfig, train_loop
+from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.steps import common, lm
+
+CONDITIONINGS = {"good": conditional.GOOD, "none": conditional.NONE, "bad": conditional.BAD}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionConfig:
+  modes: tuple[str, ...] = conditional.MODES
+  scorer: str = "vader"
+  threshold: float = -0.05  # a sentence scoring below this is undesirable (VADER's negative cut-off)
+  unconditioned_fraction: float = 0.01  # sentences left without a tag (the paper's drop_token_fraction)
+  max_documents: int = 0  # > 0: train on the first this many training documents only (smoke runs)
+
+  def __post_init__(self):
+    bad = [m for m in self.modes if m not in conditional.MODES]
+    if bad or not self.modes:
+      raise ValueError(f"condition.modes: expected a non-empty list of {conditional.MODES}, got {self.modes}")
+    if not 0.0 <= self.unconditioned_fraction < 1.0:
+      raise ValueError(f"condition.unconditioned_fraction must be in [0, 1), got {self.unconditioned_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  samples: int = 512
+  batch_size: int = 128
+  max_new_tokens: int = 48
+  temperature: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int = 0
+  data: lm_data.LMDataConfig = lm_data.LMDataConfig()
+  model: ModelConfig = ModelConfig()
+  optim: common.OptimConfig = common.OptimConfig()
+  loop: LoopConfig = LoopConfig()
+  mesh: sharding.MeshConfig = sharding.MeshConfig()
+  condition: ConditionConfig = ConditionConfig()
+  eval: EvalConfig = EvalConfig()
+
+  def __post_init__(self):
+    if self.model.vocab_size != self.data.vocab_size:
+      raise ValueError(f"model.vocab_size={self.model.vocab_size} must equal data.vocab_size={self.data.vocab_size}")
+    if self.data.seq_len > self.model.max_len:
+      raise ValueError(f"data.seq_len={self.data.seq_len} exceeds model.max_len={self.model.max_len}")
+    if 2 + self.eval.max_new_tokens > self.model.max_len:
+      raise ValueError(f"eval.max_new_tokens={self.eval.max_new_tokens} + 2 prompt tokens exceeds "
+                       f"model.max_len={self.model.max_len}")
+
+
+def get_config(smoke: bool = False) -> Config:
+  vocab = 2048  # pretrain_tiny's model and data at 400 steps per mode
+  config = Config(
+      data=lm_data.LMDataConfig(corpus="brown", vocab_size=vocab, seq_len=128, batch_size=32),
+      model=ModelConfig(vocab_size=vocab, max_len=128, d_model=128, n_layers=4, n_heads=4),
+      optim=common.OptimConfig(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1),
+      loop=LoopConfig(steps=400, log_every=20, eval_every=200, checkpoint_every=200),
+  )
+  if smoke:
+    config = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, vocab_size=512, seq_len=32, batch_size=16),
+        model=dataclasses.replace(config.model, vocab_size=512, max_len=64, d_model=32, n_layers=1, n_heads=2),
+        optim=dataclasses.replace(config.optim, warmup_steps=2),
+        loop=LoopConfig(steps=6, log_every=3, eval_every=0, checkpoint_every=3, progress=False),
+        eval=EvalConfig(samples=16, batch_size=16, max_new_tokens=8),
+        condition=dataclasses.replace(config.condition, max_documents=40),
+    )
+  return config
+
+
+def score_segments(docs, scorer, tokenizer, threshold: float, unconditioned_fraction: float, seed: int):
+  """Per document: segment token ids, the labeler's scores and the tags (see `data.conditional`)."""
+  segments = [conditional.split_segments(d.text) for d in docs]
+  flat = [s for doc in segments for s in doc]
+  scores = np.asarray(scorer.score(flat), np.float64)
+  tags = conditional.tag_segments(scores, threshold, unconditioned_fraction, np.random.default_rng(seed))
+  ids = tokenizer.encode_batch(flat)
+  out_ids, out_scores, out_tags, i = [], [], [], 0
+  for doc in segments:
+    out_ids.append(ids[i:i + len(doc)])
+    out_scores.append(scores[i:i + len(doc)])
+    out_tags.append(tags[i:i + len(doc)])
+    i += len(doc)
+  return out_ids, out_scores, out_tags
+
+
+def main(config: Config, workdir: Path) -> dict:
+  workdir = Path(workdir)
+  cc, ec = config.condition, config.eval
+  tokenizer = lm_data.prepare_tokenizer(config.data, workdir / "tokenizer.model",
+                                        user_defined_symbols=conditional.CONTROL_TOKENS)
+  control_ids = tuple(tokenizer.piece_to_id(p) for p in conditional.CONTROL_TOKENS)
+  scorer = labelers.get_scorer(cc.scorer)
+  train_docs, val_docs = lm_data.split_corpus(config.data.corpus, config.data.val_fraction)
+  train_docs = train_docs[:cc.max_documents or None]
+  train_ids, train_scores, train_tags = score_segments(train_docs, scorer, tokenizer, cc.threshold,
+                                                       cc.unconditioned_fraction, config.seed)
+  # Validation keeps every tag: "perplexity given the labeler's tags" conditions every sentence.
+  val_ids, _, val_tags = score_segments(val_docs, scorer, tokenizer, cc.threshold, 0.0, config.seed)
+  bad_fraction = float(np.mean(np.concatenate(train_scores) < cc.threshold))
+  print(f"{sum(map(len, train_ids)):,} training sentences, {bad_fraction:.1%} scored < {cc.threshold} by "
+        f"{cc.scorer}", flush=True)
+
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
+  sharding.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  sharding.check_batch_divisible(ec.batch_size, mesh, "eval.batch_size")
+  stream = functools.partial(conditional.build_stream, control_ids=control_ids, eos_id=tokenizer.eos_id)
+  val_plain = stream(val_ids, val_tags, mode="plain")
+  eval_batches = functools.partial(lm_data.eval_batches, seq_len=config.data.seq_len,
+                                   batch_size=config.data.eval_batch_size, pad_id=tokenizer.pad_id)
+  plain_batches = eval_batches(val_plain.tokens_N)
+  key = jax.random.key(config.seed)
+  results = {"scorer": cc.scorer, "threshold": cc.threshold, "bad_fraction_train": bad_fraction, "modes": {}}
+  for mode in cc.modes:
+    train = stream(train_ids, train_tags, mode=mode)
+    model_config = dataclasses.replace(config.model, n_preferences=conditional.N_PREFERENCES if mode == "embedding"
+                                       else 0)
+    model = Transformer(model_config)
+    tx = common.make_optimizer(config.optim)
+    eval_step = lm.jit_eval_step(mesh, model=model)
+    tagged_batches = None
+    if mode in ("token", "embedding"):
+      val_tagged = stream(val_ids, val_tags, mode=mode)
+      tagged_batches = conditional.mask_targets(
+          eval_batches(val_tagged.tokens_N, preference_N=val_tagged.preference_N if mode == "embedding" else None),
+          control_ids)
+
+    evaluate = functools.partial(perplexities, eval_step=eval_step, plain_batches=plain_batches,
+                                 tagged_batches=tagged_batches, mesh=mesh)
+    dataset = lm_data.lm_dataset(train.tokens_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
+                                 seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                 preference_N=train.preference_N if mode == "embedding" else None)
+    tqdm.write(f"[{mode}] {train.tokens_N.size:,} training tokens ({int(train.control_N.sum()):,} control tokens)")
+    state = train_loop(
+        workdir=workdir / mode, loop=config.loop, config={**dataclasses.asdict(config), "mode": mode},
+        init_fn=common.jit_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx),
+        state_shardings=sharding.replicated(mesh),
+        step_fn=lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps),
+        data_iterator=iter(dataset), hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
+        tokens_per_step=config.data.batch_size * config.data.seq_len, evaluate=evaluate)
+    if state.step < config.loop.steps:  # stopped early (SIGTERM): the rerun resumes
+      return results
+    out = {"train_tokens": int(train.tokens_N.size), **evaluate(state)}
+    for name, pref in CONDITIONINGS.items():
+      if name != "none" and mode not in ("token", "embedding"):
+        continue
+      texts = sample(state.params, model, tokenizer, mode, pref, control_ids, ec,
+                     jax.random.fold_in(jax.random.fold_in(key, 2), pref), mesh)
+      scores = np.asarray(scorer.score(texts), np.float64)
+      out[f"undesirable_{name}"] = float(np.mean(scores < cc.threshold))
+      out[f"score_{name}"] = float(np.mean(scores))
+      with open(workdir / mode / f"samples_{name}.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": t, "score": float(s)}) + "\n" for t, s in zip(texts, scores))
+    results["modes"][mode] = out
+    tqdm.write(f"[{mode}] " + ", ".join(f"{k} {v:.3f}" for k, v in out.items() if isinstance(v, float)))
+  atomic_write_bytes(workdir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+  atomic_write_bytes(workdir / "results.md", results_table(results).encode())
+  print(results_table(results), flush=True)
+  return results
+
+
+def perplexities(state, *, eval_step, plain_batches, tagged_batches, mesh) -> dict[str, float]:
+  """Validation perplexity without conditioning, and given the labeler's tags when there are tagged batches."""
+  metrics = {"perplexity": lm_eval.perplexity(eval_step, state.params, plain_batches, mesh)["perplexity"]}
+  if tagged_batches is not None:
+    metrics["perplexity_tagged"] = lm_eval.perplexity(eval_step, state.params, tagged_batches, mesh)["perplexity"]
+  return metrics
+
+
+def sample(params, model: Transformer, tokenizer, mode: str, pref: int, control_ids: tuple[int, int],
+           ec: EvalConfig, key: jax.Array, mesh) -> list[str]:
+  """`ec.samples` continuations of a document start under conditioning `pref`, as text without
+  control tokens. Token mode puts the control token after the EOS and suppresses the opposite one."""
+  prompt = [tokenizer.eos_id] + ([control_ids[pref - 1]] if mode == "token" and pref else [])
+  suppress = (control_ids[2 - pref],) if mode == "token" and pref else ()
+  generate = jax.jit(functools.partial(
+      sampling.generate, model=model, max_new_tokens=ec.max_new_tokens, temperature=ec.temperature,
+      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, suppress_ids=suppress))
+  prompt_BxP = np.tile(np.asarray(prompt, np.int32), (ec.batch_size, 1))
+  batch = {"prompt": prompt_BxP, "mask": np.ones_like(prompt_BxP)}
+  if mode == "embedding":
+    batch["preference"] = np.full([ec.batch_size], pref, np.int32)
+  batch = sharding.put_batch(batch, mesh)
+  texts = []
+  for b in range(-(-ec.samples // ec.batch_size)):
+    out = jax.device_get(generate(params, batch["prompt"], batch["mask"], jax.random.fold_in(key, b),
+                                  preference_B=batch.get("preference")))
+    for row, mask in zip(out.tokens_BxN, out.mask_BxN):
+      ids = [int(t) for t, m in zip(row, mask) if m and t != tokenizer.eos_id]
+      texts.append(conditional.strip_control(tokenizer.decode(ids)))
+  return texts[:ec.samples]
+
+
+def results_table(results: dict) -> str:
+  header = ("| mode | undesirable (good) | undesirable (none) | undesirable (bad) | mean score (good) | "
+            "mean score (none) | val ppl | val ppl given tags |")
+  caption = (f"Undesirable = {results['scorer']} score < {results['threshold']} "
+             f"({results['bad_fraction_train']:.1%} of training sentences).")
+  lines = [caption, "", header, "|---|---|---|---|---|---|---|---|"]
+
+  def fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+  for mode, r in results["modes"].items():
+    lines.append(f"| {mode} | {fmt(r.get('undesirable_good'))} | {fmt(r.get('undesirable_none'))} | "
+                 f"{fmt(r.get('undesirable_bad'))} | {fmt(r.get('score_good'))} | {fmt(r.get('score_none'))} | "
+                 f"{fmt(r['perplexity'], '.1f')} | {fmt(r.get('perplexity_tagged'), '.1f')} |")
+  return "\n".join(lines) + "\n"
