@@ -13,7 +13,9 @@ same tokenizer, steps and batch (matched compute), on each of `condition.modes`
 - `plain`: every sentence; `filter`: bad sentences removed;
 - `token`: `<|good|>` / `<|bad|>` before each sentence (1% left bare), sampled from `<|good|>` with
   `<|bad|>` suppressed;
-- `embedding`: the same tags as a learned preference embedding added to the input.
+- `embedding`: the same tags as a learned preference embedding added to the input;
+- `contrastive`: the embedding plus `condition.contrastive_weight` x a contrastive loss (every token
+  likelier under its own preference than under the opposite one, `losses.preference_contrastive_loss`).
 
 Each mode trains in `<workdir>/<mode>/` (resumable). At the end every model is sampled from a
 document start (`eval.samples` continuations of `eval.max_new_tokens` tokens, ancestral sampling)
@@ -45,20 +47,25 @@ from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, lm
 
 CONDITIONINGS = {"good": conditional.GOOD, "none": conditional.NONE, "bad": conditional.BAD}
+METHODS = (*conditional.MODES, "contrastive")  # contrastive: embedding data and model, plus the loss
+CONDITIONED = ("token", "embedding", "contrastive")
 
 
 @dataclasses.dataclass(frozen=True)
 class ConditionConfig:
-  modes: tuple[str, ...] = conditional.MODES
+  modes: tuple[str, ...] = METHODS
   scorer: str = "vader"
   threshold: float = -0.05  # a sentence scoring below this is undesirable (VADER's negative cut-off)
   unconditioned_fraction: float = 0.01  # sentences left without a tag (the paper's drop_token_fraction)
   max_documents: int = 0  # > 0: train on the first this many training documents only (smoke runs)
+  contrastive_weight: float = 1.0  # of the contrastive loss, in the `contrastive` mode
 
   def __post_init__(self):
-    bad = [m for m in self.modes if m not in conditional.MODES]
+    bad = [m for m in self.modes if m not in METHODS]
     if bad or not self.modes:
-      raise ValueError(f"condition.modes: expected a non-empty list of {conditional.MODES}, got {self.modes}")
+      raise ValueError(f"condition.modes: expected a non-empty list of {METHODS}, got {self.modes}")
+    if not self.contrastive_weight >= 0:
+      raise ValueError(f"condition.contrastive_weight must be >= 0, got {self.contrastive_weight}")
     if not 0.0 <= self.unconditioned_fraction < 1.0:
       raise ValueError(f"condition.unconditioned_fraction must be in [0, 1), got {self.unconditioned_fraction}")
 
@@ -157,7 +164,8 @@ def main(config: Config, workdir: Path) -> dict:
   plain_batches = eval_batches(val_plain.tokens_N)
   key = jax.random.key(config.seed)
   results = {"scorer": cc.scorer, "threshold": cc.threshold, "bad_fraction_train": bad_fraction, "modes": {}}
-  for mode in cc.modes:
+  for method in cc.modes:
+    mode = "embedding" if method == "contrastive" else method
     train = stream(train_ids, train_tags, mode=mode)
     model_config = dataclasses.replace(config.model, n_preferences=conditional.N_PREFERENCES if mode == "embedding"
                                        else 0)
@@ -176,29 +184,31 @@ def main(config: Config, workdir: Path) -> dict:
     dataset = lm_data.lm_dataset(train.tokens_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
                                  seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
                                  preference_N=train.preference_N if mode == "embedding" else None)
-    tqdm.write(f"[{mode}] {train.tokens_N.size:,} training tokens ({int(train.control_N.sum()):,} control tokens)")
+    tqdm.write(f"[{method}] {train.tokens_N.size:,} training tokens ({int(train.control_N.sum()):,} control tokens)")
     state = train_loop(
-        workdir=workdir / mode, loop=config.loop, config={**dataclasses.asdict(config), "mode": mode},
+        workdir=workdir / method, loop=config.loop, config={**dataclasses.asdict(config), "mode": method},
         init_fn=common.jit_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx),
         state_shardings=sharding.replicated(mesh),
-        step_fn=lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps),
+        step_fn=lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
+                                  contrastive_weight=cc.contrastive_weight if method == "contrastive" else 0.0,
+                                  preference_flip=conditional.FLIP),
         data_iterator=iter(dataset), hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
         tokens_per_step=config.data.batch_size * config.data.seq_len, evaluate=evaluate)
     if state.step < config.loop.steps:  # stopped early (SIGTERM): the rerun resumes
       return results
     out = {"train_tokens": int(train.tokens_N.size), **evaluate(state)}
     for name, pref in CONDITIONINGS.items():
-      if name != "none" and mode not in ("token", "embedding"):
+      if name != "none" and method not in CONDITIONED:
         continue
       texts = sample(state.params, model, tokenizer, mode, pref, control_ids, ec,
                      jax.random.fold_in(jax.random.fold_in(key, 2), pref), mesh)
       scores = np.asarray(scorer.score(texts), np.float64)
       out[f"undesirable_{name}"] = float(np.mean(scores < cc.threshold))
       out[f"score_{name}"] = float(np.mean(scores))
-      with open(workdir / mode / f"samples_{name}.jsonl", "w") as f:
+      with open(workdir / method / f"samples_{name}.jsonl", "w") as f:
         f.writelines(json.dumps({"text": t, "score": float(s)}) + "\n" for t, s in zip(texts, scores))
-    results["modes"][mode] = out
-    tqdm.write(f"[{mode}] " + ", ".join(f"{k} {v:.3f}" for k, v in out.items() if isinstance(v, float)))
+    results["modes"][method] = out
+    tqdm.write(f"[{method}] " + ", ".join(f"{k} {v:.3f}" for k, v in out.items() if isinstance(v, float)))
   atomic_write_bytes(workdir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
   atomic_write_bytes(workdir / "results.md", results_table(results).encode())
   print(results_table(results), flush=True)

@@ -24,6 +24,20 @@ def next_token_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return jnp.sum(nll_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
+def preference_contrastive_loss(logp_BxT: jax.Array, logp_flipped_BxT: jax.Array,
+                                mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Summed -sum_t m_t log sigmoid(log p(x_t | c) - log p(x_t | c')) and the number of counted tokens.
+
+  For a preference-conditioned LM (Korbak et al. 2023's conditional training, here with a
+  preference embedding c): every token must be more likely under its own preference c than under
+  the opposite one c'. Conditional training's likelihood alone lets the model ignore c wherever the
+  text does not need it; this Bradley-Terry-style contrast between the two conditionings is the
+  "contrastive loss" that makes the preference embedding carry the labeler's distinction.
+  """
+  mask_BxT = mask_BxT.astype(jnp.float32)
+  return jnp.sum(-jax.nn.log_sigmoid(logp_BxT - logp_flipped_BxT) * mask_BxT), jnp.sum(mask_BxT)
+
+
 def bradley_terry_loss(r_chosen_B: jax.Array, r_rejected_B: jax.Array,
                        mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Summed pairwise loss -log sigmoid(r_chosen - r_rejected) and the number of pairs counted.

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import sampling, sharding
+from rlhf_jax import losses, sampling, sharding
 from rlhf_jax.data import conditional
 from rlhf_jax.data import lm as lm_data
 from rlhf_jax.models.transformer import ModelConfig, Transformer, init_params
@@ -122,8 +122,17 @@ def test_sampler_conditions_on_preference_and_never_emits_suppressed_ids(pref_mo
   assert (np.asarray(other.tokens_BxN) != np.asarray(free.tokens_BxN)).any()
 
 
-@pytest.mark.parametrize("mode", ["token", "embedding"])
-def test_conditional_training_follows_the_condition(mode):
+def test_preference_contrastive_loss_by_hand():
+  logp = jnp.array([[-1.0, -2.0, -3.0]])
+  flipped = jnp.array([[-2.0, -2.0, -0.5]])
+  total, count = losses.preference_contrastive_loss(logp, flipped, jnp.array([[1, 1, 0]]))
+  expected = np.log1p(np.exp(-1.0)) + np.log(2.0)  # -log sigmoid(1) - log sigmoid(0); the third is masked
+  np.testing.assert_allclose(total, expected, rtol=1e-6)
+  assert count == 2
+
+
+@pytest.mark.parametrize("mode,contrastive_weight", [("token", 0.0), ("embedding", 0.0), ("embedding", 1.0)])
+def test_conditional_training_follows_the_condition(mode, contrastive_weight):
   """Good segments use tokens 10-13, bad ones 20-23, in random order; after training, sampling under
   good (bad suppressed) gives good tokens and under bad gives bad ones, each far above the 50% mix."""
   rng = np.random.default_rng(0)
@@ -139,11 +148,14 @@ def test_conditional_training_follows_the_condition(mode):
   tx = common.make_optimizer(optim)
   mesh = sharding.make_mesh()
   state = common.jit_init(mesh, jax.random.key(0), model=model, tx=tx)()
-  step = lm.jit_train_step(mesh, model=model, tx=tx, optim=optim, total_steps=150)
+  step = lm.jit_train_step(mesh, model=model, tx=tx, optim=optim, total_steps=150,
+                           contrastive_weight=contrastive_weight, preference_flip=conditional.FLIP)
   data = iter(lm_data.lm_dataset(stream.tokens_N, 16, 16, seed=0,
                                  preference_N=stream.preference_N if n_pref else None))
   for _ in range(150):
-    state, _ = step(state, sharding.put_batch(next(data), mesh), jax.random.key(1), optim.hparams())
+    state, metrics = step(state, sharding.put_batch(next(data), mesh), jax.random.key(1), optim.hparams())
+  if contrastive_weight:  # the contrast is learned: far below its starting value log 2
+    assert metrics["contrastive"] < 0.2
 
   gen = jax.jit(sampling.generate, static_argnames=sampling.GENERATE_STATIC_ARGNAMES)
   for pref, lo in ((G, 10), (B_, 20)):

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from rlhf_jax import cli, logs
-from rlhf_jax.data import conditional
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "conditional_pretraining.py"
 
@@ -14,17 +13,18 @@ def test_smoke_run_compares_all_modes(tmp_path, cache_dir):
   results = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path)
   assert json.loads((tmp_path / "results.json").read_text()) == results
   modes = results["modes"]
-  assert list(modes) == list(conditional.MODES)
+  assert list(modes) == ["plain", "filter", "token", "embedding", "contrastive"]
   # Matched compute: the same number of steps for every mode; filtering drops the bad sentences.
   for mode in modes:
     assert [r["step"] for r in logs.read_metrics(tmp_path / mode, "train")][-1] == 6
   assert modes["filter"]["train_tokens"] < modes["plain"]["train_tokens"] < modes["token"]["train_tokens"]
   assert 0.05 < results["bad_fraction_train"] < 0.5
   for mode, r in modes.items():
-    conditioned = mode in ("token", "embedding")
+    conditioned = mode in ("token", "embedding", "contrastive")
     assert ("undesirable_good" in r) == conditioned and ("perplexity_tagged" in r) == conditioned
     assert 0.0 <= r["undesirable_none"] <= 1.0 and r["perplexity"] > 1.0
     samples = (tmp_path / mode / "samples_none.jsonl").read_text().splitlines()
     assert len(samples) == 16 and not any("<|" in json.loads(s)["text"] for s in samples)
+  assert "contrastive" in logs.read_metrics(tmp_path / "contrastive", "train")[0]
   table = (tmp_path / "results.md").read_text()
   assert all(f"| {mode} |" in table for mode in modes)

@@ -26,6 +26,7 @@ import numpy as np
 
 NONE, GOOD, BAD = 0, 1, 2
 N_PREFERENCES = 3
+FLIP = (NONE, BAD, GOOD)  # FLIP[id]: the opposite preference (for a contrastive loss); none stays none
 CONTROL_TOKENS = ("<|good|>", "<|bad|>")  # the pieces for GOOD and BAD
 MODES = ("plain", "filter", "token", "embedding")
 

@@ -21,22 +21,48 @@ from rlhf_jax.steps.common import (Batch, Hparams, OptimConfig, TrainState, accu
                                    jit_step)
 
 
-def loss_sum(params, batch: Batch, key: jax.Array, *, model: Transformer):
-  """Summed next-token loss of a batch and `{"count": tokens counted}`."""
+def loss_sum(params, batch: Batch, key: jax.Array, *, model: Transformer, contrastive_weight: float = 0.0,
+             preference_flip: tuple[int, ...] = ()):
+  """Summed next-token loss of a batch and `{"count": tokens counted}`.
+
+  With `contrastive_weight` > 0 (a model with a preference embedding and batches with
+  "preference"), adds that weight times `losses.preference_contrastive_loss` against the
+  preferences mapped through `preference_flip` (e.g. (0, 2, 1): good <-> bad, unconditioned kept;
+  tokens whose preference the flip keeps do not count), summed over the same tokens.
+  """
   deterministic = model.config.dropout == 0.0
-  out = model.apply({"params": params}, batch["inputs"], preference_BxT=batch.get("preference"),
-                    deterministic=deterministic, rngs=None if deterministic else {"dropout": key})
+  rngs = None if deterministic else {"dropout": key}
+  pref_BxT = batch.get("preference")
+  out = model.apply({"params": params}, batch["inputs"], preference_BxT=pref_BxT, deterministic=deterministic,
+                    rngs=rngs)
   total, count = losses.next_token_loss(out.logits_BxTxV, batch["targets"], batch["loss_mask"])
-  return total, {"count": count}
+  sums = {"count": count}
+  if contrastive_weight:
+    if pref_BxT is None or not preference_flip:
+      raise ValueError("contrastive_weight > 0 needs batches with 'preference' and a preference_flip")
+    flipped_BxT = jnp.asarray(preference_flip, jnp.int32)[pref_BxT]
+    flipped = model.apply({"params": params}, batch["inputs"], preference_BxT=flipped_BxT,
+                          deterministic=deterministic, rngs=rngs)
+    logp_BxT, logp_flipped_BxT = (
+        jnp.take_along_axis(jax.nn.log_softmax(o.logits_BxTxV), batch["targets"][..., None], axis=-1)[..., 0]
+        for o in (out, flipped))
+    contrast, _ = losses.preference_contrastive_loss(logp_BxT, logp_flipped_BxT,
+                                                     batch["loss_mask"] * (flipped_BxT != pref_BxT))
+    total = total + contrastive_weight * contrast
+    sums["contrastive"] = contrast
+  return total, sums
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hparams, *, model: Transformer,
                tx: optax.GradientTransformation, warmup_steps: int, total_steps: int,
-               min_lr_ratio: float, num_microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW update on the token-mean next-token loss of `batch`."""
+               min_lr_ratio: float, num_microbatches: int = 1, contrastive_weight: float = 0.0,
+               preference_flip: tuple[int, ...] = ()) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW update on the token-mean next-token loss of `batch` (see `loss_sum` for the
+  optional preference-contrastive term)."""
   key = jax.random.fold_in(key, state.step)
-  total, sums, grads = accumulate_gradients(functools.partial(loss_sum, model=model), state.params, batch,
-                                            key, num_microbatches)
+  loss_fn = functools.partial(loss_sum, model=model, contrastive_weight=contrastive_weight,
+                              preference_flip=preference_flip)
+  total, sums, grads = accumulate_gradients(loss_fn, state.params, batch, key, num_microbatches)
   state, lr = apply_gradients(state, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                               min_lr_ratio=min_lr_ratio)
   metrics = {
@@ -46,6 +72,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hparams, *, 
       "param_norm": optax.tree.norm(state.params),
       "learning_rate": lr,
   }
+  if "contrastive" in sums:
+    metrics["contrastive"] = sums["contrastive"] / jnp.maximum(sums["count"], 1.0)
   return state, metrics
 
 
@@ -57,11 +85,13 @@ def eval_step(params, batch: Batch, *, model: Transformer) -> dict[str, jax.Arra
 
 
 def jit_train_step(mesh: jax.sharding.Mesh, *, model: Transformer, tx: optax.GradientTransformation,
-                   optim: OptimConfig, total_steps: int, num_microbatches: int = 1):
+                   optim: OptimConfig, total_steps: int, num_microbatches: int = 1, contrastive_weight: float = 0.0,
+                   preference_flip: tuple[int, ...] = ()):
   """`train_step` compiled for `mesh` (see `common.jit_step`)."""
   return jit_step(functools.partial(train_step, model=model, tx=tx, warmup_steps=optim.warmup_steps,
                                     total_steps=total_steps, min_lr_ratio=optim.min_lr_ratio,
-                                    num_microbatches=num_microbatches), mesh)
+                                    num_microbatches=num_microbatches, contrastive_weight=contrastive_weight,
+                                    preference_flip=preference_flip), mesh)
 
 
 def jit_eval_step(mesh: jax.sharding.Mesh, *, model: Transformer):
