@@ -30,13 +30,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlhf_jax import sampling, sharding
+from rlhf_jax import config as config_lib
+from rlhf_jax import pretrained, sampling, sharding
 from rlhf_jax.data import conditional
 from rlhf_jax.data import lm as lm_data
 from rlhf_jax.data.corpora import atomic_write_bytes
@@ -184,6 +186,11 @@ def main(config: Config, workdir: Path) -> dict:
     dataset = lm_data.lm_dataset(train.tokens_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
                                  seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
                                  preference_N=train.preference_N if mode == "embedding" else None)
+    # Each method's directory is a loadable model run (`pretrained.load`, `rlhf-jax export`).
+    (workdir / method).mkdir(parents=True, exist_ok=True)
+    config_lib.save(config, workdir / method / "config.json")
+    pretrained.save_model_config(workdir / method, model_config)
+    shutil.copyfile(workdir / "tokenizer.model", workdir / method / "tokenizer.model")
     tqdm.write(f"[{method}] {train.tokens_N.size:,} training tokens ({int(train.control_N.sum()):,} control tokens)")
     state = train_loop(
         workdir=workdir / method, loop=config.loop, config={**dataclasses.asdict(config), "mode": method},

@@ -111,7 +111,7 @@ def _value_params(config: Config, policy: pretrained.Pretrained, mesh):
     if not config.reward.scorer.startswith("rm:"):
       raise ValueError(f"value.init=reward needs a reward model: reward.scorer={config.reward.scorer!r} is not rm:WORKDIR")
     rm = pretrained.load(config.reward.scorer[3:], mesh)
-    if rm.tokenizer.fingerprint() != policy.tokenizer.fingerprint():
+    if rm.tokenizer.fingerprint != policy.tokenizer.fingerprint:
       raise ValueError("value.init=reward: the reward model's tokenizer differs from the policy's")
     return rm.model, rm.params
   model = dataclasses.replace(policy.model, scalar_head=True, scalar_head_init="zeros")

@@ -146,6 +146,17 @@ def _cmd_feedback(args) -> int:
   return 0
 
 
+def _cmd_export(args) -> int:
+  from rlhf_jax import pretrained
+  try:
+    written = pretrained.export(args.workdir, args.out, step=args.step)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {', '.join(written)} to {args.out}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
   exp.add_argument("--store", required=True)
   exp.add_argument("--out", required=True)
   exp.set_defaults(func=_cmd_feedback)
+
+  export = sub.add_parser("export", help="write a run's model as safetensors (+ Hugging Face GPT-2 layout)")
+  export.add_argument("workdir", help="a run's workdir (config.json, tokenizer.model, checkpoints/)")
+  export.add_argument("out", help="output directory")
+  export.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  export.set_defaults(func=_cmd_export)
   return parser
 
 

@@ -195,3 +195,34 @@ def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelCo
     init_fn = functools.partial(init, key)
   save_model_config(workdir, model.config)
   return ScalarModelStart(tokenizer=tokenizer, model=model, init_fn=init_fn)
+
+
+def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> list[str]:
+  """Writes a run's model for use elsewhere, without its training state; returns the file names.
+
+  Always: `params.safetensors` (float32 arrays under flat names such as `h_0/attn/c_attn/kernel`),
+  `model.json` (the `ModelConfig`) and `tokenizer.model`. For a plain language model also
+  `model.safetensors` + `config.json` in Hugging Face's GPT-2 layout (`models.gpt2`), which
+  `transformers.GPT2LMHeadModel.from_pretrained(out)` loads.
+  """
+  import shutil
+
+  import safetensors.numpy
+
+  from rlhf_jax.data.corpora import atomic_write_bytes
+  from rlhf_jax.models import gpt2
+
+  workdir, out = Path(workdir), Path(out)
+  run = load(workdir, sharding.make_mesh(), step)
+  params = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), run.params)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  out.mkdir(parents=True, exist_ok=True)
+  atomic_write_bytes(out / "params.safetensors", safetensors.numpy.save(flat, metadata={"step": str(run.step)}))
+  save_model_config(out, run.model)
+  shutil.copyfile(workdir / "tokenizer.model", out / "tokenizer.model")
+  written = ["params.safetensors", "model.json", "tokenizer.model"]
+  if not run.model.scalar_head and not run.model.n_preferences:
+    gpt2.save_hf(out, run.model, params, eos_token_id=run.tokenizer.eos_id)
+    written += ["model.safetensors", "config.json"]
+  return written

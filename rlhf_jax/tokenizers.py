@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
+import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -180,3 +182,93 @@ class SentencePieceTokenizer:
       raise KeyError(f"{piece!r} is not a piece of this tokenizer's vocabulary (train it with "
                      f"user_defined_symbols=[{piece!r}, ...])")
     return token_id
+
+
+# GPT-2's pre-tokenization pattern (tiktoken's r50k_base / gpt2) and its end-of-text token.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_END_OF_TEXT = "<|endoftext|>"
+GPT2_RANKS_SOURCE = ("openai-whisper", "20250625", "whisper/assets/gpt2.tiktoken")
+
+
+def gpt2_ranks_file(cache: Path | None = None) -> Path:
+  """GPT-2's BPE ranks (`gpt2.tiktoken`), taken from PyPI's openai-whisper sdist and cached.
+
+  No package ships them on their own; the whisper sdist carries them as an asset. `pip download`
+  fetches the sdist (no install, no dependencies), and the file lands atomically in the cache.
+  """
+  from rlhf_jax.data import corpora
+  final = (cache or corpora.cache_dir()) / "gpt2_bpe"
+  path = final / "gpt2.tiktoken"
+  if path.exists():
+    return path
+  package, version, member = GPT2_RANKS_SOURCE
+  with corpora.atomic_directory(final) as building:
+    corpora._run([sys.executable, "-m", "pip", "download", f"{package}=={version}", "--no-deps", "--no-binary",
+                  ":all:", "-q", "-d", str(building)], building, f"{package}=={version}",
+                 "check that PyPI is reachable, or pass the path of a gpt2.tiktoken ranks file")
+    (sdist,) = building.glob(f"{package.replace('-', '_')}-*.tar.gz") or building.glob(f"{package}-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+      found = [m for m in tar.getmembers() if m.name.endswith("/" + member)]
+      if not found:
+        raise RuntimeError(f"{sdist.name} has no {member}: the GPT-2 ranks moved; pass a ranks file path")
+      (building / "gpt2.tiktoken").write_bytes(tar.extractfile(found[0]).read())
+    sdist.unlink()
+  return path
+
+
+class TiktokenTokenizer:
+  """GPT-2's byte-level BPE (via tiktoken) as a `Tokenizer`, for imported GPT-2 weights.
+
+  Ids are GPT-2's (50,257: "Hello world" -> [15496, 995]). GPT-2 has one special token,
+  `<|endoftext|>` (50256), which serves as EOS, BOS and padding: padding is always masked by the
+  masks that travel with it, never found by id. Byte-level BPE never needs an unknown token, so
+  `unk_id` is that id too. Text that spells `<|endoftext|>` is encoded as ordinary text.
+  """
+
+  def __init__(self, ranks_file: str | os.PathLike[str]):
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+    self._path = Path(ranks_file)
+    if not self._path.is_file():
+      raise FileNotFoundError(f"{self._path} not found: expected a tiktoken ranks file (gpt2.tiktoken)")
+    ranks = load_tiktoken_bpe(str(self._path))
+    self._eot = len(ranks)
+    self._enc = tiktoken.Encoding(name=f"gpt2:{self._path.name}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                  special_tokens={GPT2_END_OF_TEXT: self._eot})
+
+  @classmethod
+  def gpt2(cls, cache: Path | None = None) -> TiktokenTokenizer:
+    return cls(gpt2_ranks_file(cache))
+
+  @property
+  def vocab_size(self) -> int:
+    return self._enc.n_vocab
+
+  @property
+  def pad_id(self) -> int:
+    return self._eot
+
+  @property
+  def eos_id(self) -> int:
+    return self._eot
+
+  @property
+  def bos_id(self) -> int:
+    return self._eot
+
+  @property
+  def unk_id(self) -> int:
+    return self._eot
+
+  @property
+  def fingerprint(self) -> str:
+    return hashlib.sha256(self._path.read_bytes() + GPT2_PATTERN.encode()).hexdigest()[:16]
+
+  def encode(self, text: str) -> list[int]:
+    return self._enc.encode_ordinary(text)
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+    return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads if num_threads > 0 else 8)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._enc.decode([int(i) for i in ids])

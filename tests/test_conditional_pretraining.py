@@ -4,7 +4,7 @@ steps on the same tokenizer, and the comparison table covers each conditioning a
 import json
 from pathlib import Path
 
-from rlhf_jax import cli, logs
+from rlhf_jax import cli, logs, pretrained, sharding
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "conditional_pretraining.py"
 
@@ -26,5 +26,8 @@ def test_smoke_run_compares_all_modes(tmp_path, cache_dir):
     samples = (tmp_path / mode / "samples_none.jsonl").read_text().splitlines()
     assert len(samples) == 16 and not any("<|" in json.loads(s)["text"] for s in samples)
   assert "contrastive" in logs.read_metrics(tmp_path / "contrastive", "train")[0]
+  # Each method's directory is a loadable run; the embedding model keeps its preference table.
+  run = pretrained.load(tmp_path / "embedding", sharding.make_mesh())
+  assert run.model.n_preferences == 3 and run.params["wpref"]["embedding"].shape[0] == 3
   table = (tmp_path / "results.md").read_text()
   assert all(f"| {mode} |" in table for mode in modes)

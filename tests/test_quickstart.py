@@ -61,5 +61,10 @@ def test_sentiment_ppo_with_a_lexicon_reward_resumes(quickstart, tmp_path):
   assert logs.read_metrics(tmp_path / "a", "eval")[-1] == pytest.approx(logs.read_metrics(tmp_path / "b", "eval")[-1])
   with pytest.raises(ValueError, match="value.init=reward needs a reward model"):
     cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "c", overrides=overrides + ["value.init=reward"])
+  # The value model can start from the reward model (same tokenizer as the policy).
+  rm_value = [f"policy.init_from={workdir / 'lm'}", f"reward.scorer=rm:{workdir / 'reward'}", "value.init=reward",
+              "loop.steps=1"]
+  cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "e", overrides=rm_value)
+  assert len(logs.read_metrics(tmp_path / "e", "train")) == 1
   with pytest.raises(ConfigError, match="kl_estimator"):
     cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "d", overrides=["ppo.kl_estimator=k9"])
