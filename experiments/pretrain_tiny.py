@@ -90,14 +90,17 @@ def main(config: Config, workdir: Path):
   model = Transformer(config.model)
   tx = common.make_optimizer(config.optim)
   key = jax.random.key(config.seed)
-  init_fn = common.jit_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx)
+  # Parameters and optimizer state are created on their shards (mesh.rules; replicated unless the
+  # mesh has fsdp/tensor axes larger than 1).
+  init_fn, state_shardings = common.sharded_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx,
+                                                 rules=config.mesh.rules)
   step_fn = lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
-                              num_microbatches=config.microbatches)
+                              num_microbatches=config.microbatches, state_shardings=state_shardings)
   # Each process loads its own rows of the global batch (one process: all of them).
   dataset = lm_data.lm_dataset(tokens.train_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
                                seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
 
-  eval_step = lm.jit_eval_step(mesh, model=model)
+  eval_step = lm.jit_eval_step(mesh, model=model, param_shardings=state_shardings.params)
   val_batches = lm_data.eval_batches(tokens.validation_M, config.data.seq_len, config.data.eval_batch_size,
                                      pad_id=tokenizer.pad_id)
   generate = jax.jit(functools.partial(
@@ -111,13 +114,14 @@ def main(config: Config, workdir: Path):
     step = int(state.step)
     completions = lm_eval.complete(generate, state.params, tokenizer, prompts,
                                    jax.random.fold_in(jax.random.fold_in(key, 2), step))
-    lm_eval.write_samples(workdir / "samples.jsonl", step, prompts, completions)
+    if jax.process_index() == 0:  # in a multi-host run every process has the same samples
+      lm_eval.write_samples(workdir / "samples.jsonl", step, prompts, completions)
     tqdm.write(f"step {step}: validation loss {metrics['loss']:.3f}, perplexity {metrics['perplexity']:.1f}")
     for prompt, completion in zip(prompts, completions):
       tqdm.write(f"  {prompt!r} -> {completion!r}")
     return metrics
 
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
-                    state_shardings=sharding.replicated(mesh), step_fn=step_fn, data_iterator=iter(dataset),
+                    state_shardings=state_shardings, step_fn=step_fn, data_iterator=iter(dataset),
                     hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
                     tokens_per_step=config.data.batch_size * config.data.seq_len, evaluate=evaluate)

@@ -12,6 +12,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -33,7 +34,9 @@ class Checkpointer:
     """Starts an (asynchronous) save of `step`; `wait()` blocks until it is on disk."""
     items = {
         "state": ocp.args.StandardSave(state),
-        "rng": ocp.args.StandardSave({"key_data": jax.random.key_data(rng)}),
+        # As numpy: the key is the same on every process, and a host-local device array cannot be
+        # written by a multi-host save.
+        "rng": ocp.args.StandardSave({"key_data": np.asarray(jax.random.key_data(rng))}),
         "config": ocp.args.JsonSave(config),
     }
     if data_iterator is not None:

@@ -70,7 +70,9 @@ def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | 
   workdir = Path(workdir)
   check_resumable(workdir, config)
   workdir.mkdir(parents=True, exist_ok=True)
-  config_lib.save(config, workdir / "config.json")
+  import jax  # here, not at the top: `rlhf-jax label` and friends start without JAX
+  if jax.process_index() == 0:  # one writer in a multi-host run
+    config_lib.save(config, workdir / "config.json")
   return module, config, workdir
 
 
@@ -88,6 +90,9 @@ USER_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError, AttributeE
 
 def _cmd_run(args) -> int:
   try:
+    from rlhf_jax import distributed
+    distributed.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
+                           process_id=args.process_id, auto=args.distributed)
     module, config, workdir = prepare_run(args.experiment, smoke=args.smoke, workdir=args.workdir,
                                           overrides=args.set)
   except USER_ERRORS as e:
@@ -169,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: workdirs/<experiment>); an existing checkpoint there is resumed")
   run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.steps=100 (repeatable)")
+  run.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: address of process 0 (with --num-processes and --process-id)")
+  run.add_argument("--num-processes", type=int, default=None)
+  run.add_argument("--process-id", type=int, default=None)
+  run.add_argument("--distributed", action="store_true",
+                   help="multi-host: detect the processes from the cluster (Slurm, Open MPI, Cloud TPU)")
   run.set_defaults(func=_cmd_run)
 
   data = sub.add_parser("data", help="data utilities")

@@ -27,16 +27,21 @@ def _plain(value) -> float | int | str:
 class MetricWriter:
   """Appends metrics to `workdir/metrics.jsonl` and to TensorBoard under `workdir/tb`."""
 
-  def __init__(self, workdir: str | Path, *, tensorboard: bool = True):
+  def __init__(self, workdir: str | Path, *, tensorboard: bool = True, enabled: bool = True):
+    """`enabled=False` (every process but the first of a multi-host run) writes nothing."""
     self.workdir = Path(workdir)
+    self._file = self._tb = None
+    if not enabled:
+      return
     self.workdir.mkdir(parents=True, exist_ok=True)
     self._file = open(self.workdir / METRICS_FILE, "a", buffering=1)
-    self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(str(self.workdir / "tb"))
 
   def write(self, step: int, metrics: Mapping[str, object], split: str = "train") -> None:
+    if self._file is None:
+      return
     record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
     self._file.write(json.dumps(record) + "\n")
     if self._tb is not None:
@@ -45,12 +50,14 @@ class MetricWriter:
           self._tb.add_scalar(f"{split}/{name}", value, step)
 
   def flush(self) -> None:
-    self._file.flush()
+    if self._file is not None:
+      self._file.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 

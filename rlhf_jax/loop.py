@@ -104,10 +104,12 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
     print(f"resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
     state, rng = checkpointer.restore(start, abstract_state=abstract_state(init_fn, state_shardings),
                                       data_iterator=data_iterator)
-    logs.truncate_metrics(workdir, start)
+    if jax.process_index() == 0:
+      logs.truncate_metrics(workdir, start)
   # Opened only after the truncation above, which replaces the file: a writer opened before it
-  # would append to the replaced (unlinked) file and lose every record of the resumed run.
-  writer = logs.MetricWriter(workdir)
+  # would append to the replaced (unlinked) file and lose every record of the resumed run. In a
+  # multi-host run only the first process writes metrics (they are global values).
+  writer = logs.MetricWriter(workdir, enabled=jax.process_index() == 0)
 
   pending = _Pending()
   progress = None

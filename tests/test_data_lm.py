@@ -91,6 +91,17 @@ def test_shards_are_disjoint_and_cover_all_windows():
     lm.lm_dataset(tokens, T, B, seed=0, shard_index=2, shard_count=2)
 
 
+def test_processes_split_the_single_process_batches():
+  """Process i of n gets rows [i*B, (i+1)*B) of the global batch a single process would see, so a
+  multi-host run trains on exactly the same data."""
+  tokens = np.arange(8 * B * T + 1)
+  whole = take(lm.lm_dataset(tokens, T, 2 * B, seed=3), 3)
+  parts = [take(lm.lm_dataset(tokens, T, B, seed=3, shard_index=i, shard_count=2), 3) for i in range(2)]
+  for b, batch in enumerate(whole):
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], np.concatenate([parts[0][b][key], parts[1][b][key]]))
+
+
 def test_too_few_tokens_is_an_error():
   with pytest.raises(ValueError, match="too few for batch_size=4"):
     lm.lm_dataset(np.arange(3 * T + 1), T, B, seed=0)

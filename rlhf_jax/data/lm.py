@@ -18,6 +18,7 @@ Batches are dicts `{"inputs": int32[B, T], "targets": int32[B, T], "loss_mask": 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -158,10 +159,13 @@ def lm_dataset(
 ) -> grain.IterDataset:
   """Shuffled, repeated batches of non-overlapping windows of the token stream.
 
-  Each process takes windows `shard_index::shard_count` (disjoint across processes), shuffles
-  them with `seed` (grain mixes the epoch into the seed, so every epoch has a new order) and
-  repeats `num_epochs` times (None: forever). Batching happens on window indices and the
-  windows are gathered with one numpy fancy index per batch. The iterator of the returned
+  Every process shuffles all window indices with `seed` (grain mixes the epoch into the seed, so
+  every epoch has a new order), repeats them `num_epochs` times (None: forever) and cuts global
+  batches of `batch_size * shard_count` indices; process `shard_index` gathers rows
+  `[shard_index * batch_size, (shard_index + 1) * batch_size)` of each. The global batch is
+  therefore the same for any number of processes, so a multi-host run trains on exactly the
+  batches of a single-process one, and processes never share a window within an epoch. Only
+  indices are global: each process gathers its own rows, with one numpy fancy index per batch. The iterator of the returned
   dataset supports `get_state()`/`set_state()`; resuming from a state gives the same batches.
   `read_options` defaults to no worker threads: the tokens are in memory and a gather is cheap.
   `preference_N` (int32, aligned with `tokens_N`) adds each input token's preference id to the
@@ -177,14 +181,20 @@ def lm_dataset(
     raise ValueError(
         f"tokens_N: {tokens_N.size} tokens give {n} windows of seq_len={seq_len}, too few for "
         f"batch_size={batch_size} on {shard_count} shard(s); use a bigger corpus or smaller sizes")
-  ds = grain.MapDataset.range(n)[shard_index::shard_count]
+  ds = grain.MapDataset.range(n)
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.repeat(num_epochs).batch(batch_size * shard_count, drop_remainder=drop_remainder)
+  if shard_count > 1:
+    ds = ds.map(functools.partial(_process_rows, start=shard_index * batch_size, size=batch_size))
   ds = ds.map(_GatherWindows(tokens_N, seq_len,
                              None if preference_N is None else np.asarray(preference_N, np.int32)))
   read_options = read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   return ds.to_iter_dataset(read_options)
+
+
+def _process_rows(window_B: np.ndarray, *, start: int, size: int) -> np.ndarray:
+  return window_B[start:start + size]
 
 
 def _check_aligned(tokens_N: np.ndarray, preference_N: np.ndarray | None) -> None:

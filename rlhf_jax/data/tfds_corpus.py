@@ -16,6 +16,7 @@ numpy (`deserialize_example_np`), where Text features come back as bytes (decode
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import re
 from pathlib import Path
@@ -107,9 +108,14 @@ def builder(
   config = config_for(corpus, val_fraction)
   # TFDS refuses a config object named like a registered one: pass registered ones by name.
   registered = config.name in RlhfCorpus.builder_configs
-  b = RlhfCorpus(config=config.name if registered else config,
-                 data_dir=str(data_dir or default_data_dir()), file_format="array_record")
-  b.download_and_prepare()
+  data_dir = Path(data_dir or default_data_dir())
+  data_dir.mkdir(parents=True, exist_ok=True)
+  # TFDS's build is not safe against a concurrent one (the processes of a multi-host run, test
+  # workers sharing a cache): the first builds under an exclusive lock, the rest then find it built.
+  with open(data_dir / f".{config.name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    b = RlhfCorpus(config=config.name if registered else config, data_dir=str(data_dir), file_format="array_record")
+    b.download_and_prepare()
   return b
 
 

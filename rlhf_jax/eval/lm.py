@@ -18,7 +18,7 @@ def perplexity(eval_step: Callable, params, batches: Iterable[dict[str, np.ndarr
   """Exact token-mean loss over all `batches` (sums and counts added up), and its exponential."""
   loss_sum, count = 0.0, 0.0
   for batch in batches:
-    out = jax.device_get(eval_step(params, sharding.put_batch(batch, mesh)))
+    out = jax.device_get(eval_step(params, sharding.put_global_batch(batch, mesh)))
     loss_sum += float(out["loss_sum"])
     count += float(out["count"])
   if count == 0:

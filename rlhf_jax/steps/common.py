@@ -141,15 +141,28 @@ def apply_gradients(state, grads: Any, hp: Hparams, *, tx: optax.GradientTransfo
 
 
 def jit_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation):
-  """A no-argument initializer whose output is created directly with its final sharding."""
+  """A no-argument initializer whose output is created directly with its final (replicated) sharding."""
   from rlhf_jax import sharding
   init = jax.jit(functools.partial(init_state, model=model, tx=tx), out_shardings=sharding.replicated(mesh))
   return functools.partial(init, key)
 
 
-def jit_step(step: Callable, mesh: jax.sharding.Mesh):
-  """A `(state, batch, key, hp)` step compiled for `mesh`: the batch split over the data axis, the
-  state replicated and donated (updated in place), keys and hyperparameters replicated."""
+def sharded_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
+                 rules: str = "replicated") -> tuple[Callable[[], TrainState], Any]:
+  """`(init_fn, state_shardings)`: the state's shardings by `sharding.RULES[rules]`, found on
+  `jax.eval_shape` (nothing allocated), and a no-argument initializer that creates every leaf
+  directly on its shards, so a model too big for one device never exists whole."""
+  from rlhf_jax import sharding
+  init = functools.partial(init_state, model=model, tx=tx)
+  shardings = sharding.tree_shardings(jax.eval_shape(init, key), mesh, rules)
+  return functools.partial(jax.jit(init, out_shardings=shardings), key), shardings
+
+
+def jit_step(step: Callable, mesh: jax.sharding.Mesh, state_shardings: Any = None):
+  """A `(state, batch, key, hp)` step compiled for `mesh`: the batch split over the data (and fsdp)
+  axes, the state with `state_shardings` (default replicated) and donated (updated in place), keys
+  and hyperparameters replicated."""
   from rlhf_jax import sharding
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(step, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl), donate_argnums=0)
+  state = repl if state_shardings is None else state_shardings
+  return jax.jit(step, in_shardings=(state, data, repl, repl), out_shardings=(state, repl), donate_argnums=0)

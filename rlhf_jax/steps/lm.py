@@ -86,15 +86,16 @@ def eval_step(params, batch: Batch, *, model: Transformer) -> dict[str, jax.Arra
 
 def jit_train_step(mesh: jax.sharding.Mesh, *, model: Transformer, tx: optax.GradientTransformation,
                    optim: OptimConfig, total_steps: int, num_microbatches: int = 1, contrastive_weight: float = 0.0,
-                   preference_flip: tuple[int, ...] = ()):
+                   preference_flip: tuple[int, ...] = (), state_shardings=None):
   """`train_step` compiled for `mesh` (see `common.jit_step`)."""
   return jit_step(functools.partial(train_step, model=model, tx=tx, warmup_steps=optim.warmup_steps,
                                     total_steps=total_steps, min_lr_ratio=optim.min_lr_ratio,
                                     num_microbatches=num_microbatches, contrastive_weight=contrastive_weight,
-                                    preference_flip=preference_flip), mesh)
+                                    preference_flip=preference_flip), mesh, state_shardings)
 
 
-def jit_eval_step(mesh: jax.sharding.Mesh, *, model: Transformer):
+def jit_eval_step(mesh: jax.sharding.Mesh, *, model: Transformer, param_shardings=None):
   from rlhf_jax import sharding
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(functools.partial(eval_step, model=model), in_shardings=(repl, data), out_shardings=repl)
+  params = repl if param_shardings is None else param_shardings
+  return jax.jit(functools.partial(eval_step, model=model), in_shardings=(params, data), out_shardings=repl)
