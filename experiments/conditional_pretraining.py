@@ -22,7 +22,8 @@ document start (`eval.samples` continuations of `eval.max_new_tokens` tokens, an
 under each conditioning it supports, the labeler scores the samples (control tokens removed), and
 `results.md` / `results.json` report the rate of undesirable samples (score < threshold), their mean
 score, and held-out perplexity on the same validation sentences: without any conditioning, and for
-the conditional models also given the labeler's tags (control tokens never count as targets).
+the conditional models also given the labeler's tags and given the opposite tags (the gap shows
+how much the model uses its conditioning; control tokens never count as targets).
 """
 
 from __future__ import annotations
@@ -174,15 +175,17 @@ def main(config: Config, workdir: Path) -> dict:
     model = Transformer(model_config)
     tx = common.make_optimizer(config.optim)
     eval_step = lm.jit_eval_step(mesh, model=model)
-    tagged_batches = None
+    tagged = {}
     if mode in ("token", "embedding"):
-      val_tagged = stream(val_ids, val_tags, mode=mode)
-      tagged_batches = conditional.mask_targets(
-          eval_batches(val_tagged.tokens_N, preference_N=val_tagged.preference_N if mode == "embedding" else None),
-          control_ids)
+      # Given the labeler's tags, and given the opposite tags: if the model uses its conditioning,
+      # the true tags make the text likelier than the flipped ones.
+      for name, tags in (("tagged", val_tags), ("flipped", [np.asarray(conditional.FLIP)[t] for t in val_tags])):
+        val = stream(val_ids, tags, mode=mode)
+        tagged[name] = conditional.mask_targets(
+            eval_batches(val.tokens_N, preference_N=val.preference_N if mode == "embedding" else None), control_ids)
 
-    evaluate = functools.partial(perplexities, eval_step=eval_step, plain_batches=plain_batches,
-                                 tagged_batches=tagged_batches, mesh=mesh)
+    evaluate = functools.partial(perplexities, eval_step=eval_step, plain_batches=plain_batches, tagged=tagged,
+                                 mesh=mesh)
     dataset = lm_data.lm_dataset(train.tokens_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
                                  seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
                                  preference_N=train.preference_N if mode == "embedding" else None)
@@ -222,11 +225,12 @@ def main(config: Config, workdir: Path) -> dict:
   return results
 
 
-def perplexities(state, *, eval_step, plain_batches, tagged_batches, mesh) -> dict[str, float]:
-  """Validation perplexity without conditioning, and given the labeler's tags when there are tagged batches."""
+def perplexities(state, *, eval_step, plain_batches, tagged: dict, mesh) -> dict[str, float]:
+  """Validation perplexity without conditioning, and `perplexity_<name>` for each of `tagged`'s
+  batch lists (the labeler's tags, the flipped tags)."""
   metrics = {"perplexity": lm_eval.perplexity(eval_step, state.params, plain_batches, mesh)["perplexity"]}
-  if tagged_batches is not None:
-    metrics["perplexity_tagged"] = lm_eval.perplexity(eval_step, state.params, tagged_batches, mesh)["perplexity"]
+  for name, batches in tagged.items():
+    metrics[f"perplexity_{name}"] = lm_eval.perplexity(eval_step, state.params, batches, mesh)["perplexity"]
   return metrics
 
 
@@ -256,10 +260,10 @@ def sample(params, model: Transformer, tokenizer, mode: str, pref: int, control_
 
 def results_table(results: dict) -> str:
   header = ("| mode | undesirable (good) | undesirable (none) | undesirable (bad) | mean score (good) | "
-            "mean score (none) | val ppl | val ppl given tags |")
+            "mean score (none) | val ppl | val ppl given tags | given flipped tags |")
   caption = (f"Undesirable = {results['scorer']} score < {results['threshold']} "
              f"({results['bad_fraction_train']:.1%} of training sentences).")
-  lines = [caption, "", header, "|---|---|---|---|---|---|---|---|"]
+  lines = [caption, "", header, "|---|---|---|---|---|---|---|---|---|"]
 
   def fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
@@ -267,5 +271,6 @@ def results_table(results: dict) -> str:
   for mode, r in results["modes"].items():
     lines.append(f"| {mode} | {fmt(r.get('undesirable_good'))} | {fmt(r.get('undesirable_none'))} | "
                  f"{fmt(r.get('undesirable_bad'))} | {fmt(r.get('score_good'))} | {fmt(r.get('score_none'))} | "
-                 f"{fmt(r['perplexity'], '.1f')} | {fmt(r.get('perplexity_tagged'), '.1f')} |")
+                 f"{fmt(r['perplexity'], '.1f')} | {fmt(r.get('perplexity_tagged'), '.1f')} | "
+                 f"{fmt(r.get('perplexity_flipped'), '.1f')} |")
   return "\n".join(lines) + "\n"

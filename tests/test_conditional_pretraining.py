@@ -21,7 +21,7 @@ def test_smoke_run_compares_all_modes(tmp_path, cache_dir):
   assert 0.05 < results["bad_fraction_train"] < 0.5
   for mode, r in modes.items():
     conditioned = mode in ("token", "embedding", "contrastive")
-    assert ("undesirable_good" in r) == conditioned and ("perplexity_tagged" in r) == conditioned
+    assert ("undesirable_good" in r) == conditioned and ("perplexity_flipped" in r) == conditioned
     assert 0.0 <= r["undesirable_none"] <= 1.0 and r["perplexity"] > 1.0
     samples = (tmp_path / mode / "samples_none.jsonl").read_text().splitlines()
     assert len(samples) == 16 and not any("<|" in json.loads(s)["text"] for s in samples)
