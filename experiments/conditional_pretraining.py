@@ -174,7 +174,9 @@ def main(config: Config, workdir: Path) -> dict:
                                        else 0)
     model = Transformer(model_config)
     tx = common.make_optimizer(config.optim)
-    eval_step = lm.jit_eval_step(mesh, model=model)
+    init_fn, state_shardings = common.sharded_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx,
+                                                   rules=config.mesh.rules)
+    eval_step = lm.jit_eval_step(mesh, model=model, param_shardings=state_shardings.params)
     tagged = {}
     if mode in ("token", "embedding"):
       # Given the labeler's tags, and given the opposite tags: if the model uses its conditioning,
@@ -197,11 +199,10 @@ def main(config: Config, workdir: Path) -> dict:
     tqdm.write(f"[{method}] {train.tokens_N.size:,} training tokens ({int(train.control_N.sum()):,} control tokens)")
     state = train_loop(
         workdir=workdir / method, loop=config.loop, config={**dataclasses.asdict(config), "mode": method},
-        init_fn=common.jit_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx),
-        state_shardings=sharding.replicated(mesh),
+        init_fn=init_fn, state_shardings=state_shardings,
         step_fn=lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
                                   contrastive_weight=cc.contrastive_weight if method == "contrastive" else 0.0,
-                                  preference_flip=conditional.FLIP),
+                                  preference_flip=conditional.FLIP, state_shardings=state_shardings),
         data_iterator=iter(dataset), hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
         tokens_per_step=config.data.batch_size * config.data.seq_len, evaluate=evaluate)
     if state.step < config.loop.steps:  # stopped early (SIGTERM): the rerun resumes

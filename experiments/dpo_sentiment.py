@@ -149,12 +149,12 @@ def main(config: Config, workdir: Path) -> list[dict]:
                                    max_new_tokens=pc.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id))
   sampler = policy_eval.PolicySampler(roll, policy.params, tok, mesh)
   tx = common.make_optimizer(config.optim)
-  repl = sharding.replicated(mesh)
-  restart = jax.jit(functools.partial(pretrained.restart_state, tx=tx), out_shardings=repl)
+  restart, state_shardings = common.jit_sharded(functools.partial(pretrained.restart_state, tx=tx), mesh,
+                                                config.mesh.rules, policy.params)
   ref_fn = jax.jit(functools.partial(dpo.reference_logprobs, policy.params, model=model))
   step = common.jit_step(functools.partial(
       dpo.dpo_step, model=model, tx=tx, kind=config.dpo.kind, warmup_steps=config.optim.warmup_steps,
-      total_steps=tc.steps_per_round, min_lr_ratio=config.optim.min_lr_ratio), mesh)
+      total_steps=tc.steps_per_round, min_lr_ratio=config.optim.min_lr_ratio), mesh, state_shardings)
   hp = config.dpo.hparams(config.optim)
   labeler = labelers.SimulatedLabeler(labelers.get_scorer(oc.scorer), beta=oc.beta, tie_margin=oc.tie_margin,
                                       seed=config.seed)
@@ -187,7 +187,7 @@ def main(config: Config, workdir: Path) -> list[dict]:
     dataset = rows.rows_dataset(arrays, tc.batch_size, seed=config.seed + k)
     state = train_loop(workdir=workdir / f"round_{k}", loop=dataclasses.replace(config.loop, steps=tc.steps_per_round),
                        config=dataclasses.asdict(config), init_fn=functools.partial(restart, params),
-                       state_shardings=repl, step_fn=step, data_iterator=iter(dataset), hp=hp,
+                       state_shardings=state_shardings, step_fn=step, data_iterator=iter(dataset), hp=hp,
                        rng=jax.random.fold_in(key, 100 + k), mesh=mesh, tokens_per_step=tc.batch_size * (
                            pc.prompt_len + pc.max_new_tokens) * 2, stop=stop)
     if stop.is_set():

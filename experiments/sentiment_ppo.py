@@ -149,8 +149,9 @@ def main(config: Config, workdir: Path):
   value_config, value_params = _value_params(config, policy, mesh)
   value_model = Transformer(value_config)
   tx = common.make_optimizer(config.optim)
-  repl = sharding.replicated(mesh)
-  init = jax.jit(functools.partial(ppo.init_state, tx=tx, kl_coef=config.ppo.kl_coef), out_shardings=repl)
+  # Policy, value and optimizer state on the shards of mesh.rules (FSDP when mesh.fsdp > 1).
+  init, state_shardings = common.jit_sharded(functools.partial(ppo.init_state, tx=tx, kl_coef=config.ppo.kl_coef),
+                                             mesh, config.mesh.rules, policy.params, value_params)
   init_fn = functools.partial(init, policy.params, value_params)
   ref_params = policy.params
   hp = config.ppo.hparams(config.optim)
@@ -161,7 +162,7 @@ def main(config: Config, workdir: Path):
   step = common.jit_step(functools.partial(
       ppo.ppo_step, policy_model=policy_model, value_model=value_model, tx=tx, config=config.ppo,
       warmup_steps=config.optim.warmup_steps, total_steps=config.loop.steps * updates_per_iteration,
-      min_lr_ratio=config.optim.min_lr_ratio), mesh)
+      min_lr_ratio=config.optim.min_lr_ratio), mesh, state_shardings)
   scorer = labelers.get_scorer(rc.scorer)
   gold = scorer if lc.gold == rc.scorer else labelers.get_scorer(lc.gold)
 
@@ -203,6 +204,6 @@ def main(config: Config, workdir: Path):
     return metrics
 
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
-                    state_shardings=repl, step_fn=iteration, data_iterator=iter(dataset), hp=hp,
+                    state_shardings=state_shardings, step_fn=iteration, data_iterator=iter(dataset), hp=hp,
                     rng=jax.random.fold_in(key, 1), mesh=mesh,
                     tokens_per_step=lc.batch_size * (pc.prompt_len + pc.max_new_tokens), evaluate=evaluate)

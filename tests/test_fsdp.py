@@ -78,3 +78,23 @@ def test_pretrain_with_fsdp_resumes_on_shards(tmp_path, cache_dir):
   cli.run_experiment(experiment, smoke=True, workdir=tmp_path, overrides=overrides)
   assert logs.read_metrics(tmp_path, "eval")[-1]["loss"] == pytest.approx(unbroken["loss"], abs=1e-5)
   assert [r["step"] for r in logs.read_metrics(tmp_path, "train")] == [1, 2, 3, 4]
+
+
+def count_e(texts):
+  """A reward the smoke LM's gibberish varies under (lexicons score it all 0, and whitening would
+  then blow the sharded run's 1e-8 float noise up into random advantages)."""
+  return [float(t.count("e")) for t in texts]
+
+
+@pytest.mark.network
+def test_ppo_with_fsdp_matches_data_parallel(smoke_lm, tmp_path):
+  experiment = Path(__file__).resolve().parents[1] / "experiments" / "sentiment_ppo.py"
+  base = [f"policy.init_from={smoke_lm}", "loop.steps=2", "loop.eval_every=0", f"reward.scorer=py:{__name__}:count_e"]
+  cli.run_experiment(experiment, smoke=True, workdir=tmp_path / "dp", overrides=base + ["mesh.data=8"])
+  cli.run_experiment(experiment, smoke=True, workdir=tmp_path / "fsdp", overrides=base + ["mesh.data=2", "mesh.fsdp=4"])
+  dp, fsdp = logs.read_metrics(tmp_path / "dp", "train"), logs.read_metrics(tmp_path / "fsdp", "train")
+  assert len(dp) == len(fsdp) == 2
+  for a, b in zip(dp, fsdp):
+    assert a["score"] != 0.0
+    for name in ("score", "kl", "value_loss", "approx_kl"):
+      assert a[name] == pytest.approx(b[name], rel=1e-3, abs=1e-5), name

@@ -158,6 +158,14 @@ def sharded_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, t
   return functools.partial(jax.jit(init, out_shardings=shardings), key), shardings
 
 
+def jit_sharded(init: Callable, mesh: jax.sharding.Mesh, rules: str, *example_args) -> tuple[Callable, Any]:
+  """`(jitted init, shardings)`: any state initializer compiled to create its output on the shards
+  `sharding.RULES[rules]` gives it (found on `jax.eval_shape` of `init(*example_args)`)."""
+  from rlhf_jax import sharding
+  shardings = sharding.tree_shardings(jax.eval_shape(init, *example_args), mesh, rules)
+  return jax.jit(init, out_shardings=shardings), shardings
+
+
 def jit_step(step: Callable, mesh: jax.sharding.Mesh, state_shardings: Any = None):
   """A `(state, batch, key, hp)` step compiled for `mesh`: the batch split over the data (and fsdp)
   axes, the state with `state_shardings` (default replicated) and donated (updated in place), keys
