@@ -180,11 +180,11 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
   prompt_mask_BxP = prompt_mask_BxP.astype(jnp.bool_)
   variables = {"params": params}
 
-  def pref(T: int) -> dict:
-    """The model's preference input for T positions (none for an unconditioned call)."""
+  def pref(T: int) -> jax.Array | None:
+    """The model's preference input for T positions (None: unconditioned)."""
     if preference_B is None:
-      return {}
-    return {"preference_BxT": jnp.broadcast_to(jnp.asarray(preference_B, jnp.int32)[:, None], (B, T))}
+      return None
+    return jnp.broadcast_to(jnp.asarray(preference_B, jnp.int32)[:, None], (B, T))
 
   row_keys_B = jax.random.split(key, B) if _is_single_key(key) else key
   fold_rows = jax.vmap(jax.random.fold_in, in_axes=(0, None))
@@ -195,14 +195,14 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
   if use_cache:
     # The last sampled token is never fed back, so P + N - 1 slots hold everything attended to.
     cache = KVCache.init(model.config, B, P + N - 1)
-    out = model.apply(variables, prompt_BxP, input_mask_BxT=prompt_mask_BxP, cache=cache, **pref(P))
+    out = model.apply(variables, prompt_BxP, input_mask_BxT=prompt_mask_BxP, cache=cache, preference_BxT=pref(P))
     token_B, logp_B, live_B, done_B = emit(out.logits_BxTxV[:, -1], step_keys_NxB[0],
                                            jnp.zeros((B,), jnp.bool_))
 
     def step(carry, keys_B):
       cache, token_B, live_B, done_B = carry
       # A finished row's pad is fed as padding so that it never becomes a key.
-      out = model.apply(variables, token_B[:, None], input_mask_BxT=live_B[:, None], cache=cache, **pref(1))
+      out = model.apply(variables, token_B[:, None], input_mask_BxT=live_B[:, None], cache=cache, preference_BxT=pref(1))
       token_B, logp_B, live_B, done_B = emit(out.logits_BxTxV[:, 0], keys_B, done_B)
       return (out.cache, token_B, live_B, done_B), (token_B, logp_B, live_B)
 
@@ -218,7 +218,8 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
     def step(carry, xs):
       buffer_BxS, buffer_mask_BxS, done_B = carry
       i, keys_B = xs
-      logits_BxSxV = model.apply(variables, buffer_BxS, input_mask_BxT=buffer_mask_BxS, **pref(P + N)).logits_BxTxV
+      logits_BxSxV = model.apply(variables, buffer_BxS, input_mask_BxT=buffer_mask_BxS,
+                                 preference_BxT=pref(P + N)).logits_BxTxV
       logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxSxV, P - 1 + i, axis=1, keepdims=False)
       token_B, logp_B, live_B, done_B = emit(logits_BxV, keys_B, done_B)
       buffer_BxS = jax.lax.dynamic_update_slice_in_dim(buffer_BxS, token_B[:, None], P + i, axis=1)
