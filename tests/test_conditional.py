@@ -131,7 +131,8 @@ def test_preference_contrastive_loss_by_hand():
   assert count == 2
 
 
-@pytest.mark.parametrize("mode,contrastive_weight", [("token", 0.0), ("embedding", 0.0), ("embedding", 1.0)])
+@pytest.mark.parametrize("mode,contrastive_weight", [
+    ("token", 0.0), pytest.param("embedding", 0.0, marks=pytest.mark.slow), ("embedding", 1.0)])
 def test_conditional_training_follows_the_condition(mode, contrastive_weight):
   """Good segments use tokens 10-13, bad ones 20-23, in random order; after training, sampling under
   good (bad suppressed) gives good tokens and under bad gives bad ones, each far above the 50% mix."""

@@ -69,6 +69,7 @@ def test_fsdp_creates_shards_and_trains_like_data_parallel():
                  state.params, base.params)
 
 
+@pytest.mark.slow  # sharded restore is also exercised by the multi-host resume test (slow too)
 def test_pretrain_with_fsdp_resumes_on_shards(tmp_path, cache_dir):
   experiment = Path(__file__).resolve().parents[1] / "experiments" / "pretrain_tiny.py"
   overrides = ["mesh.data=2", "mesh.fsdp=4", "loop.steps=4", "loop.checkpoint_every=2", "loop.log_every=1"]
