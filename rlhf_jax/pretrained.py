@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,13 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import safetensors.numpy
 from jax.sharding import Mesh
 
 from rlhf_jax import config as config_lib
 from rlhf_jax import sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import rows
+from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.loop import abstract_state
+from rlhf_jax.models import gpt2
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, reward
 from rlhf_jax.tokenizers import SentencePieceTokenizer
@@ -205,13 +209,6 @@ def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> 
   `model.safetensors` + `config.json` in Hugging Face's GPT-2 layout (`models.gpt2`), which
   `transformers.GPT2LMHeadModel.from_pretrained(out)` loads.
   """
-  import shutil
-
-  import safetensors.numpy
-
-  from rlhf_jax.data.corpora import atomic_write_bytes
-  from rlhf_jax.models import gpt2
-
   workdir, out = Path(workdir), Path(out)
   run = load(workdir, sharding.make_mesh(), step)
   params = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), run.params)
