@@ -232,6 +232,7 @@ class TiktokenTokenizer:
     if not self._path.is_file():
       raise FileNotFoundError(f"{self._path} not found: expected a tiktoken ranks file (gpt2.tiktoken)")
     ranks = load_tiktoken_bpe(str(self._path))
+    self._fingerprint = hashlib.sha256(self._path.read_bytes() + GPT2_PATTERN.encode()).hexdigest()[:16]
     self._eot = len(ranks)
     self._enc = tiktoken.Encoding(name=f"gpt2:{self._path.name}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                   special_tokens={GPT2_END_OF_TEXT: self._eot})
@@ -262,7 +263,7 @@ class TiktokenTokenizer:
 
   @property
   def fingerprint(self) -> str:
-    return hashlib.sha256(self._path.read_bytes() + GPT2_PATTERN.encode()).hexdigest()[:16]
+    return self._fingerprint
 
   def encode(self, text: str) -> list[int]:
     return self._enc.encode_ordinary(text)
