@@ -49,7 +49,7 @@ def multi(tmp_path_factory, cache_dir):
   return workdir
 
 
-@pytest.mark.network
+@pytest.mark.slow  # three JAX start-ups and compiles; the default run stays under 10 minutes
 def test_two_processes_match_one(multi, tmp_path):
   # The single-process reference runs here, on 4 of this process's 8 devices.
   cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path,
