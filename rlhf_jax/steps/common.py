@@ -141,10 +141,8 @@ def apply_gradients(state, grads: Any, hp: Hparams, *, tx: optax.GradientTransfo
 
 
 def jit_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation):
-  """A no-argument initializer whose output is created directly with its final (replicated) sharding."""
-  from rlhf_jax import sharding
-  init = jax.jit(functools.partial(init_state, model=model, tx=tx), out_shardings=sharding.replicated(mesh))
-  return functools.partial(init, key)
+  """A no-argument initializer whose output is created directly replicated (`sharded_init`'s default)."""
+  return sharded_init(mesh, key, model=model, tx=tx)[0]
 
 
 def sharded_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
