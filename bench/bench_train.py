@@ -44,11 +44,14 @@ def main() -> None:
   parser.add_argument("--seq-len", type=int, default=128)
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--remat-policy", default="nothing_saveable",
+                      choices=["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"])
   parser.add_argument("--microbatches", type=int, default=1)
   parser.add_argument("--steps", type=int, default=10)
   args = parser.parse_args()
 
-  config = ModelConfig(**SHAPES[args.shape], dtype=args.dtype, remat=args.remat)
+  config = ModelConfig(**SHAPES[args.shape], dtype=args.dtype, remat=args.remat,
+                       remat_policy=args.remat_policy)
   if args.seq_len > config.max_len:
     parser.error(f"--seq-len {args.seq_len} exceeds the shape's max_len {config.max_len}")
   mesh = sharding.make_mesh()
@@ -79,7 +82,7 @@ def main() -> None:
   tokens_per_s = tokens_per_step / step_s
   devices = jax.devices()
   print(f"jax {jax.__version__} | {len(devices)} x {devices[0].device_kind} ({devices[0].platform})")
-  print(f"shape={args.shape} params={config.num_params() / 1e6:.1f}M dtype={args.dtype} remat={args.remat} "
+  print(f"shape={args.shape} params={config.num_params() / 1e6:.1f}M dtype={args.dtype} remat={args.remat and args.remat_policy} "
         f"batch={args.batch} seq_len={args.seq_len} microbatches={args.microbatches}")
   print(f"first step (compile + run): {compile_s:.2f} s")
   print(f"step: {step_s * 1e3:.1f} ms | {tokens_per_s:,.0f} tokens/s | loss {float(metrics['loss']):.3f}")

@@ -112,7 +112,7 @@ def main(config: Config, workdir: Path):
   key = jax.random.key(config.seed)
   tx = common.make_optimizer(config.optim)
   start = pretrained.start_scalar_model(workdir, init_from=cc.init_from, fallback=config.model,
-                                        texts=[r.text for r in pool], mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0))
+                                        texts=[r.text for r in pool], mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
   model, tok = start.model, start.tokenizer
   if cc.seq_len > model.config.max_len:
     raise ValueError(f"classify.seq_len={cc.seq_len} exceeds the model's max_len={model.config.max_len}")
@@ -123,7 +123,7 @@ def main(config: Config, workdir: Path):
   score_fn = jax.jit(functools.partial(reward.rewards, model=model))
   step_fn = common.jit_step(functools.partial(
       reward.train_step, model=model, tx=tx, kind="rating", warmup_steps=config.optim.warmup_steps,
-      total_steps=cc.steps_per_round, min_lr_ratio=config.optim.min_lr_ratio), mesh)
+      total_steps=cc.steps_per_round, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
 
   rng = np.random.default_rng(config.seed)
   labeled = np.zeros(len(pool), bool)
@@ -137,13 +137,13 @@ def main(config: Config, workdir: Path):
     if state is None:
       init_fn = start.init_fn
     else:  # fine-tune again from the last round's weights, with a fresh optimizer and schedule
-      init_fn = jax.jit(functools.partial(pretrained.restart_state, tx=tx), out_shardings=sharding.replicated(mesh))
+      init_fn = jax.jit(functools.partial(pretrained.restart_state, tx=tx), out_shardings=start.state_shardings)
       init_fn = functools.partial(init_fn, state.params)
     index = np.flatnonzero(labeled)
     dataset = rows.rows_dataset({"tokens": pool_tokens[index], "mask": pool_mask[index], "label": pool_labels[index]},
                                 cc.batch_size, seed=config.seed + round_)
     state = train_loop(workdir=round_dir, loop=loop, config=dataclasses.asdict(config), init_fn=init_fn,
-                       state_shardings=sharding.replicated(mesh), step_fn=step_fn, data_iterator=iter(dataset),
+                       state_shardings=start.state_shardings, step_fn=step_fn, data_iterator=iter(dataset),
                        hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1 + round_), mesh=mesh,
                        tokens_per_step=cc.batch_size * cc.seq_len, stop=stop)
     if stop.is_set():

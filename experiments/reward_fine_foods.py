@@ -88,7 +88,7 @@ def main(config: Config, workdir: Path):
   tx = common.make_optimizer(config.optim)
   start = pretrained.start_scalar_model(workdir, init_from=rc.init_from, fallback=config.model,
                                         texts=[r.text for r in train_reviews], mesh=mesh, tx=tx,
-                                        key=jax.random.fold_in(key, 0))
+                                        key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
   tokenizer, model, init_fn = start.tokenizer, start.model, start.init_fn
   if rc.seq_len > model.config.max_len:
     raise ValueError(f"reward.seq_len={rc.seq_len} exceeds the model's max_len={model.config.max_len}")
@@ -127,8 +127,8 @@ def main(config: Config, workdir: Path):
 
   step_fn = common.jit_step(functools.partial(
       reward.train_step, model=model, tx=tx, kind=rc.kind, warmup_steps=config.optim.warmup_steps,
-      total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio), mesh)
+      total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
-                    state_shardings=sharding.replicated(mesh), step_fn=step_fn, data_iterator=iter(dataset),
+                    state_shardings=start.state_shardings, step_fn=step_fn, data_iterator=iter(dataset),
                     hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
                     tokens_per_step=rc.batch_size * rc.seq_len, evaluate=evaluate)

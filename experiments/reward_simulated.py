@@ -153,7 +153,7 @@ def main(config: Config, workdir: Path):
   rc = config.reward
   tx = common.make_optimizer(config.optim)
   start = pretrained.start_scalar_model(workdir, init_from=str(policy_dir), fallback=policy.model, texts=[],
-                                        mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0))
+                                        mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
   model, init_fn = start.model, start.init_fn
   dataset = rows.rows_dataset(pair_arrays(train, policy.tokenizer, rc.seq_len, rc.with_prompt), rc.batch_size // jax.process_count(),
                               seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
@@ -191,9 +191,9 @@ def main(config: Config, workdir: Path):
                      f"or reward.test_fraction ({rc.test_fraction})")
   step_fn = common.jit_step(functools.partial(
       reward.train_step, model=model, tx=tx, kind="preference", warmup_steps=config.optim.warmup_steps,
-      total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio), mesh)
+      total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
   (workdir / "data.json").write_text(json.dumps({"train_pairs": len(train), "test_pairs": len(test)}) + "\n")
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
-                    state_shardings=sharding.replicated(mesh), step_fn=step_fn, data_iterator=iter(dataset),
+                    state_shardings=start.state_shardings, step_fn=step_fn, data_iterator=iter(dataset),
                     hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
                     tokens_per_step=rc.batch_size * rc.seq_len, evaluate=evaluate)

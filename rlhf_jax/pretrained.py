@@ -169,36 +169,38 @@ class ScalarModelStart:
   """Where a scalar-head model (reward model, classifier) starts: tokenizer, model, initializer."""
   tokenizer: SentencePieceTokenizer
   model: Transformer
-  init_fn: Any  # no-argument jitted initializer of the TrainState, created replicated over the mesh
+  init_fn: Any  # no-argument jitted initializer of the TrainState, created on its shards
+  state_shardings: Any  # of that TrainState, by the sharding rules asked for
 
 
 def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelConfig, texts: list[str],
-                       mesh: Mesh, tx: optax.GradientTransformation, key: jax.Array) -> ScalarModelStart:
+                       mesh: Mesh, tx: optax.GradientTransformation, key: jax.Array,
+                       rules: str = "replicated") -> ScalarModelStart:
   """A scalar-head model grafted onto the LM in `init_from`, or (init_from="") a fresh one.
 
   With `init_from`, the LM's tokenizer is copied into `workdir` and its trunk into the model; the
   head is new (`scalar_head_init="reward"`). Without, a tokenizer is trained on `texts` (or
   reused from `workdir` on resume) and `fallback` is initialised at random. Either way the model
-  config is written to `workdir/model.json`, so the trained model loads back with `load`.
+  config is written to `workdir/model.json`, so the trained model loads back with `load`. The
+  state is created on the shards `sharding.RULES[rules]` gives it (FSDP with `rules="fsdp"`).
   """
   workdir = Path(workdir)
-  repl = sharding.replicated(mesh)
   if init_from:
     start = load(init_from, mesh)
     tokenizer = start.tokenizer
     (workdir / "tokenizer.model").write_bytes((Path(init_from) / "tokenizer.model").read_bytes())
     model = Transformer(dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward"))
-    init = jax.jit(functools.partial(init_with_trunk, model=model, tx=tx), out_shardings=repl)
+    init, shardings = common.jit_sharded(functools.partial(init_with_trunk, model=model, tx=tx), mesh, rules,
+                                         key, start.params)
     init_fn = functools.partial(init, key, start.params)
   else:
     path = workdir / "tokenizer.model"
     tokenizer = (SentencePieceTokenizer.load(path) if path.exists() else
                  SentencePieceTokenizer.train(texts, fallback.vocab_size, path))
     model = Transformer(dataclasses.replace(fallback, scalar_head=True, scalar_head_init="reward"))
-    init = jax.jit(functools.partial(common.init_state, model=model, tx=tx), out_shardings=repl)
-    init_fn = functools.partial(init, key)
+    init_fn, shardings = common.sharded_init(mesh, key, model=model, tx=tx, rules=rules)
   save_model_config(workdir, model.config)
-  return ScalarModelStart(tokenizer=tokenizer, model=model, init_fn=init_fn)
+  return ScalarModelStart(tokenizer=tokenizer, model=model, init_fn=init_fn, state_shardings=shardings)
 
 
 def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> list[str]:

@@ -122,7 +122,8 @@ def put_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.
   return put_batch(local, mesh)
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+  """A pytree key path as `a/b/c`, the form sharding rules and lr_mults match."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
@@ -139,7 +140,7 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Rules | str) -> Any:
   """A NamedSharding for every leaf of `tree` (arrays or ShapeDtypeStructs) by the rules."""
   rules = RULES[rules] if isinstance(rules, str) else rules
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(mesh, spec_for(_path_str(path), tuple(leaf.shape), mesh, rules)), tree)
+      lambda path, leaf: NamedSharding(mesh, spec_for(path_str(path), tuple(leaf.shape), mesh, rules)), tree)
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

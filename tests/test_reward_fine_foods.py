@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import jax
 import pytest
 
 from rlhf_jax import cli, logs
@@ -30,9 +31,13 @@ def test_preference_smoke_starts_from_a_pretrained_lm(tmp_path, cache_dir):
   cli.run_experiment(ROOT / "experiments" / "pretrain_tiny.py", smoke=True, workdir=lm_dir,
                      overrides=["loop.steps=5", "loop.checkpoint_every=5"])
   rm_dir = tmp_path / "rm"
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=rm_dir,
-                     overrides=[f"reward.init_from={lm_dir}", "reward.kind=preference", "loop.steps=10",
-                                "loop.checkpoint_every=10"])
+  # Under FSDP (4-way, x 2 data): the grafted reward model is created on its shards and stays there.
+  state = cli.run_experiment(EXPERIMENT, smoke=True, workdir=rm_dir,
+                             overrides=[f"reward.init_from={lm_dir}", "reward.kind=preference", "loop.steps=10",
+                                        "loop.checkpoint_every=10", "mesh.fsdp=4"])
+  kernel = state.params["h_0"]["mlp"]["c_fc"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+  assert kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 4
   assert (rm_dir / "tokenizer.model").read_bytes() == (lm_dir / "tokenizer.model").read_bytes()
   train = logs.read_metrics(rm_dir, "train")
   assert len(train) == 10 and all(r["loss"] > 0 for r in train)

@@ -39,6 +39,26 @@ def test_lr_schedule_warmup_then_cosine():
   assert f(10) < f(5)
 
 
+def test_lr_mults_scale_the_matching_parameters_updates():
+  params = {"wpref": {"embedding": jnp.ones((3, 4))}, "wte": {"embedding": jnp.ones((5, 4))}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  def update(lr_mults):
+    tx = common.make_optimizer(common.OptimConfig(learning_rate=0.1, weight_decay=0.0, lr_mults=lr_mults))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return updates
+  base, scaled = update(()), update(("wpref=0.25", "wte/embedding$=0.0"))
+  # Adam's first step is -lr * sign(grad); the multiplier scales it after Adam's normalization.
+  np.testing.assert_allclose(base["wpref"]["embedding"], -0.1, rtol=1e-4)
+  np.testing.assert_allclose(scaled["wpref"]["embedding"], -0.025, rtol=1e-4)
+  np.testing.assert_array_equal(scaled["wte"]["embedding"], 0.0)
+
+
+@pytest.mark.parametrize("bad", ["wpref", "wpref=x", "=0.1", "wpref=-1", "(=0.1"])
+def test_lr_mults_reject_malformed_rules(bad):
+  with pytest.raises(ValueError, match="optim.lr_mults"):
+    common.OptimConfig(lr_mults=(bad,))
+
+
 def test_microbatches_give_exact_token_mean():
   model = Transformer(TINY)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]

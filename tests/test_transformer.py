@@ -76,14 +76,15 @@ def test_kv_cache_chunks_match_full_forward(params):
   assert int(cache.index) == 12
 
 
-def test_remat_gives_the_same_gradients(params):
+@pytest.mark.parametrize("policy", ["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"])
+def test_remat_gives_the_same_gradients(params, policy):
   x = tokens((2, 8))
 
   def grads(config):
     model = Transformer(config)
     return jax.jit(jax.grad(lambda p: model.apply({"params": p}, x).logits_BxTxV.std()))(params)
 
-  plain, remat = grads(TINY), grads(dataclasses.replace(TINY, remat=True))
+  plain, remat = grads(TINY), grads(dataclasses.replace(TINY, remat=True, remat_policy=policy))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), plain, remat)
 
 

@@ -35,6 +35,9 @@ class ModelConfig:
   mlp_ratio: int = 4
   dtype: Dtype = "float32"  # compute dtype; parameters are always float32
   remat: bool = False  # recompute block activations in the backward pass (saves memory)
+  # What a rematerialized block keeps (`jax.checkpoint_policies`): nothing (recompute the whole
+  # block), every matmul output, or the matmul outputs without a batch dimension (weights-side).
+  remat_policy: Literal["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"] = "nothing_saveable"
   dropout: float = 0.0  # off by default: RL needs identical log-probs in rollout and update
   scalar_head: bool = False  # adds a [B, T] scalar output (value or reward) on the trunk
   # "zeros": a value head that starts at 0 (PPO); "reward": N(0, 1/sqrt(d_model + 1)), the reward
@@ -216,7 +219,8 @@ class Transformer(nn.Module):
       raise ValueError("preference_BxT was given but model.n_preferences is 0 (the model has no preference embedding)")
     x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
 
-    block_cls = nn.remat(Block, static_argnums=(5,)) if cfg.remat else Block
+    block_cls = (nn.remat(Block, static_argnums=(5,), policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
+                 if cfg.remat else Block)
     new_k, new_v = [], []
     for i in range(cfg.n_layers):
       layer_cache = None if cache is None else (cache.k_LxBxSxNxH[i], cache.v_LxBxSxNxH[i])

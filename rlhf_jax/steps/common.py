@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -18,6 +19,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from rlhf_jax import sharding
 
 Batch = dict[str, jax.Array]
 # loss_fn(params, batch, key) -> (loss_sum, sums); `sums` holds at least "count", the denominator.
@@ -47,16 +50,51 @@ class OptimConfig:
   grad_clip: float = 1.0  # global-norm clipping; 0 disables
   warmup_steps: int = 100
   min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+  # Per-parameter learning-rate multipliers, "REGEX=MULT" (big_vision's lr_mults): the first
+  # pattern that matches a parameter's path (e.g. `wpref/embedding`) scales its update.
+  lr_mults: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.learning_rate <= 0:
       raise ValueError(f"optim.learning_rate must be positive, got {self.learning_rate}")
     if self.warmup_steps < 0:
       raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+    parse_lr_mults(self.lr_mults)
 
   def hparams(self) -> Hparams:
     return Hparams(learning_rate=jnp.asarray(self.learning_rate, jnp.float32),
                    weight_decay=jnp.asarray(self.weight_decay, jnp.float32))
+
+
+def parse_lr_mults(lr_mults: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+  """("wpref=0.03", ...) -> (("wpref", 0.03), ...), or a ValueError naming `optim.lr_mults`."""
+  rules = []
+  for item in lr_mults:
+    pattern, _, mult = item.rpartition("=")
+    try:
+      re.compile(pattern)
+      value = float(mult)
+    except (re.error, ValueError):
+      value = -1.0
+    if not pattern or not value >= 0:
+      raise ValueError(f"optim.lr_mults: expected REGEX=MULT with MULT >= 0 (e.g. 'wpref=0.03'), got {item!r}")
+    rules.append((pattern, value))
+  return tuple(rules)
+
+
+def _lr_mult_tree(params: Any, rules: tuple[tuple[str, float], ...]) -> Any:
+  def mult(path, _):
+    name = sharding.path_str(path)
+    return next((m for pattern, m in rules if re.search(pattern, name)), 1.0)
+  return jax.tree_util.tree_map_with_path(mult, params)
+
+
+def scale_by_lr_mults(rules: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+  """Multiplies each update by its parameter's multiplier (1 where no rule matches)."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * m, updates, _lr_mult_tree(updates, rules)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _decay_mask(params: Any) -> Any:
@@ -65,18 +103,20 @@ def _decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def _adamw(learning_rate, weight_decay, grad_clip, b1, b2) -> optax.GradientTransformation:
+def _adamw(learning_rate, weight_decay, grad_clip, b1, b2, lr_mults=()) -> optax.GradientTransformation:
   return optax.chain(
       optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
       optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask),
+      # After Adam, so a multiplier scales the step itself (Adam would normalize a scaled gradient away).
+      scale_by_lr_mults(lr_mults) if lr_mults else optax.identity(),
   )
 
 
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
   """AdamW whose learning rate and weight decay live in the optimizer state (set by the step)."""
-  return optax.inject_hyperparams(_adamw, static_args=("grad_clip", "b1", "b2"))(
+  return optax.inject_hyperparams(_adamw, static_args=("grad_clip", "b1", "b2", "lr_mults"))(
       learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-      grad_clip=config.grad_clip, b1=config.b1, b2=config.b2)
+      grad_clip=config.grad_clip, b1=config.b1, b2=config.b2, lr_mults=parse_lr_mults(config.lr_mults))
 
 
 def lr_multiplier(step: jax.Array, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> jax.Array:
@@ -150,7 +190,6 @@ def sharded_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, t
   """`(init_fn, state_shardings)`: the state's shardings by `sharding.RULES[rules]`, found on
   `jax.eval_shape` (nothing allocated), and a no-argument initializer that creates every leaf
   directly on its shards, so a model too big for one device never exists whole."""
-  from rlhf_jax import sharding
   init = functools.partial(init_state, model=model, tx=tx)
   shardings = sharding.tree_shardings(jax.eval_shape(init, key), mesh, rules)
   return functools.partial(jax.jit(init, out_shardings=shardings), key), shardings
@@ -159,7 +198,6 @@ def sharded_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, t
 def jit_sharded(init: Callable, mesh: jax.sharding.Mesh, rules: str, *example_args) -> tuple[Callable, Any]:
   """`(jitted init, shardings)`: any state initializer compiled to create its output on the shards
   `sharding.RULES[rules]` gives it (found on `jax.eval_shape` of `init(*example_args)`)."""
-  from rlhf_jax import sharding
   shardings = sharding.tree_shardings(jax.eval_shape(init, *example_args), mesh, rules)
   return jax.jit(init, out_shardings=shardings), shardings
 
@@ -168,7 +206,6 @@ def jit_step(step: Callable, mesh: jax.sharding.Mesh, state_shardings: Any = Non
   """A `(state, batch, key, hp)` step compiled for `mesh`: the batch split over the data (and fsdp)
   axes, the state with `state_shardings` (default replicated) and donated (updated in place), keys
   and hyperparameters replicated."""
-  from rlhf_jax import sharding
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   state = repl if state_shardings is None else state_shardings
   return jax.jit(step, in_shardings=(state, data, repl, repl), out_shardings=(state, repl), donate_argnums=0)
