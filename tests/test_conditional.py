@@ -94,11 +94,20 @@ def pref_model():
                                  init_std=0.3))
 
 
-def test_preference_embedding_conditions_the_model(pref_model):
+def trained_preferences(params):
+  """`params` with the preference embedding a training run would have moved away from zero."""
+  wpref = 0.3 * jax.random.normal(jax.random.key(9), params["wpref"]["embedding"].shape)
+  return {**params, "wpref": {"embedding": wpref}}
+
+
+def test_preference_embedding_starts_at_zero_then_conditions_the_model(pref_model):
   params = init_params(pref_model.config, jax.random.key(0))
   assert params["wpref"]["embedding"].shape == (3, 16)
   tokens = jnp.arange(6)[None] % 16
   logits = lambda p=None: pref_model.apply({"params": params}, tokens, preference_BxT=p).logits_BxTxV  # noqa: E731
+  # At initialization every preference gives the unconditioned model's logits.
+  np.testing.assert_array_equal(logits(jnp.ones_like(tokens)), logits(2 * jnp.ones_like(tokens)))
+  params = trained_preferences(params)
   np.testing.assert_array_equal(logits(), logits(jnp.zeros_like(tokens)))  # none given = unconditioned
   assert not np.allclose(logits(jnp.ones_like(tokens)), logits(2 * jnp.ones_like(tokens)))
   plain = Transformer(ModelConfig(vocab_size=16, max_len=32, d_model=16, n_layers=1, n_heads=2))
@@ -107,7 +116,7 @@ def test_preference_embedding_conditions_the_model(pref_model):
 
 
 def test_sampler_conditions_on_preference_and_never_emits_suppressed_ids(pref_model):
-  params = init_params(pref_model.config, jax.random.key(0))
+  params = trained_preferences(init_params(pref_model.config, jax.random.key(0)))
   prompt, mask = jnp.full((8, 2), 7), jnp.ones((8, 2), bool)
   gen = jax.jit(sampling.generate, static_argnames=sampling.GENERATE_STATIC_ARGNAMES)
   kw = dict(model=pref_model, max_new_tokens=12, temperature=2.0, eos_id=-1, pad_id=0)
