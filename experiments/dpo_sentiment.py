@@ -5,6 +5,8 @@
       --set data.source=store:workdirs/quickstart/reward/feedback.db --set dpo.kind=ipo          # offline
   rlhf-jax run experiments/dpo_sentiment.py --set policy.init_from=workdirs/lm --set data.source=fine_foods
   rlhf-jax run experiments/dpo_sentiment.py --smoke                                             # < 1 min on CPU
+  rlhf-jax sweep experiments/dpo_sentiment.py --set policy.init_from=workdirs/lm                 # sweep(): losses x betas x 3 seeds
+  rlhf-jax report sweeps/dpo_sentiment                                                         # table + gold-KL frontier
 
 Same prompts (WordNet openings), reference (the starting LM) and gold labeler as
 `sentiment_ppo.py`, so the two trace comparable gold-reward/KL points. `dpo.kind` is any of
@@ -36,7 +38,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlhf_jax import cli, pretrained, sharding
+from rlhf_jax import cli, logs, pretrained, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import fine_foods, rows
 from rlhf_jax.data import prompts as prompts_lib
@@ -116,6 +118,14 @@ def get_config(smoke: bool = False) -> Config:
   return config
 
 
+def sweep() -> list[dict]:
+  """The beta grid of each loss, 3 seeds each (`rlhf-jax sweep experiments/dpo_sentiment.py --set
+  policy.init_from=LM`, then `rlhf-jax report sweeps/dpo_sentiment` for the gold-KL frontier)."""
+  betas = {"dpo": (0.1, 0.5), "ipo": (0.1, 0.5), "kto": (0.1, 0.5), "orpo": (0.1, 0.5), "simpo": (1.0, 2.5)}
+  return [{"dpo.kind": kind, "dpo.beta": beta, "seed": seed}
+          for kind, grid in betas.items() for beta in grid for seed in range(3)]
+
+
 def pair_arrays(records: list[dict], tokenizer, prompt_len: int, response_len: int) -> dict[str, np.ndarray]:
   """Left-padded prompts and right-padded chosen/rejected responses of preference records."""
   prompt, prompt_mask = prompts_lib.encode_prompts(tokenizer, [r["prompt"] for r in records], prompt_len)
@@ -166,6 +176,11 @@ def main(config: Config, workdir: Path) -> list[dict]:
                                        samples_path=workdir / "samples.jsonl", step=step_)
 
   results = [{"round": -1, **evaluate(policy.params, 0)}]  # the reference policy
+  # The per-round evaluations also go to the run's metrics.jsonl (split "eval", step = updates so
+  # far), where `rlhf-jax report` reads every experiment's results; a rerun rewrites them.
+  logs.truncate_metrics(workdir, -1)
+  writer = logs.MetricWriter(workdir, tensorboard=False, enabled=jax.process_index() == 0)
+  writer.write(0, results[0], split="eval")
   params = policy.params
   stop = threading.Event()
   rounds = oc.rounds if online else 1
@@ -191,12 +206,15 @@ def main(config: Config, workdir: Path) -> list[dict]:
                        rng=jax.random.fold_in(key, 100 + k), mesh=mesh, tokens_per_step=tc.batch_size * (
                            pc.prompt_len + pc.max_new_tokens) * 2, stop=stop)
     if stop.is_set():
+      writer.close()
       return results
     params = state.params
     results.append({"round": k, "pairs": n, **evaluate(params, (k + 1) * tc.steps_per_round)})
+    writer.write((k + 1) * tc.steps_per_round, results[-1], split="eval")
     r = results[-1]
     tqdm.write(f"round {k}: {n} pairs, gold ({tc.gold}) {r['gold_score']:.3f} (reference "
                f"{results[0]['gold_score']:.3f}), KL {r['kl']:.2f}")
+  writer.close()
   atomic_write_bytes(workdir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in results).encode())
   return results
 

@@ -1,6 +1,8 @@
 """`rlhf-jax` command line: run experiment files and prepare data.
 
   rlhf-jax run experiments/pretrain_tiny.py [--smoke] [--workdir DIR] [--set key=value ...]
+  rlhf-jax sweep experiments/dpo_sentiment.py --grid dpo.beta=0.1,0.5 --grid seed=0,1,2 [--print]
+  rlhf-jax report sweeps/dpo_sentiment [--out DIR]
   rlhf-jax data prepare brown austen
   rlhf-jax feedback import samples.jsonl --store feedback.db
   rlhf-jax label --store feedback.db --labeler alice [--rate 3]            # web page on 127.0.0.1
@@ -19,6 +21,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from rlhf_jax import config as config_lib
+from rlhf_jax import sweep
 
 
 def load_experiment(path: str | Path) -> ModuleType:
@@ -73,14 +76,31 @@ def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | 
   import jax  # here, not at the top: `rlhf-jax label` and friends start without JAX
   if jax.process_index() == 0:  # one writer in a multi-host run
     config_lib.save(config, workdir / "config.json")
+    (workdir / sweep.DONE_FILE).unlink(missing_ok=True)
+    sweep.write_run_info(workdir, ["rlhf-jax", "run", str(path), *(["--smoke"] if smoke else []),
+                                   "--workdir", str(workdir), *[x for o in overrides for x in ("--set", o)]])
   return module, config, workdir
+
+
+def finish_run(workdir: Path) -> int:
+  """`done.json` unless a signal stopped the run; the process's exit status (128 + signal if stopped)."""
+  import jax
+  from rlhf_jax import loop
+  signum = loop.received_signal()
+  if signum is not None:
+    return 128 + signum
+  if jax.process_index() == 0:
+    sweep.write_done(workdir)
+  return 0
 
 
 def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
                    overrides: Sequence[str] = ()):
   module, config, workdir = prepare_run(path, smoke=smoke, workdir=workdir, overrides=overrides)
   print(f"workdir: {workdir.absolute()}", flush=True)
-  return module.main(config, workdir)
+  result = module.main(config, workdir)
+  finish_run(workdir)
+  return result
 
 
 # Errors whose message is the whole story (a bad path, key, value or corpus name): printed
@@ -100,6 +120,51 @@ def _cmd_run(args) -> int:
     return 2
   print(f"workdir: {workdir.absolute()}", flush=True)
   module.main(config, workdir)
+  return finish_run(workdir)
+
+
+def _cmd_sweep(args) -> int:
+  try:
+    module = load_experiment(args.experiment)
+    runs = sweep.plan(sweep.grid_points(module, args.grid))
+    sweep.check_configs(module, runs, args.set, args.smoke)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  root = Path(args.root or Path("sweeps") / Path(args.experiment).stem)
+  if args.print:
+    for run in runs:
+      if sweep.status(root / run.name) != "done":
+        print(sweep.format_command(sweep.command(args.experiment, root, run, base=args.set, smoke=args.smoke)))
+    return 0
+  root.mkdir(parents=True, exist_ok=True)
+  outcomes = sweep.run_all(args.experiment, root, runs, base=args.set, smoke=args.smoke)
+  failed = [name for name, outcome in outcomes.items() if not outcome.startswith(("done", "skipped"))]
+  print(f"{len(outcomes) - len(failed)} of {len(runs)} runs done in {root}"
+        + (f"; not done: {', '.join(failed)}" if failed else ""))
+  return 1 if failed or len(outcomes) < len(runs) else 0
+
+
+def _cmd_report(args) -> int:
+  from rlhf_jax import report
+
+  def names(text):
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+  frontier = names(args.frontier)
+  try:
+    if frontier is not None and len(frontier) != 2:
+      raise ValueError(f"--frontier: expected X,Y (two metric names), got {args.frontier!r}")
+    out = Path(args.out or args.paths[0]) if len(args.paths) == 1 or args.out else None
+    if out is None:
+      raise ValueError("--out is needed with more than one path")
+    result = report.write_report(args.paths, out, split=args.split, metrics=names(args.metrics),
+                                 over=names(args.over) or [], curve_metrics=names(args.curves),
+                                 frontier=tuple(frontier) if frontier else None)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print((out / "report.md").read_text())
+  print(f"wrote {', '.join(result['files'])} to {out}")
   return 0
 
 
@@ -181,6 +246,29 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--distributed", action="store_true",
                    help="multi-host: detect the processes from the cluster (Slurm, Open MPI, Cloud TPU)")
   run.set_defaults(func=_cmd_run)
+
+  sw = sub.add_parser("sweep", help="run an experiment over a grid, one workdir per run (skips finished runs)")
+  sw.add_argument("experiment", help="path to an experiment .py file")
+  sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                  help="one axis of the grid (repeatable; the grid is their product); "
+                  "default: the experiment's sweep()")
+  sw.add_argument("--root", default=None, help="parent of the runs' workdirs (default: sweeps/<experiment>)")
+  sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+  sw.add_argument("--smoke", action="store_true", help="every run in --smoke mode")
+  sw.add_argument("--print", action="store_true",
+                  help="print the commands of the unfinished runs (for a cluster) instead of running them")
+  sw.set_defaults(func=_cmd_sweep)
+
+  rep = sub.add_parser("report", help="tables (mean ± 95% CI over seeds) and plots across runs")
+  rep.add_argument("paths", nargs="+", help="runs' workdirs, or folders of them (e.g. a sweep's root)")
+  rep.add_argument("--out", default=None, help="where report.md/json and the PNGs go (default: the one path)")
+  rep.add_argument("--split", default="eval", help="which records' final values to tabulate (default: eval)")
+  rep.add_argument("--metrics", default=None, help="comma-separated metric names (default: all)")
+  rep.add_argument("--over", default="seed", help="config keys that are repetitions, not settings (default: seed)")
+  rep.add_argument("--curves", default=None, help="metrics to plot over steps (default: the first three)")
+  rep.add_argument("--frontier", default=None, metavar="X,Y",
+                   help="plot Y against X per setting (default: kl,gold_score where both exist)")
+  rep.set_defaults(func=_cmd_report)
 
   data = sub.add_parser("data", help="data utilities")
   data_sub = data.add_subparsers(dest="data_command", required=True)

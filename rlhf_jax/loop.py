@@ -45,6 +45,15 @@ class NonFiniteLossError(RuntimeError):
   """Raised when a step's loss is NaN or infinite; the message names the step."""
 
 
+_received_signals: list[int] = []  # every stopping signal this process received inside a loop
+
+
+def received_signal() -> int | None:
+  """The first SIGTERM/SIGINT a training loop of this process caught, or None: `rlhf-jax run` then
+  exits with 128 + its number (not 0), so a scheduler or a sweep knows the run is unfinished."""
+  return _received_signals[0] if _received_signals else None
+
+
 @contextlib.contextmanager
 def stop_on_signals(event: threading.Event):
   """SIGTERM and SIGINT set `event` (the loop then saves and returns) instead of killing the run."""
@@ -56,6 +65,7 @@ def stop_on_signals(event: threading.Event):
   def handler(signum, frame):
     del frame
     print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint before exiting", flush=True)
+    _received_signals.append(signum)
     event.set()
 
   for sig in (signal.SIGTERM, signal.SIGINT):

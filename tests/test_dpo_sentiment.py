@@ -27,10 +27,15 @@ def test_online_then_offline_dpo(smoke_lm, tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3]
     assert all(name in train[0] for name in ("reward_chosen", "reward_rejected", "reward_accuracy", "logp_chosen",
                                             "logp_rejected", "reward_margin"))
+  # Each round's evaluation is in the run's metrics.jsonl too, where `rlhf-jax report` reads it.
+  evals = logs.read_metrics(online, "eval")
+  assert [r["step"] for r in evals] == [0, 3, 6]
+  assert [r["gold_score"] for r in evals] == [r["gold_score"] for r in results]
   # A rerun resumes every round and reuses the store's judgements: same results, no new pairs.
   before = (online / "rounds.jsonl").read_text()
   cli.run_experiment(EXPERIMENT, smoke=True, workdir=online, overrides=[f"policy.init_from={smoke_lm}"])
   assert (online / "rounds.jsonl").read_text() == before
+  assert logs.read_metrics(online, "eval") == evals  # rewritten, not appended
   with FeedbackStore(online / "feedback.db") as store:
     assert len(store.export_preferences()) == len(prefs)
 

@@ -52,14 +52,18 @@ def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, cache_dir):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
+  # Unfinished: exit status 128 + SIGTERM, so a scheduler or a sweep knows to run it again.
+  assert proc.returncode == 128 + signal.SIGTERM, out
   assert "received SIGTERM" in out and "stopped at step" in out, out
+  assert (tmp_path / "interrupted" / "run.json").is_file()
+  assert not (tmp_path / "interrupted" / "done.json").exists()
   stopped_at = max(r["step"] for r in logs.read_metrics(tmp_path / "interrupted", "train"))
   assert 10 <= stopped_at < 40, out
 
   resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert f"resuming from the checkpoint at step {stopped_at}" in resumed.stdout
+  assert (tmp_path / "interrupted" / "done.json").is_file()
 
   # The same run without interruption, with the same overrides.
   cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "straight", overrides=SHORT)
