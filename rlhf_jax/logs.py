@@ -62,6 +62,36 @@ class MetricWriter:
       self._tb.close()
 
 
+class StackedMetricWriter:
+  """The metrics of N vmapped runs, one stream each: a value with a leading axis of N goes row i
+  to `workdirs[i]`, a scalar (tokens/s of the whole program) to every run."""
+
+  def __init__(self, workdirs, *, tensorboard: bool = True, enabled: bool = True):
+    self.writers = [MetricWriter(w, tensorboard=tensorboard, enabled=enabled) for w in workdirs]
+
+  def write(self, step: int, metrics: Mapping[str, object], split: str = "train") -> None:
+    n = len(self.writers)
+    for i, writer in enumerate(self.writers):
+      writer.write(step, {k: _row(k, v, i, n) for k, v in metrics.items()}, split)
+
+  def flush(self) -> None:
+    for writer in self.writers:
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self.writers:
+      writer.close()
+
+
+def _row(name: str, value, i: int, n: int):
+  array = np.asarray(value)
+  if array.ndim == 0:
+    return value
+  if array.shape[0] != n:
+    raise ValueError(f"metric {name!r}: expected a leading axis of {n} runs, got shape {array.shape}")
+  return array[i]
+
+
 def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict]:
   path = Path(workdir) / METRICS_FILE
   if not path.exists():

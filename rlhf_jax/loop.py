@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -96,12 +96,14 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
                state_shardings: Any, step_fn: Callable, data_iterator: Iterator[dict[str, np.ndarray]],
                hp: Any, rng: jax.Array, mesh: Mesh, tokens_per_step: int,
                evaluate: Callable[[Any], dict[str, float]] | None = None,
-               stop: threading.Event | None = None) -> Any:
+               stop: threading.Event | None = None, run_dirs: Sequence[Path] | None = None) -> Any:
   """Runs `step_fn(state, batch, rng, hp)` until `loop.steps`, resuming from `workdir` if it can.
 
   `init_fn` must be a jitted initializer with `out_shardings=state_shardings`; `data_iterator` a
   checkpointable grain iterator. Returns the final state (also saved). `stop` (set by SIGTERM /
-  SIGINT, or by a caller) ends the run early after saving a checkpoint.
+  SIGINT, or by a caller) ends the run early after saving a checkpoint. `run_dirs`: the state holds
+  len(run_dirs) vmapped runs on its leading axis (`rlhf_jax.vmapped`); their metrics, split row
+  by row, go to one metrics stream per run dir, while the checkpoint holds them all.
   """
   workdir = Path(workdir)
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=loop.keep_checkpoints)
@@ -115,11 +117,13 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
     state, rng = checkpointer.restore(start, abstract_state=abstract_state(init_fn, state_shardings),
                                       data_iterator=data_iterator)
     if jax.process_index() == 0:
-      logs.truncate_metrics(workdir, start)
+      for metrics_dir in run_dirs or [workdir]:
+        logs.truncate_metrics(metrics_dir, start)
   # Opened only after the truncation above, which replaces the file: a writer opened before it
   # would append to the replaced (unlinked) file and lose every record of the resumed run. In a
   # multi-host run only the first process writes metrics (they are global values).
-  writer = logs.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer = (logs.MetricWriter(workdir, enabled=jax.process_index() == 0) if run_dirs is None else
+            logs.StackedMetricWriter(run_dirs, enabled=jax.process_index() == 0))
 
   pending = _Pending()
   progress = None
@@ -132,11 +136,12 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
     nonlocal last_time, last_step
     fetched = jax.device_get(pending.metrics)
     for s, m in zip(pending.steps, fetched):
-      loss = float(m["loss"])
-      if not np.isfinite(loss):
+      loss = np.asarray(m["loss"])  # one per run when runs are vmapped
+      if not np.isfinite(loss).all():
         latest = checkpointer.latest_step()
+        where = "" if loss.ndim == 0 else f" in run(s) {np.flatnonzero(~np.isfinite(loss)).tolist()}"
         raise NonFiniteLossError(
-            f"loss is {loss} at step {s}; stopping. The last good checkpoint is step {latest} "
+            f"loss is {loss}{where} at step {s}; stopping. The last good checkpoint is step {latest} "
             f"in {checkpointer.directory}")
       writer.write(s, m, split="train")
     now = time.perf_counter()
@@ -145,7 +150,7 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
       writer.write(step, {"tokens_per_s": tokens_per_s}, split="perf")
       if progress is not None:  # advanced here, not on dispatch, so it shows finished steps
         progress.update(step - last_step)
-        progress.set_postfix(loss=f"{float(fetched[-1]['loss']):.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        progress.set_postfix(loss=f"{float(np.mean(fetched[-1]['loss'])):.3f}", tok_s=f"{tokens_per_s:,.0f}")
     writer.flush()
     pending.steps.clear()
     pending.metrics.clear()
