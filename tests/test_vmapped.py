@@ -5,12 +5,15 @@ import functools
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rlhf_jax import cli, logs, pretrained, sharding, vmapped
 from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.steps import common, lm
+from rlhf_jax.steps import common, dpo, lm
+from test_dpo_step import LM as DPO_LM
+from test_dpo_step import _pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(vocab_size=64, max_len=16, d_model=32, n_layers=2, n_heads=4)
@@ -34,7 +37,8 @@ def test_vmapped_lm_steps_match_runs_trained_alone():
     batches.append(sharding.put_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
                                        "loss_mask": np.ones((8, 16), np.float32)}, mesh))
 
-  stacked = jax.jit(vmapped.vmap_init(init))(vmapped.stack_keys(init_keys))
+  repl = sharding.replicated(mesh)  # what the steps return: the first call is the only compile
+  stacked = jax.jit(vmapped.vmap_init(init), out_shardings=repl)(vmapped.stack_keys(init_keys))
   many = common.jit_step(vmapped.vmap_step(step), mesh)
   stacked_losses = []
   for batch in batches:
@@ -44,7 +48,7 @@ def test_vmapped_lm_steps_match_runs_trained_alone():
 
   one = common.jit_step(step, mesh)
   for i in range(3):
-    state = jax.jit(init)(init_keys[i])
+    state = jax.jit(init, out_shardings=repl)(init_keys[i])
     for t, batch in enumerate(batches):
       state, metrics = one(state, batch, keys[i], hps[i])
       np.testing.assert_allclose(stacked_losses[t][i], metrics["loss"], rtol=1e-5)
@@ -82,3 +86,29 @@ def test_vmapped_pretraining_slices_equal_single_runs_and_load(tmp_path, cache_d
   assert loaded.step == single.step == 6
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
                jax.device_get(loaded.params), jax.device_get(single.params))
+
+
+def test_vmapped_dpo_betas_match_runs_trained_alone():
+  """A beta sweep of DPO from one reference: three betas in one program, each as if alone."""
+  model = Transformer(DPO_LM)
+  optim = common.OptimConfig(learning_rate=3e-3, warmup_steps=0, weight_decay=0.0)
+  tx = common.make_optimizer(optim)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  start = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  ref_fn = jax.jit(functools.partial(dpo.reference_logprobs, params, model=model))
+  step = functools.partial(dpo.dpo_step, model=model, tx=tx, kind="dpo", warmup_steps=0, total_steps=10,
+                           min_lr_ratio=1.0)
+  hps = [dpo.DPOConfig(beta=b).hparams(optim) for b in (0.05, 0.1, 0.5)]
+  batches = [{**b, **ref_fn(b)} for b in map(_pairs, range(3))]
+  key = jax.random.key(1)
+  many, one = jax.jit(vmapped.vmap_step(step)), jax.jit(step)
+  stacked = vmapped.stack([start] * 3)
+  for batch in batches:
+    stacked, metrics = many(stacked, batch, vmapped.stack_keys([key] * 3), vmapped.stack(hps))
+  for i, hp in enumerate(hps):
+    state = start
+    for batch in batches:
+      state, alone = one(state, batch, key, hp)
+    np.testing.assert_allclose(metrics["loss"][i], alone["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["reward_margin"][i], alone["reward_margin"], rtol=1e-4, atol=1e-6)
+  assert len({round(float(x), 6) for x in metrics["loss"]}) == 3
