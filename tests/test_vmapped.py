@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import shutil
 from pathlib import Path
 
 import jax
@@ -59,9 +60,9 @@ def test_vmapped_lm_steps_match_runs_trained_alone():
   assert len({float(loss) for loss in stacked_losses[-1]}) == 3  # the runs did differ
 
 
-def test_vmapped_pretraining_slices_equal_single_runs_and_load(tmp_path, cache_dir):
-  """Two learning rates in one program; run 1 equals pretrain_tiny at that rate, and every run
-  directory is a loadable LM run with its own metrics."""
+def test_vmapped_pretraining_slices_equal_single_runs_load_and_resume(tmp_path, cache_dir):
+  """Two learning rates in one program; run 1 equals pretrain_tiny at that rate, every run
+  directory is a loadable LM run with its own metrics, and a stopped sweep resumes every run."""
   overrides = ["vmap.learning_rates=1e-3,3e-3", "vmap.seeds=0", "loop.steps=6", "loop.checkpoint_every=3",
                "loop.log_every=3"]
   cli.run_experiment(ROOT / "experiments" / "pretrain_sweep.py", smoke=True, workdir=tmp_path / "sweep",
@@ -86,6 +87,18 @@ def test_vmapped_pretraining_slices_equal_single_runs_and_load(tmp_path, cache_d
   assert loaded.step == single.step == 6
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
                jax.device_get(loaded.params), jax.device_get(single.params))
+
+  # As if stopped after step 3: the rerun resumes both runs from the stacked checkpoint.
+  sweep_dir = tmp_path / "sweep"
+  before = {n: logs.read_metrics(sweep_dir / "runs" / n) for n in runs}
+  shutil.rmtree(sweep_dir / "checkpoints" / "6")
+  for n in runs:
+    shutil.rmtree(sweep_dir / "runs" / n / "checkpoints")
+  cli.run_experiment(ROOT / "experiments" / "pretrain_sweep.py", smoke=True, workdir=sweep_dir, overrides=overrides)
+  for n in runs:
+    after = logs.read_metrics(sweep_dir / "runs" / n)
+    assert [r for r in after if r["split"] != "perf"] == [r for r in before[n] if r["split"] != "perf"], n
+    assert pretrained.load(sweep_dir / "runs" / n, mesh).step == 6
 
 
 def test_vmapped_dpo_betas_match_runs_trained_alone():
@@ -112,3 +125,4 @@ def test_vmapped_dpo_betas_match_runs_trained_alone():
     np.testing.assert_allclose(metrics["loss"][i], alone["loss"], rtol=1e-5)
     np.testing.assert_allclose(metrics["reward_margin"][i], alone["reward_margin"], rtol=1e-4, atol=1e-6)
   assert len({round(float(x), 6) for x in metrics["loss"]}) == 3
+
