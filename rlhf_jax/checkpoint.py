@@ -14,6 +14,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class Checkpointer:
@@ -54,6 +55,14 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     rng = jax.random.wrap_key_data(jax.numpy.asarray(restored["rng"]["key_data"]))
     return restored["state"], rng
+
+  def restore_saved_tree(self, step: int, sharding: jax.sharding.Sharding) -> Any:
+    """`state` as the nested dicts it was saved as, every leaf placed with `sharding`: for readers
+    that want some part of any trainer's state (e.g. a policy's parameters) without its classes."""
+    tree = ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory / str(step) / "state")).tree
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree,
+                            is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

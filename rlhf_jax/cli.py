@@ -3,6 +3,9 @@
   rlhf-jax run experiments/pretrain_tiny.py [--smoke] [--workdir DIR] [--set key=value ...]
   rlhf-jax sweep experiments/dpo_sentiment.py --grid dpo.beta=0.1,0.5 --grid seed=0,1,2 [--print]
   rlhf-jax report sweeps/dpo_sentiment [--out DIR]
+  rlhf-jax eval workdirs/quickstart/lm workdirs/quickstart/ppo [--set num_prompts=256]
+  rlhf-jax sample workdirs/quickstart/ppo --prompt "The movie was"
+  rlhf-jax chat workdirs/quickstart/ppo --temperature 0.8
   rlhf-jax data prepare brown austen
   rlhf-jax feedback import samples.jsonl --store feedback.db
   rlhf-jax label --store feedback.db --labeler alice [--rate 3]            # web page on 127.0.0.1
@@ -168,6 +171,95 @@ def _cmd_report(args) -> int:
   return 0
 
 
+def _cmd_eval(args) -> int:
+  from rlhf_jax.eval import harness
+  try:
+    hc = config_lib.apply_overrides(harness.HarnessConfig(), args.set)
+    out = Path(args.out or Path(args.workdirs[0]) / "eval")
+    report = harness.evaluate(args.workdirs, hc, out)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(harness.markdown(report))
+  print(f"wrote eval.json, eval.md, eval.png to {out}")
+  return 0
+
+
+def _load_for_sampling(workdir: str):
+  from rlhf_jax import pretrained, sharding
+  return pretrained.load_trained_policy(workdir, sharding.make_mesh())
+
+
+def _cmd_sample(args) -> int:
+  import jax
+
+  from rlhf_jax import sampling
+  from rlhf_jax.models.transformer import Transformer
+  try:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+      path = Path(args.prompts_file)
+      if not path.is_file():
+        raise FileNotFoundError(f"--prompts-file {path} not found")
+      prompts += [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+      raise ValueError("give --prompt TEXT (repeatable) or --prompts-file FILE")
+    policy = _load_for_sampling(args.workdir)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  model, tok = Transformer(policy.model), policy.tokenizer
+  for i, prompt in enumerate(prompts):
+    for k in range(args.num):
+      ids = sampling.stream(policy.params, tok.encode(prompt), jax.random.key(args.seed + 1000 * i + k), model=model,
+                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            eos_id=tok.eos_id, pad_id=tok.pad_id)
+      response = tok.decode([t for t in ids if t != tok.eos_id])
+      print(json.dumps({"prompt": prompt, "response": response, "model": f"{args.workdir}@{policy.step}"}))
+  return 0
+
+
+def _cmd_chat(args, stdin=None, stdout=None) -> int:
+  import jax
+
+  from rlhf_jax import sampling
+  from rlhf_jax.models.transformer import Transformer
+  stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+  try:
+    policy = _load_for_sampling(args.workdir)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  model, tok = Transformer(policy.model), policy.tokenizer
+  stdout.write(f"{args.workdir} (step {policy.step}); an empty line or Ctrl-D ends, /reset forgets the history\n")
+  history: list[int] = []
+  turn = 0
+  while True:
+    stdout.write("> ")
+    stdout.flush()
+    line = stdin.readline()
+    if not line or not line.strip():
+      return 0
+    if line.strip() == "/reset":
+      history = []
+      continue
+    context = (history if args.history else []) + tok.encode(line.rstrip("\n"))
+    ids, shown = [], ""
+    for token in sampling.stream(policy.params, context, jax.random.key(args.seed + turn), model=model,
+                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                 eos_id=tok.eos_id, pad_id=tok.pad_id):
+      if token == tok.eos_id:
+        break
+      ids.append(token)
+      text = tok.decode(ids)
+      stdout.write(text[len(shown):] if text.startswith(shown) else "\n" + text)
+      stdout.flush()
+      shown = text
+    stdout.write("\n")
+    history = context + ids + [tok.eos_id]
+    turn += 1
+
+
 def _cmd_data_prepare(args) -> int:
   from rlhf_jax.data import corpora
   for name in args.corpora:
@@ -269,6 +361,33 @@ def build_parser() -> argparse.ArgumentParser:
   rep.add_argument("--frontier", default=None, metavar="X,Y",
                    help="plot Y against X per setting (default: kl,gold_score where both exist)")
   rep.set_defaults(func=_cmd_report)
+
+  ev = sub.add_parser("eval", help="evaluate trained policies on a fixed prompt set (and play them head to head)")
+  ev.add_argument("workdirs", nargs="+", help="runs' workdirs (LM, PPO, DPO); the first plays each other one")
+  ev.add_argument("--out", default=None, help="where eval.json/md/png go (default: <first workdir>/eval)")
+  ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                  help="a harness setting (rlhf_jax.eval.harness.HarnessConfig), e.g. --set num_prompts=256")
+  ev.set_defaults(func=_cmd_eval)
+
+  def sampling_flags(p):
+    p.add_argument("workdir", help="a run's workdir (LM, PPO or DPO): its latest checkpoint and tokenizer")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+
+  smp = sub.add_parser("sample", help="continue prompts with a trained policy (JSON lines)")
+  sampling_flags(smp)
+  smp.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+  smp.add_argument("--prompts-file", default=None, help="a text file, one prompt a line")
+  smp.add_argument("--num", type=int, default=1, help="samples per prompt")
+  smp.set_defaults(func=_cmd_sample)
+
+  chat = sub.add_parser("chat", help="talk to a trained policy; tokens stream as they are sampled")
+  sampling_flags(chat)
+  chat.add_argument("--no-history", dest="history", action="store_false",
+                    help="each line is a fresh prompt (default: the conversation so far is the context)")
+  chat.set_defaults(func=_cmd_chat)
 
   data = sub.add_parser("data", help="data utilities")
   data_sub = data.add_subparsers(dest="data_command", required=True)

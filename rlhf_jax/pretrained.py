@@ -74,6 +74,59 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None) -> Pretrained
   return Pretrained(model=model_config, params=state.params, tokenizer=tokenizer, step=step)
 
 
+def policy_checkpoints(workdir: str | Path) -> Path:
+  """Where a run keeps its policy's checkpoints: `checkpoints/`, or an online DPO run's last round's."""
+  workdir = Path(workdir)
+  if (workdir / "checkpoints").is_dir():
+    return workdir / "checkpoints"
+  rounds = sorted((p for p in workdir.glob("round_*") if p.name[6:].isdigit() and (p / "checkpoints").is_dir()),
+                  key=lambda p: int(p.name[6:]))
+  if rounds:
+    return rounds[-1] / "checkpoints"
+  raise FileNotFoundError(f"no checkpoints in {workdir} (checkpoints/ or round_K/checkpoints/): expected the "
+                          "workdir of a trained policy (pretrain_tiny, sentiment_ppo, dpo_sentiment, ...)")
+
+
+def load_trained_policy(workdir: str | Path, mesh: Mesh, step: int | None = None) -> Pretrained:
+  """The policy of any run, replicated over `mesh`: an LM run's parameters, a PPO run's
+  `params["policy"]`, an online DPO run's last round. Its model config is `model.json` (or the
+  config's `model` section); parameters that do not fit it are an error naming the first misfit."""
+  workdir = Path(workdir)
+  saved = workdir / "config.json"
+  if not saved.is_file():
+    raise FileNotFoundError(f"{saved} not found: expected a run's workdir")
+  model_file = workdir / "model.json"
+  model_data = (json.loads(model_file.read_text()) if model_file.is_file()
+                else json.loads(saved.read_text()).get("model"))
+  if model_data is None:
+    raise ValueError(f"{workdir} has neither model.json nor a 'model' section in config.json: "
+                     "expected the workdir of a model run")
+  model_config = config_lib.from_dict(ModelConfig, model_data)
+  if not (workdir / "tokenizer.model").is_file():
+    raise FileNotFoundError(f"{workdir / 'tokenizer.model'} not found: the run's tokenizer is needed to sample")
+  checkpointer = Checkpointer(policy_checkpoints(workdir))
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None or step not in checkpointer.all_steps():
+      raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {checkpointer.directory}")
+    state = checkpointer.restore_saved_tree(step, sharding.replicated(mesh))
+  finally:
+    checkpointer.close()
+  params = state["params"]
+  params = params.get("policy", params)
+  expected = jax.eval_shape(functools.partial(Transformer(model_config).init, jax.random.key(0)),
+                            jnp.zeros((1, 1), jnp.int32))["params"]
+  got = {sharding.path_str(p): leaf.shape for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
+    name = sharding.path_str(path)
+    if got.get(name) != leaf.shape:
+      raise ValueError(f"{checkpointer.directory}/{step}: parameter {name} is "
+                       f"{'missing' if name not in got else got[name]}, expected {leaf.shape} for the model in "
+                       f"{model_file if model_file.is_file() else saved}")
+  return Pretrained(model=model_config, params=params, tokenizer=SentencePieceTokenizer.load(workdir / "tokenizer.model"),
+                    step=step)
+
+
 def load_policy(init_from: str, workdir: str | Path, mesh: Mesh, *,
                 pretrain: Callable[[Path], Any]) -> tuple[Pretrained, Path]:
   """The starting policy of an experiment and its workdir: `init_from`, or (init_from="") a model

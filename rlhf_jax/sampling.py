@@ -35,6 +35,8 @@ Use under jit with the static names in `GENERATE_STATIC_ARGNAMES`:
 
 from __future__ import annotations
 
+import functools
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -272,3 +274,48 @@ def response_logprobs(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                              axis=1)
   logp_BxT = sequence_logprobs(params, tokens_BxT, mask_BxT, model=model, temperature=temperature)
   return logp_BxT[:, prompt_BxP.shape[1]:]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cache_len", "top_k", "top_p"))
+def _prefill(params, prompt_1xP, mask_1xP, step_key, temperature, *, model: Transformer, cache_len: int, top_k: int,
+             top_p: float):
+  cache = KVCache.init(model.config, 1, cache_len)
+  out = model.apply({"params": params}, prompt_1xP, input_mask_BxT=mask_1xP, cache=cache)
+  token_1, _ = sample_logits(out.logits_BxTxV[:, -1], step_key[None], temperature, top_k, top_p)
+  return out.cache, token_1
+
+
+@functools.partial(jax.jit, static_argnames=("model", "top_k", "top_p"))
+def _decode(params, cache, token_1, step_key, temperature, *, model: Transformer, top_k: int, top_p: float):
+  out = model.apply({"params": params}, token_1[:, None], input_mask_BxT=jnp.ones((1, 1), jnp.bool_), cache=cache)
+  token_1, _ = sample_logits(out.logits_BxTxV[:, 0], step_key[None], temperature, top_k, top_p)
+  return out.cache, token_1
+
+
+def stream(params, prompt_ids, key: jax.Array, *, model: Transformer, max_new_tokens: int, temperature=1.0,
+           top_k: int = 0, top_p: float = 1.0, eos_id: int, pad_id: int, prompt_len: int | None = None):
+  """Yields the tokens of one continuation as they are sampled (for `rlhf-jax chat`).
+
+  The same tokens as `generate` on the prompt left-padded to `prompt_len` (default: all the
+  positions that `max_new_tokens` leaves) with the same key, up to and including EOS: row key
+  `split(key, 1)[0]`, step i `fold_in(row_key, i)`. A fixed `prompt_len` keeps one compiled
+  program for prompts of any length; a longer prompt keeps its last `prompt_len` tokens.
+  """
+  _check_settings(temperature, top_k, top_p)
+  P = model.config.max_len - max_new_tokens if prompt_len is None else prompt_len
+  if P < 1 or P + max_new_tokens > model.config.max_len:
+    raise ValueError(f"prompt_len {P} + max_new_tokens {max_new_tokens} must fit model.max_len="
+                     f"{model.config.max_len}, with room for at least one prompt token")
+  ids = list(prompt_ids)[-P:] or [eos_id]
+  prompt_1xP = jnp.asarray([[pad_id] * (P - len(ids)) + ids], jnp.int32)
+  mask_1xP = jnp.asarray([[False] * (P - len(ids)) + [True] * len(ids)])
+  row_key = jax.random.split(key, 1)[0]
+  cache, token_1 = _prefill(params, prompt_1xP, mask_1xP, jax.random.fold_in(row_key, 0), temperature, model=model,
+                            cache_len=P + max_new_tokens - 1, top_k=top_k, top_p=top_p)
+  for i in range(max_new_tokens):
+    token = int(token_1[0])
+    yield token
+    if token == eos_id or i == max_new_tokens - 1:
+      return
+    cache, token_1 = _decode(params, cache, token_1, jax.random.fold_in(row_key, i + 1), temperature, model=model,
+                             top_k=top_k, top_p=top_p)

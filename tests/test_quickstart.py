@@ -1,5 +1,6 @@
 """The quickstart (pretrain -> feedback -> reward model -> PPO -> report) and sentiment_ppo, in --smoke mode."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -68,3 +69,41 @@ def test_sentiment_ppo_with_a_lexicon_reward_resumes(quickstart, tmp_path):
   assert len(logs.read_metrics(tmp_path / "e", "train")) == 1
   with pytest.raises(ConfigError, match="kl_estimator"):
     cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "d", overrides=["ppo.kl_estimator=k9"])
+
+
+@pytest.mark.network
+def test_eval_harness_sample_and_chat_on_the_quickstart_policies(quickstart, tmp_path, monkeypatch, capsys):
+  import io
+
+  from rlhf_jax.eval import harness
+
+  workdir, _ = quickstart
+  lm, ppo = workdir / "lm", workdir / "ppo"
+  hc = harness.HarnessConfig(num_prompts=16, batch_size=16, max_new_tokens=8, perplexity_tokens=4096,
+                             fluency_lm=str(lm), labeler_beta=5.0, store=str(tmp_path / "h2h.db"))
+  report = harness.evaluate([lm, ppo], hc, tmp_path / "eval")
+  assert {p.name for p in (tmp_path / "eval").iterdir()} >= {"eval.json", "eval.md", "eval.png"}
+  base, tuned = report["runs"]
+  assert base["kl"] == 0.0 and tuned["reference"] == str(lm)  # the PPO run's reference is the LM it started from
+  for r in (base, tuned):
+    assert set(r["scores"]) == {"vader", "textblob", "afinn"} and len(r["scores"]["vader"]["values"]) == 16
+    assert 0 <= r["distinct_1"] <= 1 and r["perplexity"] > 1 and r["fluency_perplexity"] > 1
+    assert r["response_length"] == 8 or r["eos_rate"] > 0
+  h2h = report["head_to_head"][0]
+  assert {"vader", "vader(beta=5,tie=0.05,seed=0)", "people"} <= set(h2h)
+  assert h2h["vader"]["n"] == 16 and h2h["people"]["n"] == 0  # nobody has judged the pairs yet
+  assert h2h["pairs_in_store"] > 0
+  # The same seed gives the same numbers.
+  harness.evaluate([lm, ppo], dataclasses.replace(hc, store=""), tmp_path / "again")
+  again = json.loads((tmp_path / "again" / "eval.json").read_text())
+  assert again["runs"] == json.loads((tmp_path / "eval" / "eval.json").read_text())["runs"]
+
+  assert cli.main(["sample", str(ppo), "--prompt", "The movie was", "--max-new-tokens", "6", "--num", "2"]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert len(lines) == 2 and lines[0]["model"] == f"{ppo}@4" and lines[0]["prompt"] == "The movie was"
+  monkeypatch.setattr("sys.stdin", io.StringIO("The food was\nAnd then\n\n"))
+  assert cli.main(["chat", str(ppo), "--max-new-tokens", "6"]) == 0
+  transcript = capsys.readouterr().out
+  assert transcript.count("> ") == 3 and "(step 4)" in transcript
+  assert cli.main(["chat", str(tmp_path / "missing")]) == 2
+  assert "config.json not found" in capsys.readouterr().err

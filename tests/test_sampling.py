@@ -236,3 +236,23 @@ def test_sample_logits_per_row_temperature_and_keys(hand_made_draws):
   for b, (token, logp) in enumerate(hand_made_draws["rows_alone"]):
     assert int(token[0]) == int(token_B[b])
     np.testing.assert_allclose(logp[0], logp_B[b], rtol=1e-6)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_stream_yields_the_tokens_generate_samples(model, params, generate_fn, top_p):
+  """`rlhf-jax chat` streams what the batched sampler would have sampled, stopping at EOS."""
+  n_new, prompt_len = 12, 10
+  for seed, prompt in enumerate([[5, 9, 17], [3] * 12]):  # shorter and longer than prompt_len
+    key = jax.random.key(seed)
+    eos = 7
+    got = list(sampling.stream(params, prompt, key, model=model, max_new_tokens=n_new, temperature=TEMPERATURE,
+                               top_p=top_p, eos_id=eos, pad_id=PAD, prompt_len=prompt_len))
+    ids = prompt[-prompt_len:]
+    padded = jnp.asarray([[PAD] * (prompt_len - len(ids)) + ids])
+    mask = jnp.asarray([[0] * (prompt_len - len(ids)) + [1] * len(ids)])
+    out = generate_fn(params, padded, mask, key, model=model, max_new_tokens=n_new, temperature=TEMPERATURE,
+                      top_p=top_p, eos_id=eos, pad_id=PAD)
+    want = [int(t) for t, m in zip(out.tokens_BxN[0], out.mask_BxN[0]) if m]
+    assert got == want and 0 < len(got) <= n_new
+  with pytest.raises(ValueError, match="max_len"):
+    next(sampling.stream(params, [1], key, model=model, max_new_tokens=MAX_LEN, eos_id=1, pad_id=PAD))
