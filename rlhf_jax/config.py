@@ -126,11 +126,12 @@ def apply_overrides(config: C, assignments: Sequence[str]) -> C:
   return config
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"optim": {"learning_rate": 1e-3}} -> {"optim.learning_rate": 1e-3}; lists become tuples."""
   flat = {}
   for key, value in data.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
   return flat
@@ -138,7 +139,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   """`key: old -> new` for every dotted key whose value differs between two `to_dict` outputs."""
-  a, b = _flatten(old), _flatten(new)
+  a, b = flatten(old), flatten(new)
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
           for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
 

@@ -24,6 +24,15 @@ def _plain(value) -> float | int | str:
   return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf
 
 
+def json_ready(value):
+  """`value` with every NaN float replaced by None: JSON has no NaN (e.g. the interval of one run)."""
+  if isinstance(value, dict):
+    return {k: json_ready(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_ready(v) for v in value]
+  return None if isinstance(value, float) and math.isnan(value) else value
+
+
 class MetricWriter:
   """Appends metrics to `workdir/metrics.jsonl` and to TensorBoard under `workdir/tb`."""
 

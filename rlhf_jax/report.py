@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
+from rlhf_jax import config as config_lib
 from rlhf_jax import logs
 
 
@@ -30,16 +31,6 @@ class RunRecords:
   path: Path
   config: dict[str, Any]  # flattened: {"dpo.beta": 0.1, ...}
   records: list[dict]  # metrics.jsonl, one record per (split, step): a resumed run's last one wins
-
-
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in data.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-  return flat
 
 
 def load_run(path: str | Path) -> RunRecords:
@@ -51,7 +42,7 @@ def load_run(path: str | Path) -> RunRecords:
   for record in logs.read_metrics(path):
     by_key[(record.get("split"), record["step"])] = record
   records = sorted(by_key.values(), key=lambda r: (str(r.get("split")), r["step"]))
-  return RunRecords(path=path, config=_flatten(json.loads((path / "config.json").read_text())), records=records)
+  return RunRecords(path=path, config=config_lib.flatten(json.loads((path / "config.json").read_text())), records=records)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[RunRecords]:
@@ -197,15 +188,6 @@ def plot_frontier(groups, split: str, x: str, y: str, out: Path) -> None:
   plt.close(fig)
 
 
-def _no_nan(value):
-  """JSON has no NaN: an interval of one run is written as null."""
-  if isinstance(value, dict):
-    return {k: _no_nan(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_no_nan(v) for v in value]
-  return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def write_report(paths: Sequence[str | Path], out: str | Path, *, split: str = "eval",
                  metrics: Sequence[str] | None = None, over: Sequence[str] = ("seed",),
                  curve_metrics: Sequence[str] | None = None,
@@ -231,7 +213,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, *, split: str = "
     files.append("frontier.png")
   result = {"split": split, "over": list(over), "runs": {g: [str(r.path) for r in rs] for g, rs in groups.items()},
             "summary": summary}
-  (out / "report.json").write_text(json.dumps(_no_nan(result), indent=2) + "\n")
+  (out / "report.json").write_text(json.dumps(logs.json_ready(result), indent=2) + "\n")
   text = (f"# Report: {len(runs)} runs in {len(groups)} settings\n\n"
           f"Final `{split}` metrics: mean ± 95% Student-t interval over {', '.join(over)}.\n\n"
           + markdown_table(summary) + "\n" + "".join(f"![{f}]({f})\n" for f in files if f.endswith(".png")))

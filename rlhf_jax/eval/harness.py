@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from rlhf_jax import pretrained, sharding
+from rlhf_jax import logs, pretrained, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.advantages import sequence_kl
 from rlhf_jax.data import lm as lm_data
@@ -228,18 +228,10 @@ def evaluate(workdirs: Sequence[str | Path], hc: HarnessConfig, out: str | Path,
                         for j, p in enumerate(prompts[:8])]}
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  atomic_write_bytes(out / "eval.json", (json.dumps(_no_nan(report), indent=2) + "\n").encode())
+  atomic_write_bytes(out / "eval.json", (json.dumps(logs.json_ready(report), indent=2) + "\n").encode())
   atomic_write_bytes(out / "eval.md", markdown(report).encode())
   plot(report, out / "eval.png")
   return report
-
-
-def _no_nan(value):
-  if isinstance(value, dict):
-    return {k: _no_nan(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_no_nan(v) for v in value]
-  return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _fmt(x) -> str:
