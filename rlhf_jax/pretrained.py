@@ -265,7 +265,7 @@ def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> 
   `transformers.GPT2LMHeadModel.from_pretrained(out)` loads.
   """
   workdir, out = Path(workdir), Path(out)
-  run = load(workdir, sharding.make_mesh(), step)
+  run = load_trained_policy(workdir, sharding.make_mesh(), step)  # an LM, reward model, PPO or DPO policy
   params = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), run.params)
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}

@@ -107,3 +107,9 @@ def test_eval_harness_sample_and_chat_on_the_quickstart_policies(quickstart, tmp
   assert transcript.count("> ") == 3 and "(step 4)" in transcript
   assert cli.main(["chat", str(tmp_path / "missing")]) == 2
   assert "config.json not found" in capsys.readouterr().err
+  # The tuned policy leaves without its training state (PPO's value model and optimizer).
+  assert cli.main(["export", str(ppo), str(tmp_path / "exported")]) == 0
+  import safetensors.numpy
+  flat = safetensors.numpy.load_file(str(tmp_path / "exported" / "params.safetensors"))
+  assert "h_0/attn/c_attn/kernel" in flat and not any(k.startswith(("value", "policy")) for k in flat)
+  assert (tmp_path / "exported" / "model.safetensors").is_file()  # and in the GPT-2 layout
