@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rlhf_jax import config as config_lib
-from rlhf_jax import pretrained, sampling, sharding
+from rlhf_jax import logs, pretrained, sampling, sharding
 from rlhf_jax.data import conditional
 from rlhf_jax.data import lm as lm_data
 from rlhf_jax.data.corpora import atomic_write_bytes
@@ -191,9 +191,11 @@ def main(config: Config, workdir: Path) -> dict:
     dataset = lm_data.lm_dataset(train.tokens_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
                                  seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
                                  preference_N=train.preference_N if mode == "embedding" else None)
-    # Each method's directory is a loadable model run (`pretrained.load`, `rlhf-jax export`).
+    # Each method's directory is a loadable model run (`pretrained.load`, `rlhf-jax export`) whose
+    # config names its method alone, so `rlhf-jax report` tells the methods apart.
     (workdir / method).mkdir(parents=True, exist_ok=True)
-    config_lib.save(config, workdir / method / "config.json")
+    config_lib.save(dataclasses.replace(config, condition=dataclasses.replace(cc, modes=(method,))),
+                    workdir / method / "config.json")
     pretrained.save_model_config(workdir / method, model_config)
     shutil.copyfile(workdir / "tokenizer.model", workdir / method / "tokenizer.model")
     tqdm.write(f"[{method}] {train.tokens_N.size:,} training tokens ({int(train.control_N.sum()):,} control tokens)")
@@ -219,6 +221,10 @@ def main(config: Config, workdir: Path) -> dict:
       with open(workdir / method / f"samples_{name}.jsonl", "w") as f:
         f.writelines(json.dumps({"text": t, "score": float(s)}) + "\n" for t, s in zip(texts, scores))
     results["modes"][method] = out
+    # The final evaluation record, with the sample rates: the one `rlhf-jax report` tabulates.
+    writer = logs.MetricWriter(workdir / method, tensorboard=False, enabled=jax.process_index() == 0)
+    writer.write(config.loop.steps, out, split="eval")
+    writer.close()
     tqdm.write(f"[{method}] " + ", ".join(f"{k} {v:.3f}" for k, v in out.items() if isinstance(v, float)))
   atomic_write_bytes(workdir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
   atomic_write_bytes(workdir / "results.md", results_table(results).encode())

@@ -4,7 +4,7 @@ steps on the same tokenizer, and the comparison table covers each conditioning a
 import json
 from pathlib import Path
 
-from rlhf_jax import cli, logs, pretrained, sharding
+from rlhf_jax import cli, logs, pretrained, report, sharding
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "conditional_pretraining.py"
 
@@ -31,3 +31,7 @@ def test_smoke_run_compares_all_modes(tmp_path, cache_dir):
   assert run.model.n_preferences == 3 and run.params["wpref"]["embedding"].shape[0] == 3
   table = (tmp_path / "results.md").read_text()
   assert all(f"| {mode} |" in table for mode in modes)
+  # `rlhf-jax report` reads the methods as five settings with their sample rates.
+  summary = report.write_report([tmp_path], tmp_path / "report", metrics=["undesirable_none", "perplexity"])["summary"]
+  assert set(summary) == {f"condition.modes={m}" for m in modes}
+  assert summary["condition.modes=filter"]["undesirable_none"]["mean"] == modes["filter"]["undesirable_none"]
