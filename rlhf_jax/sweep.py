@@ -130,13 +130,22 @@ def run_all(experiment: str | Path, root: str | Path, runs: Sequence[Run], *, ba
       continue
     echo(f"[{i + 1}/{len(runs)}] {run.name}: {'resuming' if status(workdir) == 'started' else 'starting'}")
     process = subprocess.Popen(command(experiment, root, run, base=base, smoke=smoke))
+    received = []
+
+    def forward(signum, frame, process=process):
+      del frame
+      received.append(signum)
+      process.send_signal(signum)  # the run saves a checkpoint and exits; then the sweep stops
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
       code = process.wait()
-    except KeyboardInterrupt:
-      process.send_signal(signal.SIGINT)
-      process.wait()
+    finally:
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    if received:
       outcomes[run.name] = "interrupted"
-      echo(f"sweep interrupted during {run.name}; rerun the same command to resume")
+      echo(f"sweep stopped by {signal.Signals(received[0]).name} during {run.name}; rerun the same command to resume")
       return outcomes
     outcomes[run.name] = "done" if code == 0 and status(workdir) == "done" else f"failed (exit {code})"
     if outcomes[run.name] != "done":

@@ -4,8 +4,10 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ from rlhf_jax import report, sweep
 # and fails when asked to (to test that a sweep carries on and a rerun retries).
 EXPERIMENT = '''
 import dataclasses
+import threading
 from pathlib import Path
-from rlhf_jax import logs
+from rlhf_jax import logs, loop
 
 @dataclasses.dataclass(frozen=True)
 class Optim:
@@ -30,6 +33,7 @@ class Config:
   seed: int = 0
   optim: Optim = Optim()
   fail: bool = False
+  wait: bool = False  # wait for a signal, as a long training run would
 
 def get_config(smoke=False):
   return Config()
@@ -42,6 +46,13 @@ def main(config, workdir):
     f.write("x")
   if config.fail and not (Path(workdir).parent / "fixed").exists():
     raise RuntimeError("asked to fail")
+  if config.wait:
+    stop = threading.Event()
+    with loop.stop_on_signals(stop):
+      (Path(workdir) / "waiting").write_text("")
+      while not stop.wait(0.05):
+        pass
+    return
   writer = logs.MetricWriter(workdir, tensorboard=False)
   for step in (1, 2):
     writer.write(step, {"metric": 10 * config.optim.lr * step / 2 + config.seed, "kl": step * config.optim.lr},
@@ -128,3 +139,21 @@ def test_a_failed_run_does_not_stop_the_sweep_and_is_retried(experiment, tmp_pat
   assert retry.returncode == 0 and "4 of 4 runs done" in retry.stdout
   assert (root / "fail=true,seed=0" / "starts").read_text() == "xx"
   assert (root / "fail=false,seed=0" / "starts").read_text() == "x"
+
+
+def test_sigterm_reaches_the_running_run_and_stops_the_sweep(experiment, tmp_path):
+  root = tmp_path / "sweep"
+  sweep_process = subprocess.Popen(
+      [sys.executable, "-m", "rlhf_jax", "sweep", str(experiment), "--root", str(root), "--grid", "wait=true",
+       "--grid", "seed=0,1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  waiting = root / "wait=true,seed=0" / "waiting"
+  deadline = time.time() + 120
+  while not waiting.exists() and sweep_process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  sweep_process.send_signal(signal.SIGTERM)
+  out, _ = sweep_process.communicate(timeout=60)
+  assert sweep_process.returncode == 1, out
+  assert "received SIGTERM" in out and "sweep stopped by SIGTERM during wait=true,seed=0" in out, out
+  assert sweep.status(root / "wait=true,seed=0") == "started"  # unfinished: a rerun resumes it
+  assert not (root / "wait=true,seed=1").exists()  # the sweep did not go on
