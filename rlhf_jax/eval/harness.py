@@ -83,6 +83,7 @@ class HarnessConfig:
   temperature: float = 1.0
   batch_size: int = 64
   scorers: tuple[str, ...] = ("vader", "textblob", "afinn")
+  with_prompt: tuple[str, ...] = ()  # scorers that read prompt + response (reward models trained on both)
   reference: str = ""  # LM workdir for KL; "": the run's policy.init_from, else the run itself
   corpus: str = "brown"  # held-out perplexity on its validation split; "": skipped
   perplexity_tokens: int = 32768  # of that split, from its start
@@ -174,7 +175,7 @@ def evaluate_run(workdir: str | Path, hc: HarnessConfig, mesh, prompts: list[str
       "self_bleu": diversity.self_bleu(s["responses"], seed=hc.seed), "scores": {},
   }
   for name, scorer in scorers.items():
-    values = np.asarray(scorer.score(s["responses"]), np.float64)
+    values = rollout_lib.score_texts(scorer, prompts, s["responses"], name in hc.with_prompt).astype(np.float64)
     result["scores"][name] = {**_summary(values), "values": values.round(6).tolist()}
   if hc.corpus:
     tokens = lm_data.prepare_lm_tokens(hc.corpus, policy.tokenizer)
@@ -192,7 +193,10 @@ def compare_runs(a: RunSamples, b: RunSamples, hc: HarnessConfig, judges: dict[s
   """Win rates of a against b by every judge (and people, through `hc.store`)."""
   out: dict[str, Any] = {"a": a.name, "b": b.name}
   for name, scorer in judges.items():
-    out[name] = head_to_head.win_rate(head_to_head.scorer_outcomes(scorer, a.responses, b.responses), seed=hc.seed)
+    texts_a, texts_b = a.responses, b.responses
+    if name in hc.with_prompt:
+      texts_a, texts_b = [p + t for p, t in zip(a.prompts, texts_a)], [p + t for p, t in zip(b.prompts, texts_b)]
+    out[name] = head_to_head.win_rate(head_to_head.scorer_outcomes(scorer, texts_a, texts_b), seed=hc.seed)
   if hc.labeler_beta > 0:
     labeler = labelers.SimulatedLabeler(next(iter(judges.values())), beta=hc.labeler_beta, tie_margin=0.05,
                                         seed=hc.seed)
