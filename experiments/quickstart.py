@@ -12,7 +12,11 @@ Stages, each an experiment of its own in a subfolder of the workdir (rerunning r
 3. `ppo/`     sentiment_ppo: PPO fine-tunes the LM against the learned reward model, with a KL
               penalty to the pretrained LM, and is evaluated by the noiseless labeler (the "gold"
               taste the reward model only approximates).
-4. `report.json`, `report.md`, `reward_kl.png`: gold and proxy reward and KL before/after,
+4. `eval/`    the evaluation harness on the pretrained and the tuned policy (`rlhf-jax eval`):
+              every lexicon and the reward model, KL, diversity, perplexity, and the head-to-head
+              win rate by VADER, the reward model and a simulated labeler; the pairs also wait in
+              `eval/h2h.db` for people (`rlhf-jax label --store .../eval/h2h.db`).
+5. `report.json`, `report.md`, `reward_kl.png`: gold and proxy reward and KL before/after,
               the reward model's held-out accuracy, and sample continuations before and after.
 """
 
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from rlhf_jax import cli, logs
 from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax.eval import harness
 from rlhf_jax.eval.plots import plot_metrics
 
 HERE = Path(__file__).parent
@@ -76,8 +81,8 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, list[str]]]:
   ]
 
 
-def report(workdir: Path) -> dict:
-  """Numbers of every stage, read back from their metrics files."""
+def report(workdir: Path, evaluation: dict) -> dict:
+  """Numbers of every stage, read back from their metrics files, and the evaluation's."""
   lm_eval = logs.read_metrics(workdir / "lm", "eval")
   rm_eval = logs.read_metrics(workdir / "reward", "eval")
   ppo_eval = logs.read_metrics(workdir / "ppo", "eval")
@@ -95,6 +100,9 @@ def report(workdir: Path) -> dict:
               "response_length_after": after["response_length"], "eos_rate_after": after["eos_rate"]},
       "samples": [{"prompt": b["prompt"], "before": b["completion"], "after": a["completion"]}
                   for b, a in zip([s for s in samples if s["step"] == first], [s for s in samples if s["step"] == last])],
+      "eval": {"runs": [{k: v for k, v in r.items() if k != "scores"} | {
+                   "scores": {name: s["mean"] for name, s in r["scores"].items()}} for r in evaluation["runs"]],
+               "head_to_head": evaluation["head_to_head"]},
   }
 
 
@@ -112,7 +120,27 @@ def _markdown(r: dict) -> str:
       "## Samples (same prompt and seed, before -> after PPO)", "",
   ]
   lines += [f"- *{s['prompt']}* | before: {s['before']!r} | after: {s['after']!r}" for s in r["samples"]]
+  base, tuned = r["eval"]["runs"]
+  lines += ["", "## Evaluation (`eval/eval.md` has every number)", "",
+            "| policy | " + " | ".join(f"{n} (mean)" for n in base["scores"]) + " | KL | distinct-1 | self-BLEU | "
+            "perplexity |", "|---|" + "---|" * (len(base["scores"]) + 4)]
+  for name, run in (("pretrained", base), ("PPO", tuned)):
+    lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in run["scores"].values())
+                 + f" | {run['kl']:.2f} | {run['distinct_1']:.3f} | {run['self_bleu']:.3f} | {run['perplexity']:.1f} |")
+  lines += ["", "Win rate of the pretrained policy against PPO's, same prompts (95% bootstrap interval):", ""]
+  for judge, w in r["eval"]["head_to_head"][0].items():
+    if isinstance(w, dict) and w["n"]:
+      lines.append(f"- {judge}: {w['win_rate']:.3f} ({w['ci_low']:.3f} - {w['ci_high']:.3f}), n = {w['n']}")
   return "\n".join(lines) + "\n"
+
+
+def eval_config(config: Config, workdir: Path) -> harness.HarnessConfig:
+  rm = f"rm:{workdir / 'reward'}"
+  hc = harness.HarnessConfig(scorers=("vader", "textblob", "afinn", rm), with_prompt=(rm,), judges=("vader", rm),
+                             labeler_beta=5.0, store=str(workdir / "eval" / "h2h.db"), seed=config.seed)
+  if config.smoke:
+    hc = dataclasses.replace(hc, num_prompts=16, batch_size=16, max_new_tokens=8, perplexity_tokens=4096)
+  return hc
 
 
 def main(config: Config, workdir: Path) -> dict:
@@ -120,7 +148,9 @@ def main(config: Config, workdir: Path) -> dict:
   for experiment, stage_dir, overrides in stages(config, workdir):
     print(f"== {experiment} -> {stage_dir}", flush=True)
     cli.run_experiment(HERE / experiment, smoke=config.smoke, workdir=stage_dir, overrides=overrides)
-  result = report(workdir)
+  print(f"== evaluation -> {workdir / 'eval'}", flush=True)
+  evaluation = harness.evaluate([workdir / "lm", workdir / "ppo"], eval_config(config, workdir), workdir / "eval")
+  result = logs.json_ready(report(workdir, evaluation))  # JSON has no NaN
   atomic_write_bytes(workdir / "report.json", (json.dumps(result, indent=2) + "\n").encode())
   atomic_write_bytes(workdir / "report.md", _markdown(result).encode())
   ppo_dir = workdir / "ppo"

@@ -1,13 +1,16 @@
 """The quickstart (pretrain -> feedback -> reward model -> PPO -> report) and sentiment_ppo, in --smoke mode."""
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import pytest
+import safetensors.numpy
 
 from rlhf_jax import cli, logs
 from rlhf_jax.config import ConfigError
+from rlhf_jax.eval import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,30 +76,31 @@ def test_sentiment_ppo_with_a_lexicon_reward_resumes(quickstart, tmp_path):
 
 @pytest.mark.network
 def test_eval_harness_sample_and_chat_on_the_quickstart_policies(quickstart, tmp_path, monkeypatch, capsys):
-  import io
-
-  from rlhf_jax.eval import harness
-
-  workdir, _ = quickstart
+  workdir, result = quickstart
   lm, ppo = workdir / "lm", workdir / "ppo"
-  hc = harness.HarnessConfig(num_prompts=16, batch_size=16, max_new_tokens=8, perplexity_tokens=4096,
-                             fluency_lm=str(lm), labeler_beta=5.0, store=str(tmp_path / "h2h.db"))
-  report = harness.evaluate([lm, ppo], hc, tmp_path / "eval")
-  assert {p.name for p in (tmp_path / "eval").iterdir()} >= {"eval.json", "eval.md", "eval.png"}
+  # The quickstart evaluated its pretrained and its tuned policy with the harness.
+  assert {p.name for p in (workdir / "eval").iterdir()} >= {"eval.json", "eval.md", "eval.png", "h2h.db"}
+  report = json.loads((workdir / "eval" / "eval.json").read_text())
+  rm = f"rm:{workdir / 'reward'}"
   base, tuned = report["runs"]
   assert base["kl"] == 0.0 and tuned["reference"] == str(lm)  # the PPO run's reference is the LM it started from
   for r in (base, tuned):
-    assert set(r["scores"]) == {"vader", "textblob", "afinn"} and len(r["scores"]["vader"]["values"]) == 16
-    assert 0 <= r["distinct_1"] <= 1 and r["perplexity"] > 1 and r["fluency_perplexity"] > 1
+    assert set(r["scores"]) == {"vader", "textblob", "afinn", rm} and len(r["scores"]["vader"]["values"]) == 16
+    assert 0 <= r["distinct_1"] <= 1 and r["perplexity"] > 1
     assert r["response_length"] == 8 or r["eos_rate"] > 0
   h2h = report["head_to_head"][0]
-  assert {"vader", "vader(beta=5,tie=0.05,seed=0)", "people"} <= set(h2h)
+  assert {"vader", rm, "vader(beta=5,tie=0.05,seed=0)", "people"} <= set(h2h)
   assert h2h["vader"]["n"] == 16 and h2h["people"]["n"] == 0  # nobody has judged the pairs yet
-  assert h2h["pairs_in_store"] > 0
-  # The same seed gives the same numbers.
-  harness.evaluate([lm, ppo], dataclasses.replace(hc, store=""), tmp_path / "again")
-  again = json.loads((tmp_path / "again" / "eval.json").read_text())
-  assert again["runs"] == json.loads((tmp_path / "eval" / "eval.json").read_text())["runs"]
+  assert h2h["pairs_in_store"] > 0 and "Win rate of the pretrained policy" in (workdir / "report.md").read_text()
+  assert result["eval"]["head_to_head"][0]["vader"] == h2h["vader"]
+  # The same seed gives the same numbers; a fluency LM adds the samples' perplexity under it.
+  quickstart_module = cli.load_experiment(ROOT / "experiments" / "quickstart.py")
+  hc = dataclasses.replace(quickstart_module.eval_config(quickstart_module.get_config(smoke=True), workdir),
+                           store="", fluency_lm=str(lm))
+  harness.evaluate([lm, ppo], hc, tmp_path / "again")
+  again = json.loads((tmp_path / "again" / "eval.json").read_text())["runs"]
+  assert all(r.pop("fluency_perplexity") > 1 for r in again)
+  assert again == report["runs"]
 
   assert cli.main(["sample", str(ppo), "--prompt", "The movie was", "--max-new-tokens", "6", "--num", "2"]) == 0
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -109,7 +113,6 @@ def test_eval_harness_sample_and_chat_on_the_quickstart_policies(quickstart, tmp
   assert "config.json not found" in capsys.readouterr().err
   # The tuned policy leaves without its training state (PPO's value model and optimizer).
   assert cli.main(["export", str(ppo), str(tmp_path / "exported")]) == 0
-  import safetensors.numpy
   flat = safetensors.numpy.load_file(str(tmp_path / "exported" / "params.safetensors"))
   assert "h_0/attn/c_attn/kernel" in flat and not any(k.startswith(("value", "policy")) for k in flat)
   assert (tmp_path / "exported" / "model.safetensors").is_file()  # and in the GPT-2 layout
