@@ -197,13 +197,16 @@ def main(config: Config, workdir: Path):
 
   eval_key = jax.random.fold_in(key, 7)
 
+  def iteration_of(state) -> int:  # the loop's step: state.step counts the minibatch updates
+    return int(state.step) // updates_per_iteration
+
   def evaluate(state) -> dict[str, float]:
     metrics = policy_eval.evaluate_policy(
         sampler, state.params["policy"], test_tokens, test_mask, lc.eval_batch_size, eval_key, gold=gold,
         proxy=scorer, proxy_with_prompt=rc.with_prompt, norm=norm, value_params=state.params["value"],
-        samples_path=workdir / "samples.jsonl", step=int(state.step), samples_to_log=lc.samples_to_log)
+        samples_path=workdir / "samples.jsonl", step=iteration_of(state), samples_to_log=lc.samples_to_log)
     metrics["kl_coef"] = float(state.kl_coef)
-    tqdm.write(f"update {int(state.step)}: gold ({lc.gold}) {metrics['gold_score']:.3f}, proxy "
+    tqdm.write(f"iteration {iteration_of(state)}: gold ({lc.gold}) {metrics['gold_score']:.3f}, proxy "
                f"{metrics['proxy_score']:.3f}, KL {metrics['kl']:.2f}, length {metrics['response_length']:.1f}")
     return metrics
 
