@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import jax
@@ -26,7 +25,6 @@ from rlhf_jax import cli, pretrained, sampling, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.data import rows
-from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.eval import policy as policy_eval
 from rlhf_jax.feedback import labelers
 from rlhf_jax.loop import LoopConfig, train_loop
@@ -101,16 +99,10 @@ def main(config: Config, workdir: Path):
   gold = scorer if lc.gold == rc.scorer else labelers.get_scorer(lc.gold)
   sampler = policy_eval.PolicySampler(roll, policy.params, tok, mesh, gc.temperature)
 
-  norm_path = workdir / "reward_norm.json"  # as in sentiment_ppo: measured once, reused on resume
-  if not rc.normalize:
-    norm = {"mean": 0.0, "std": 1.0}
-  elif norm_path.exists():
-    norm = json.loads(norm_path.read_text())
-  else:
-    norm = policy_eval.reference_normalization(sampler, prompt_tokens, prompt_mask, lc.batch_size,
-                                               jax.random.fold_in(key, 10_000), scorer, with_prompt=rc.with_prompt,
-                                               num_samples=rc.normalize_samples)
-    atomic_write_bytes(norm_path, (json.dumps(norm) + "\n").encode())
+  norm = policy_eval.saved_normalization(workdir / "reward_norm.json", functools.partial(
+      policy_eval.reference_normalization, sampler, prompt_tokens, prompt_mask, lc.batch_size,
+      jax.random.fold_in(key, 10_000), scorer, with_prompt=rc.with_prompt, num_samples=rc.normalize_samples),
+      enabled=rc.normalize)
 
   def normalized_score(prompts, responses) -> np.ndarray:
     return ((rollout_lib.score_texts(scorer, prompts, responses, rc.with_prompt) - norm["mean"])

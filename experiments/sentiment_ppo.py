@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +30,6 @@ from rlhf_jax import cli, pretrained, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.data import rows
-from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.eval import policy as policy_eval
 from rlhf_jax.feedback import labelers
 from rlhf_jax.loop import LoopConfig, train_loop
@@ -174,16 +172,10 @@ def main(config: Config, workdir: Path):
 
   # Reward normalisation (Ziegler et al. 2019): gain and bias that give the reference policy's
   # samples mean 0 and std 1, measured once and saved, so a resumed run uses the same reward.
-  norm_path = workdir / "reward_norm.json"
-  if not rc.normalize:
-    norm = {"mean": 0.0, "std": 1.0}
-  elif norm_path.exists():
-    norm = json.loads(norm_path.read_text())
-  else:
-    norm = policy_eval.reference_normalization(sampler, prompt_tokens, prompt_mask, lc.batch_size,
-                                               jax.random.fold_in(key, 10_000), scorer, with_prompt=rc.with_prompt,
-                                               num_samples=rc.normalize_samples, value_params=value_params)
-    atomic_write_bytes(norm_path, (json.dumps(norm) + "\n").encode())
+  norm = policy_eval.saved_normalization(workdir / "reward_norm.json", functools.partial(
+      policy_eval.reference_normalization, sampler, prompt_tokens, prompt_mask, lc.batch_size,
+      jax.random.fold_in(key, 10_000), scorer, with_prompt=rc.with_prompt, num_samples=rc.normalize_samples,
+      value_params=value_params), enabled=rc.normalize)
 
   def iteration(state: ppo.PPOState, batch, rng, hp):
     s = sampler(state.params["policy"], batch["prompt"], batch["prompt_mask"],

@@ -10,6 +10,7 @@ reference policy's samples (Ziegler et al. 2019).
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from jax.sharding import Mesh
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax import sharding
 from rlhf_jax.advantages import sequence_kl
+from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.eval import lm as lm_eval
 
@@ -87,6 +89,20 @@ def reference_normalization(sampler: PolicySampler, tokens_NxP: np.ndarray, mask
     raise ValueError(f"no full batch of {batch_size} prompts to normalize the reward on")
   scores = np.concatenate(scores).astype(np.float64)
   return {"mean": float(scores.mean()), "std": float(max(scores.std(), 1e-6)), "samples": int(scores.size)}
+
+
+def saved_normalization(path: str | Path, measure: Callable[[], dict[str, float]], *,
+                        enabled: bool = True) -> dict[str, float]:
+  """The reward normalization of a run: measured once (`measure()`, e.g. `reference_normalization`)
+  and saved to `path`, so a resumed run uses the same reward; {"mean": 0, "std": 1} if not `enabled`."""
+  path = Path(path)
+  if not enabled:
+    return {"mean": 0.0, "std": 1.0}
+  if path.exists():
+    return json.loads(path.read_text())
+  norm = measure()
+  atomic_write_bytes(path, (json.dumps(norm) + "\n").encode())
+  return norm
 
 
 def evaluate_policy(sampler: PolicySampler, policy_params, tokens_NxP: np.ndarray, mask_NxP: np.ndarray,
