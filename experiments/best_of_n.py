@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rlhf_jax import best_of_n, cli, pretrained, sharding
+from rlhf_jax import best_of_n, cli, logs, pretrained, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.eval import policy as policy_eval
@@ -40,12 +40,14 @@ PRETRAIN = Path(__file__).with_name("pretrain_tiny.py")
 class PolicyConfig:
   init_from: str = ""  # an LM workdir; "" runs pretrain_tiny into <workdir>/policy first
   pretrain_smoke: bool = False
-  num_prompts: int = 2048
+  # sentiment_ppo's prompt set and split, so best-of-n is judged on the held-out prompts of the RL
+  # and DPO experiments (the reward-KL frontier compares them point for point).
+  num_prompts: int = 4096
   prompt_words: int = 4
   prompt_len: int = 8
   max_new_tokens: int = 24
   temperature: float = 1.0
-  test_fraction: float = 0.1
+  test_fraction: float = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +139,14 @@ def main(config: Config, workdir: Path) -> dict:
     print(f"best-of-{n}: gold {table[-1]['gold']:.3f}, proxy {table[-1]['proxy']:.3f}, KL <= "
           f"{table[-1]['kl_bound']:.2f} (plug-in {table[-1]['kl_plugin']:.2f})", flush=True)
 
+  # Every n also goes to metrics.jsonl (split "eval", step n), where `rlhf-jax report` and the
+  # frontier read every experiment's results; KL is the bound, exact when the proxy never ties.
+  logs.truncate_metrics(workdir, -1)
+  writer = logs.MetricWriter(workdir, tensorboard=False, enabled=jax.process_index() == 0)
+  for row in table:
+    writer.write(row["n"], {"gold_score": row["gold"], "proxy_score": row["proxy"], "kl": row["kl_bound"],
+                            "kl_plugin": row["kl_plugin"]}, split="eval")
+  writer.close()
   if sc.steps > 0:
     table.append(_rsft(config, workdir, policy, model, train_prompts, test_prompts, sample, scores, proxy, gold,
                        mesh, key))

@@ -22,6 +22,8 @@ def test_best_of_n_smoke(tmp_path, smoke_lm):
   assert golds == sorted(golds)
   assert all(0.0 <= r["kl_plugin"] <= r["kl_bound"] + 1e-9 for r in bon)
   assert bon[0]["kl_bound"] == 0.0
+  evals = logs.read_metrics(tmp_path, "eval")  # the same numbers where `rlhf-jax report` reads them
+  assert [(r["step"], r["gold_score"], r["kl"]) for r in evals] == [(r["n"], r["gold"], r["kl_bound"]) for r in bon]
   rsft = result["rows"][-1]
   assert rsft["method"].startswith("rejection-sampling FT") and "kl" in rsft
   assert [r["step"] for r in logs.read_metrics(tmp_path / "rsft", "train")] == [1, 2, 3, 4]
