@@ -19,21 +19,7 @@ from rlhf_jax import sharding
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, lm
 
-SHAPES = {
-    "tiny": dict(vocab_size=2048, max_len=128, d_model=128, n_layers=4, n_heads=4),  # pretrain_tiny
-    "gpt2-small": dict(vocab_size=50304, max_len=1024, d_model=768, n_layers=12, n_heads=12),
-}
-
-# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5": 459e12}
-
-
-def peak_flops(device) -> float | None:
-  kind = device.device_kind
-  for name, flops in PEAK_FLOPS.items():
-    if name.lower() in kind.lower():
-      return flops
-  return None
+from hardware import PEAK_FLOPS, SHAPES, lookup  # bench/hardware.py (this script's folder)
 
 
 def main() -> None:
@@ -85,7 +71,7 @@ def main() -> None:
         f"batch={args.batch} seq_len={args.seq_len} microbatches={args.microbatches}")
   print(f"first step (compile + run): {compile_s:.2f} s")
   print(f"step: {step_s * 1e3:.1f} ms | {tokens_per_s:,.0f} tokens/s | loss {float(metrics['loss']):.3f}")
-  peak = peak_flops(devices[0])
+  peak = lookup(PEAK_FLOPS, devices[0])
   flops = config.flops_per_token(args.seq_len) * tokens_per_s
   if peak:
     print(f"model FLOPs utilization: {100 * flops / (peak * len(devices)):.1f}% "
