@@ -9,7 +9,7 @@ overoptimization literature: a policy LM writes two continuations of each prompt
 of WordNet example sentences); a lexicon labeler with Bradley-Terry noise (P(a > b) =
 sigmoid(beta (r_a - r_b)), ties within a margin) judges each pair into the feedback store under
 its own name; the store's exported preferences train a Bradley-Terry reward model that starts
-from the policy's trunk. Held-out prompts measure the reward model's pairwise accuracy against
+from the policy's trunk (or another LM's: `reward.init_from`, e.g. a smaller one). Held-out prompts measure the reward model's pairwise accuracy against
 the labeler's noiseless preference (the sign of r_a - r_b, ties left out).
 """
 
@@ -60,6 +60,7 @@ class LabelerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
+  init_from: str = ""  # the reward model's trunk and tokenizer (an LM workdir); "" = the policy's
   seq_len: int = 64  # prompt + response tokens
   with_prompt: bool = True  # the reward model reads prompt + response (False: the response alone)
   batch_size: int = 32
@@ -152,17 +153,18 @@ def main(config: Config, workdir: Path):
 
   rc = config.reward
   tx = common.make_optimizer(config.optim)
-  start = pretrained.start_scalar_model(workdir, init_from=str(policy_dir), fallback=policy.model, texts=[],
-                                        mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
+  start = pretrained.start_scalar_model(workdir, init_from=rc.init_from or str(policy_dir), fallback=policy.model,
+                                        texts=[], mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0),
+                                        rules=config.mesh.rules)
   model, init_fn = start.model, start.init_fn
-  dataset = rows.rows_dataset(pair_arrays(train, policy.tokenizer, rc.seq_len, rc.with_prompt), rc.batch_size // jax.process_count(),
+  dataset = rows.rows_dataset(pair_arrays(train, start.tokenizer, rc.seq_len, rc.with_prompt), rc.batch_size // jax.process_count(),
                               seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
 
   # The labeler's noiseless preference on the held-out pairs, in the same chosen/rejected order.
   scorer = labelers.get_scorer(config.labeler.scorer)
   true_margin = scorer.score([r["chosen"] for r in test]) - scorer.score([r["rejected"] for r in test])
   untied = np.abs(true_margin) > 0
-  test_batches = rows.eval_row_batches(pair_arrays(test, policy.tokenizer, rc.seq_len, rc.with_prompt), rc.eval_batch_size)
+  test_batches = rows.eval_row_batches(pair_arrays(test, start.tokenizer, rc.seq_len, rc.with_prompt), rc.eval_batch_size)
   pair_fn = jax.jit(functools.partial(reward.pair_rewards, model=model))
 
   def evaluate(state) -> dict[str, float]:

@@ -12,6 +12,7 @@ Both are linear in (alpha, beta), so ordinary least squares on the features (d, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -46,3 +47,26 @@ def fit(d: Sequence[float], gold_gain: Sequence[float], form: Literal["bon", "rl
   return {"alpha": float(alpha), "beta": float(beta), "n": int(d.size),
           "r2": float(1 - (residual ** 2).sum() / total) if total > 0 else float("nan"),
           "rmse": float(np.sqrt((residual ** 2).mean()))}
+
+
+def plot(proxies: dict[str, dict], out: str | Path) -> None:
+  """Gold gain against d, one panel per method ("bon", "ppo"), one color per proxy: every point,
+  and the fitted functional form where `entry[method]["fit"]` has one."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  for ax, (method, form, title) in zip(axes, (("bon", "bon", "best-of-n"), ("ppo", "rl", "RL (PPO)"))):
+    for name, entry in proxies.items():
+      m = entry[method]
+      points = ax.scatter(m["d"], m["gold_gain"], s=10, alpha=0.5, label=name)
+      if m["fit"] is not None and len(m["d"]):
+        d = np.linspace(0.0, max(m["d"]), 100)
+        ax.plot(d, predict(d, m["fit"]["alpha"], m["fit"]["beta"], form), color=points.get_facecolor()[0], alpha=0.9)
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set(xlabel="d = sqrt(KL), sqrt(nats)", ylabel="gold reward gain", title=title)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
