@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -138,7 +139,7 @@ def _cmd_sweep(args) -> int:
   if args.print:
     for run in runs:
       if sweep.status(root / run.name) != "done":
-        print(sweep.format_command(sweep.command(args.experiment, root, run, base=args.set, smoke=args.smoke)))
+        print(shlex.join(sweep.command(args.experiment, root, run, base=args.set, smoke=args.smoke)))
     return 0
   root.mkdir(parents=True, exist_ok=True)
   outcomes = sweep.run_all(args.experiment, root, runs, base=args.set, smoke=args.smoke)

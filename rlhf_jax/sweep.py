@@ -20,7 +20,6 @@ import dataclasses
 import itertools
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -184,7 +183,3 @@ def _atomic_write(path: Path, data: dict) -> None:
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(data, indent=2) + "\n")
   tmp.replace(path)
-
-
-def format_command(argv: Sequence[str]) -> str:
-  return shlex.join(argv)
