@@ -122,6 +122,23 @@ def collect_feedback(store: FeedbackStore, policy, prompts: list[str], config: C
       store.compare(sample_id[i, a], sample_id[i, b], outcome, labeler=labeler.name)
 
 
+def set_aside_interrupted(store_path: Path) -> Path:
+  """Renames the store of an interrupted collection (with its WAL files) to `<name>.interrupted-N.db`.
+
+  Collection is deterministic, so starting it over gives the data of an uninterrupted run; training
+  on the partial store instead would silently use fewer pairs. Nothing is deleted.
+  """
+  n = 0
+  while (aside := store_path.with_name(f"{store_path.stem}.interrupted-{n}{store_path.suffix}")).exists():
+    n += 1
+  for suffix in ("-wal", "-shm"):
+    if (extra := Path(f"{store_path}{suffix}")).exists():
+      extra.rename(f"{aside}{suffix}")
+  store_path.rename(aside)  # last: the WAL files moved first belong to it
+  print(f"{store_path}: an interrupted collection; kept as {aside.name}, collecting again", flush=True)
+  return aside
+
+
 def pair_arrays(records: list[dict], tokenizer, seq_len: int, with_prompt: bool = True) -> dict[str, np.ndarray]:
   """Tokens of the chosen and rejected sides (after their prompt when `with_prompt`), right-padded."""
   arrays = {}
@@ -140,10 +157,14 @@ def main(config: Config, workdir: Path):
                                                                           smoke=config.policy.pretrain_smoke))
 
   store_path = workdir / "feedback.db"
+  complete = workdir / "feedback_complete.json"
+  if store_path.exists() and not complete.exists():
+    set_aside_interrupted(store_path)
   with FeedbackStore(store_path) as store:
-    if not store.judgements(kind="comparison"):  # a resumed run reuses its judgements
+    if not complete.exists():  # a resumed run reuses the judgements of a finished collection
       prompts = prompts_lib.wordnet_openings(config.policy.num_prompts, config.policy.prompt_words, config.seed)
       collect_feedback(store, policy, prompts, config, jax.random.fold_in(key, 3))
+      corpora.atomic_write_bytes(complete, json.dumps({"comparisons": len(store.judgements(kind="comparison"))}).encode())
     records = store.export_preferences(workdir / "preferences.jsonl")
   test_ids = {r["prompt_id"] for r in records
               if corpora.is_validation(str(r["prompt_id"]), config.reward.test_fraction)}

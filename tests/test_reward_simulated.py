@@ -13,6 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.network
 def test_smoke_labels_into_the_store_and_trains_a_reward_model(tmp_path, cache_dir):
+  # The workdir holds the store of a collection that was killed after one judgement: it is kept
+  # aside, and the collection starts over (training on it would silently use one pair).
+  with FeedbackStore(tmp_path / "feedback.db") as partial:
+    a, b = partial.add_samples([{"prompt": "The", "response": r, "model": "m"} for r in (" good", " bad")])
+    partial.compare(a, b, "a", labeler="vader(beta=10,tie=0,seed=0)")
   cli.run_experiment(ROOT / "experiments" / "reward_simulated.py", smoke=True, workdir=tmp_path,
                      overrides=["policy.samples_per_prompt=3"])
   with FeedbackStore(tmp_path / "feedback.db") as store:
@@ -24,6 +29,9 @@ def test_smoke_labels_into_the_store_and_trains_a_reward_model(tmp_path, cache_d
     assert max(len(s) for s in per_prompt.values()) == 3
     assert {c.labeler for c in comparisons} == {"vader(beta=10,tie=0,seed=0)"}
     exported = store.export_preferences()
+  with FeedbackStore(tmp_path / "feedback.interrupted-0.db") as kept:
+    assert len(kept.judgements(kind="comparison")) == 1
+  assert json.loads((tmp_path / "feedback_complete.json").read_text()) == {"comparisons": len(comparisons)}
   lines = (tmp_path / "preferences.jsonl").read_text().splitlines()
   assert [json.loads(line)["chosen"] for line in lines] == [r["chosen"] for r in exported]
   split = json.loads((tmp_path / "data.json").read_text())
