@@ -75,14 +75,18 @@ def _proxies(config: Config, lm_sizes: dict[int, Path]) -> list[tuple[str, sweep
   return out
 
 
-def _stage(config: Config, experiment: str, root: Path, runs: list[sweep.Run], base: list[str]) -> None:
-  """Runs the unfinished runs of one stage; a failure stops the experiment (a rerun retries it)."""
+def _stage(config: Config, experiment: str, root: Path, runs: list[sweep.Run], base: list[str]) -> bool:
+  """Runs the unfinished runs of one stage: True when all are done, False when a signal stopped
+  them; a failure stops the experiment (a rerun retries it)."""
   path = HERE / experiment
   sweep.check_configs(cli.load_experiment(path), runs, base, config.smoke_runs)
   outcomes = sweep.run_all(path, root, runs, base=base, smoke=config.smoke_runs)
+  if "interrupted" in outcomes.values():
+    return False
   bad = {name: o for name, o in outcomes.items() if not o.startswith(("done", "skipped"))}
   if bad:
     raise RuntimeError(f"{experiment}: runs did not finish (rerun the same command to resume): {bad}")
+  return True
 
 
 def _lm_sizes(config: Config, lm: Path, workdir: Path) -> dict[int, Path]:
@@ -106,21 +110,25 @@ def main(config: Config, workdir: Path) -> dict:
   if not config.init_from and sweep.status(lm) != "done":
     cli.run_experiment(HERE / "pretrain_tiny.py", smoke=config.smoke_runs, workdir=lm)
   lm_sizes = _lm_sizes(config, lm, workdir)
-  _stage(config, "reward_fine_foods.py", workdir, [_run("gold")], [f"reward.init_from={lm.absolute()}"])
   gold = f"rm:{(workdir / 'gold').absolute()}"
   proxies = _proxies(config, lm_sizes)
-  _stage(config, "reward_simulated.py", workdir / "proxy", [r for _, r in proxies],
-         [f"policy.init_from={lm.absolute()}", f"labeler.scorer={gold}"])
   # Against each proxy run, same name and seed: best-of-n and PPO, judged by the gold.
   optimize = [_run(r.name, **{"reward.scorer": f"rm:{(workdir / 'proxy' / r.name).absolute()}",
                               "seed": r.name.rsplit("=", 1)[1]}) for _, r in proxies]
   common = [f"policy.init_from={lm.absolute()}", "reward.with_prompt=true"]
   bon_n = ",".join(str(2 ** i) for i in range(int(math.log2(config.bon_max)) + 1))
-  _stage(config, "best_of_n.py", workdir / "bon", optimize,
-         [*common, f"reward.gold={gold}", "rsft.steps=0", f"bon.n={bon_n}"])
-  _stage(config, "sentiment_ppo.py", workdir / "ppo", optimize,
-         [*common, f"rl.gold={gold}", "ppo.adaptive_kl=false", f"ppo.kl_coef={config.ppo_kl_coef}",
-          f"loop.steps={config.ppo_steps}"])
+  stages = [
+      ("reward_fine_foods.py", workdir, [_run("gold")], [f"reward.init_from={lm.absolute()}"]),
+      ("reward_simulated.py", workdir / "proxy", [r for _, r in proxies],
+       [f"policy.init_from={lm.absolute()}", f"labeler.scorer={gold}"]),
+      ("best_of_n.py", workdir / "bon", optimize, [*common, f"reward.gold={gold}", "rsft.steps=0", f"bon.n={bon_n}"]),
+      ("sentiment_ppo.py", workdir / "ppo", optimize,
+       [*common, f"rl.gold={gold}", "ppo.adaptive_kl=false", f"ppo.kl_coef={config.ppo_kl_coef}",
+        f"loop.steps={config.ppo_steps}"]),
+  ]
+  for experiment, root, runs, base in stages:
+    if not _stage(config, experiment, root, runs, base):
+      return {"interrupted": experiment}  # `rlhf-jax run` exits 128 + signal; rerun to resume
 
   result = {"proxies": {}}
   for name in dict.fromkeys(n for n, _ in proxies):

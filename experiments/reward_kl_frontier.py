@@ -96,8 +96,8 @@ def main(config: Config, workdir: Path) -> dict:
   failed = []
   for m, runs, base in todo:
     outcomes = sweep.run_all(m.experiment, workdir / m.name, runs, base=base, smoke=config.smoke_runs)
-    if any(o == "interrupted" for o in outcomes.values()):
-      return {"interrupted": m.name}
+    if "interrupted" in outcomes.values():
+      return {"interrupted": m.name}  # `rlhf-jax run` exits 128 + signal; rerun to resume
     failed += [f"{m.name}/{name}: {o}" for name, o in outcomes.items() if not o.startswith(("done", "skipped"))]
   if failed:
     raise RuntimeError("runs failed (rerun the same command to retry them): " + "; ".join(failed))

@@ -48,6 +48,12 @@ class NonFiniteLossError(RuntimeError):
 _received_signals: list[int] = []  # every stopping signal this process received inside a loop
 
 
+def note_signal(signum: int) -> None:
+  """Records a stopping signal this process caught outside a loop: a composition experiment that
+  forwarded it to the run it was waiting for (`sweep.run_all`) then exits unfinished, like that run."""
+  _received_signals.append(signum)
+
+
 def received_signal() -> int | None:
   """The first SIGTERM/SIGINT a training loop of this process caught, or None: `rlhf-jax run` then
   exits with 128 + its number (not 0), so a scheduler or a sweep knows the run is unfinished."""

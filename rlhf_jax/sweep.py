@@ -143,6 +143,9 @@ def run_all(experiment: str | Path, root: str | Path, runs: Sequence[Run], *, ba
       for sig, handler in previous.items():
         signal.signal(sig, handler)
     if received:
+      from rlhf_jax import loop  # here: `rlhf-jax sweep` starts without JAX
+
+      loop.note_signal(received[0])  # `rlhf-jax run` of a composition experiment exits 128 + signal
       outcomes[run.name] = "interrupted"
       echo(f"sweep stopped by {signal.Signals(received[0]).name} during {run.name}; rerun the same command to resume")
       return outcomes

@@ -156,3 +156,42 @@ def test_sigterm_reaches_the_running_run_and_stops_the_sweep(experiment, tmp_pat
   assert "received SIGTERM" in out and "sweep stopped by SIGTERM during wait=true,seed=0" in out, out
   assert sweep.status(root / "wait=true,seed=0") == "started"  # unfinished: a rerun resumes it
   assert not (root / "wait=true,seed=1").exists()  # the sweep did not go on
+
+
+# A composition experiment (like reward_kl_frontier): it runs the toy experiment's runs with
+# sweep.run_all and stops when they were interrupted.
+PARENT = '''
+import dataclasses
+from pathlib import Path
+from rlhf_jax import sweep
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  child: str = ""
+
+def get_config(smoke=False):
+  return Config()
+
+def main(config, workdir):
+  outcomes = sweep.run_all(config.child, Path(workdir) / "runs", sweep.plan([{"wait": True, "seed": 0}]))
+  if "interrupted" in outcomes.values():
+    return
+  raise AssertionError("the child run was not interrupted")
+'''
+
+
+def test_a_composition_experiment_stopped_by_a_signal_exits_unfinished(experiment, tmp_path):
+  parent = tmp_path / "parent.py"
+  parent.write_text(PARENT)
+  workdir = tmp_path / "parent_run"
+  process = subprocess.Popen([sys.executable, "-m", "rlhf_jax", "run", str(parent), "--workdir", str(workdir),
+                              "--set", f"child={experiment}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  waiting = workdir / "runs" / "wait=true,seed=0" / "waiting"
+  deadline = time.time() + 120
+  while not waiting.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  out, _ = process.communicate(timeout=60)
+  assert process.returncode == 128 + signal.SIGTERM, out  # like the run it was waiting for
+  assert sweep.status(workdir) == "started" and sweep.status(waiting.parent) == "started"  # both resume
