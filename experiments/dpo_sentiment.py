@@ -166,8 +166,6 @@ def main(config: Config, workdir: Path) -> list[dict]:
       dpo.dpo_step, model=model, tx=tx, kind=config.dpo.kind, warmup_steps=config.optim.warmup_steps,
       total_steps=tc.steps_per_round, min_lr_ratio=config.optim.min_lr_ratio), mesh, state_shardings)
   hp = config.dpo.hparams(config.optim)
-  labeler = labelers.SimulatedLabeler(labelers.get_scorer(oc.scorer), beta=oc.beta, tie_margin=oc.tie_margin,
-                                      seed=config.seed)
   eval_key = jax.random.fold_in(key, 7)
 
   def evaluate(params, step_: int) -> dict:
@@ -186,7 +184,7 @@ def main(config: Config, workdir: Path) -> list[dict]:
   rounds = oc.rounds if online else 1
   for k in range(rounds):
     if online:
-      records = _online_pairs(workdir / "feedback.db", k, sampler, params, train_prompts, config, labeler, key)
+      records = _online_pairs(workdir / "feedback.db", k, sampler, params, train_prompts, config, key)
     elif config.data.source == "fine_foods":
       records = fine_foods.preference_pairs("train", seed=config.seed)
     else:
@@ -226,12 +224,23 @@ def _store_pairs(path: str) -> list[dict]:
     return store.export_preferences()
 
 
-def _online_pairs(store_path: Path, k: int, sampler, params, train_prompts: list[str], config: Config, labeler,
+def round_labeler(config: Config, k: int) -> labelers.SimulatedLabeler:
+  """Round k's simulated labeler, its noise seeded by (seed, k): a resumed run, which reuses the
+  earlier rounds' judgements from the store instead of labelling them again, still gives round k
+  the judgements of an unbroken run (one labeler for all rounds would restart its stream)."""
+  oc = config.online
+  seed = int(np.random.SeedSequence([config.seed, k]).generate_state(1)[0])
+  return labelers.SimulatedLabeler(labelers.get_scorer(oc.scorer), beta=oc.beta, tie_margin=oc.tie_margin, seed=seed)
+
+
+def _online_pairs(store_path: Path, k: int, sampler, params, train_prompts: list[str], config: Config,
                   key) -> list[dict]:
   """Round k's preference pairs: two samples of each of the round's prompts from the current policy,
-  compared by the labeler into the store. A rerun reuses the round's judgements from the store."""
+  compared by round k's labeler into the store in one transaction, so a round is stored whole or
+  not at all. A rerun reuses the round's judgements from the store."""
   pc, oc, tc = config.policy, config.online, config.train
   tag = f"dpo-round-{k}"
+  labeler = round_labeler(config, k)
   with FeedbackStore(store_path) as store:
     existing = [r for r in store.export_preferences() if r["chosen_model"] == tag]
     if existing or any(j.labeler == labeler.name and store.sample(j.sample_a).model == tag
@@ -245,6 +254,5 @@ def _online_pairs(store_path: Path, k: int, sampler, params, train_prompts: list
     ids = store.add_samples([{"prompt": prompts[i], "response": texts[c][i], "model": tag} for i in keep for c in (0, 1)],
                             source="wordnet_examples")
     outcomes = labeler.compare([texts[0][i] for i in keep], [texts[1][i] for i in keep])
-    for (a, b), outcome in zip(zip(ids[::2], ids[1::2]), outcomes):
-      store.compare(a, b, outcome, labeler=labeler.name)
+    store.compare_many(zip(ids[::2], ids[1::2], outcomes), labeler=labeler.name)
     return [r for r in store.export_preferences() if r["chosen_model"] == tag]

@@ -118,8 +118,8 @@ def collect_feedback(store: FeedbackStore, policy, prompts: list[str], config: C
                             source="wordnet_examples")
     sample_id = dict(zip(used, ids))
     outcomes = labeler.compare([samples[a][i] for i, a, _ in pairs], [samples[b][i] for i, _, b in pairs])
-    for (i, a, b), outcome in zip(pairs, outcomes):
-      store.compare(sample_id[i, a], sample_id[i, b], outcome, labeler=labeler.name)
+    store.compare_many([(sample_id[i, a], sample_id[i, b], outcome) for (i, a, b), outcome in zip(pairs, outcomes)],
+                       labeler=labeler.name)  # one transaction (and one fsync) a batch, not one a comparison
 
 
 def set_aside_interrupted(store_path: Path) -> Path:

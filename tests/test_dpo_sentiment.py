@@ -39,6 +39,18 @@ def test_online_then_offline_dpo(smoke_lm, tmp_path):
   with FeedbackStore(online / "feedback.db") as store:
     assert len(store.export_preferences()) == len(prefs)
 
+  # A run stopped after round 0 and resumed (here: one round, then two) labels round 1 as the
+  # unbroken run did, though it reuses round 0's judgements instead of labelling them again.
+  resumed = tmp_path / "resumed"
+  cli.run_experiment(EXPERIMENT, smoke=True, workdir=resumed,
+                     overrides=[f"policy.init_from={smoke_lm}", "online.rounds=1"])
+  cli.run_experiment(EXPERIMENT, smoke=True, workdir=resumed, overrides=[f"policy.init_from={smoke_lm}"])
+  def judged(records):
+    return [{k: v for k, v in r.items() if k != "created"} for r in records]
+  with FeedbackStore(resumed / "feedback.db") as store:
+    assert judged(store.export_preferences()) == judged(prefs)
+  assert (resumed / "rounds.jsonl").read_text() == before
+
   offline = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "offline",
                                overrides=[f"policy.init_from={smoke_lm}", f"data.source=store:{online / 'feedback.db'}",
                                           "dpo.kind=ipo"])

@@ -382,3 +382,21 @@ def test_import_rejects_bad_line_and_stores_nothing(tmp_path, bad_line, message)
     with pytest.raises(FeedbackError, match=rf"{path}:3: {message}"):
       s.import_samples_jsonl(path)
   assert _dump(store_path) == before
+
+
+def test_compare_many_stores_a_batch_whole_or_not_at_all(db, tmp_path):
+  ids = [s.id for s in (db.sample(i) for i in range(1, 6))]
+  before = _dump(tmp_path / "feedback.db")
+  bad_batches = [
+      ([(ids[0], ids[1], "a"), (ids[1], ids[2], "best")], "outcome of comparison 1: expected one of"),
+      ([(ids[0], ids[1], "a"), (ids[0], ids[3], "b")], "expected samples of one prompt"),  # checked mid-transaction
+      ([(ids[0], ids[1], "a"), (ids[1], ids[0], "b")], "already compared"),  # the same pair twice in one batch
+  ]
+  for batch, message in bad_batches:
+    with pytest.raises(FeedbackError, match=message):
+      db.compare_many(batch, labeler="sim")
+    assert _dump(tmp_path / "feedback.db") == before  # the first, good comparison was rolled back too
+  got = db.compare_many([(ids[0], ids[1], "a"), (ids[3], ids[4], "b")], labeler="sim")
+  assert [(j.id, j.outcome) for j in db.judgements(kind="comparison")] == list(zip(got, ["a", "b"]))
+  assert [(r["chosen"], r["rejected"]) for r in db.export_preferences()] == [
+      ("Knock knock.", "Why did the chicken..."), ("Hello there.", "Hi!")]

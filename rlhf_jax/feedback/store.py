@@ -582,34 +582,47 @@ class FeedbackStore:
     `outcome` is "a" (sample_a is better), "b", "tie" or "skip" (seen, not judged). Pass the
     samples in the order the labeler saw them; exports turn "a"/"b" into chosen/rejected.
     """
+    return self.compare_many([(sample_a, sample_b, outcome)], labeler=labeler)[0]
+
+  def compare_many(self, comparisons: Iterable[tuple[int, int, str]], *, labeler: str) -> list[int]:
+    """Records `labeler`'s comparisons `(sample_a, sample_b, outcome)` (as in `compare`) in one
+    transaction; returns their ids. A batch is stored whole or not at all: a bad comparison, or a
+    process killed midway, stores none of it, so a labelling round is never half-recorded."""
     _check_labeler(labeler)
-    if outcome not in OUTCOMES:
-      raise FeedbackError(f"outcome: expected one of {list(OUTCOMES)}, got {outcome!r}")
+    comparisons = list(comparisons)
+    for i, (_, _, outcome) in enumerate(comparisons):
+      if outcome not in OUTCOMES:
+        what = "outcome" if len(comparisons) == 1 else f"outcome of comparison {i}"
+        raise FeedbackError(f"{what}: expected one of {list(OUTCOMES)}, got {outcome!r}")
     with self._write() as c:
-      a = self._sample_row(c, sample_a, "sample_a")
-      b = self._sample_row(c, sample_b, "sample_b")
-      if a.id == b.id:
-        raise FeedbackError(f"sample_a, sample_b: expected two different samples, got {a.id} twice")
-      if a.prompt_id != b.prompt_id:
-        raise FeedbackError(f"sample_a, sample_b: expected samples of one prompt; sample {a.id} "
-                            f"answers prompt {a.prompt_id}, sample {b.id} prompt {b.prompt_id}")
-      low, high = min(a.id, b.id), max(a.id, b.id)
-      c.execute("INSERT OR IGNORE INTO pairs (prompt_id, sample_a, sample_b) VALUES (?, ?, ?)",
-                (a.prompt_id, low, high))  # every pair exists already unless added by hand
-      (pair_id,) = c.execute("SELECT id FROM pairs WHERE sample_a = ? AND sample_b = ?",
-                             (low, high)).fetchone()
-      row = c.execute("SELECT id FROM comparisons WHERE pair_id = ? AND labeler = ? AND "
-                      "retracted_at IS NULL", (pair_id, labeler)).fetchone()
-      if row:
-        raise FeedbackError(f"labeler {labeler!r} already compared samples {a.id} and {b.id} "
-                            f"(comparison {row[0]}); undo it first to change it")
-      comparison_id = c.execute(
-          "INSERT INTO comparisons (prompt_id, pair_id, sample_a, sample_b, outcome, labeler, "
-          "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-          (a.prompt_id, pair_id, a.id, b.id, outcome, labeler, self._clock())).lastrowid
-      c.execute("UPDATE pairs SET claimed_by = NULL, claimed_until = NULL "
-                "WHERE id = ? AND claimed_by = ?", (pair_id, labeler))
-      return comparison_id
+      return [self._insert_comparison(c, a, b, outcome, labeler) for a, b, outcome in comparisons]
+
+  def _insert_comparison(self, c: sqlite3.Connection, sample_a: int, sample_b: int, outcome: str,
+                         labeler: str) -> int:
+    a = self._sample_row(c, sample_a, "sample_a")
+    b = self._sample_row(c, sample_b, "sample_b")
+    if a.id == b.id:
+      raise FeedbackError(f"sample_a, sample_b: expected two different samples, got {a.id} twice")
+    if a.prompt_id != b.prompt_id:
+      raise FeedbackError(f"sample_a, sample_b: expected samples of one prompt; sample {a.id} "
+                          f"answers prompt {a.prompt_id}, sample {b.id} prompt {b.prompt_id}")
+    low, high = min(a.id, b.id), max(a.id, b.id)
+    c.execute("INSERT OR IGNORE INTO pairs (prompt_id, sample_a, sample_b) VALUES (?, ?, ?)",
+              (a.prompt_id, low, high))  # every pair exists already unless added by hand
+    (pair_id,) = c.execute("SELECT id FROM pairs WHERE sample_a = ? AND sample_b = ?",
+                           (low, high)).fetchone()
+    row = c.execute("SELECT id FROM comparisons WHERE pair_id = ? AND labeler = ? AND "
+                    "retracted_at IS NULL", (pair_id, labeler)).fetchone()
+    if row:
+      raise FeedbackError(f"labeler {labeler!r} already compared samples {a.id} and {b.id} "
+                          f"(comparison {row[0]}); undo it first to change it")
+    comparison_id = c.execute(
+        "INSERT INTO comparisons (prompt_id, pair_id, sample_a, sample_b, outcome, labeler, "
+        "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (a.prompt_id, pair_id, a.id, b.id, outcome, labeler, self._clock())).lastrowid
+    c.execute("UPDATE pairs SET claimed_by = NULL, claimed_until = NULL "
+              "WHERE id = ? AND claimed_by = ?", (pair_id, labeler))
+    return comparison_id
 
   def undo_last(self, labeler: str) -> Judgement | None:
     """Retracts `labeler`'s most recent live judgement (rating or comparison) and returns it.
