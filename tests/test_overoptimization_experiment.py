@@ -35,11 +35,11 @@ def test_overoptimization_smoke(smoke_lm, tmp_path):
       config = json.loads((tmp_path / method / name / "config.json").read_text())
       assert config["reward"]["scorer"] == f"rm:{(tmp_path / 'proxy' / name).absolute()}"
     assert [r["step"] for r in _eval_records(tmp_path / "bon" / name)] == [1, 2, 4]
-    assert [r["step"] for r in _eval_records(tmp_path / "ppo" / name)] == [0, 3, 6]
+    assert [r["step"] for r in _eval_records(tmp_path / "ppo" / name)] == [0, 2, 4, 6]  # ppo_eval_every=2
   entry = result["proxies"]["d64,prompts=48"]
   assert entry["bon"]["d"][0] == 0.0 and entry["bon"]["gold_gain"][0] == 0.0  # best-of-1 is the policy
   assert entry["bon"]["d"][2] == pytest.approx(math.sqrt(math.log(4) - 0.75))
-  assert entry["ppo"]["fit"]["n"] == 3 and math.isfinite(entry["ppo"]["fit"]["alpha"])
+  assert entry["ppo"]["fit"]["n"] == 4 and math.isfinite(entry["ppo"]["fit"]["alpha"])
   assert (tmp_path / "overoptimization.png").is_file()
   assert "| d64,prompts=48 |" in (tmp_path / "overoptimization.md").read_text()
 
