@@ -3,9 +3,10 @@
   rlhf-jax run experiments/best_of_n.py --set policy.init_from=workdirs/lm --set reward.scorer=rm:workdirs/rm
   rlhf-jax run experiments/best_of_n.py --smoke                                         # < 1 min on CPU
 
-Best-of-n: for each held-out prompt draw `max(bon.n)` continuations from the policy, keep the one
-the proxy reward scores highest among the first n, and report the gold and proxy score of the kept
-ones for every n, next to the KL bound log n - (n-1)/n and a plug-in KL measured on the proxy's
+Best-of-n: for each held-out prompt draw a pool of `max(bon.n)` continuations from the policy and
+report, for every n, the expected gold and proxy score of the proxy-best of n samples, averaged
+over all n-subsets of the pool (`best_of_n.expected_best`, the unbiased estimator of Nakano et al.
+2021 that Gao et al. 2022 use), next to the KL bound log n - (n-1)/n and a plug-in KL measured on the proxy's
 scores (`best_of_n.kl_plugin`; far below the bound when the proxy ties). Rejection-sampling
 fine-tuning (`rsft.steps > 0`): the best of `rsft.n` samples of each training prompt becomes an SFT
 target, the policy is fine-tuned on them, and its single samples are scored the same way, with
@@ -123,7 +124,7 @@ def main(config: Config, workdir: Path) -> dict:
   def scores(scorer, prompts, texts, with_prompt):
     return rollout_lib.score_texts(scorer, prompts, texts, with_prompt).astype(np.float64)
 
-  # Best-of-n on the held-out prompts: max_n samples of each, in prompt-major order.
+  # Best-of-n on the held-out prompts: a pool of max_n samples of each, in prompt-major order.
   max_n = max(bc.n)
   repeated = [p for p in test_prompts for _ in range(max_n)]
   texts, _ = sample(policy.params, repeated, key=jax.random.fold_in(key, 1))
@@ -131,10 +132,8 @@ def main(config: Config, workdir: Path) -> dict:
   gold_PxN = scores(gold, repeated, texts, False).reshape(-1, max_n)
   table = []
   for n in bc.n:
-    best = best_of_n.select(proxy_PxN[:, :n])
-    rows_P = np.arange(len(best))
-    table.append({"method": f"best-of-{n}", "n": n, "gold": float(gold_PxN[rows_P, best].mean()),
-                  "proxy": float(proxy_PxN[rows_P, best].mean()), "kl_bound": best_of_n.kl_bound(n),
+    table.append({"method": f"best-of-{n}", "n": n, "gold": float(best_of_n.expected_best(proxy_PxN, gold_PxN, n).mean()),
+                  "proxy": float(best_of_n.expected_best(proxy_PxN, proxy_PxN, n).mean()), "kl_bound": best_of_n.kl_bound(n),
                   "kl_plugin": float(np.mean([best_of_n.kl_plugin(s, n) for s in proxy_PxN]))})
     print(f"best-of-{n}: gold {table[-1]['gold']:.3f}, proxy {table[-1]['proxy']:.3f}, KL <= "
           f"{table[-1]['kl_bound']:.2f} (plug-in {table[-1]['kl_plugin']:.2f})", flush=True)

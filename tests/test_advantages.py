@@ -1,5 +1,6 @@
 """RL estimators against hand-computed values and plain-Python loops."""
 
+import itertools
 import math
 
 import jax.numpy as jnp
@@ -133,3 +134,36 @@ def test_best_of_n_select_and_kl():
   assert best_of_n.kl_plugin(np.zeros(100), 8) == 0.0  # all tied: best-of-n is the reference
   with pytest.raises(ValueError, match="n >= 1"):
     best_of_n.kl_bound(0)
+
+
+def _expected_best_by_enumeration(proxy_N, value_N, n):
+  """Every n-subset of the pool; within a subset the tied proxy-best share the pick equally."""
+  total = 0.0
+  subsets = list(itertools.combinations(range(len(proxy_N)), n))
+  for subset in subsets:
+    top = max(proxy_N[i] for i in subset)
+    winners = [value_N[i] for i in subset if proxy_N[i] == top]
+    total += sum(winners) / len(winners)
+  return total / len(subsets)
+
+
+def test_expected_best_of_n_matches_enumerating_every_subset():
+  # Hand-computed: pool proxy (1, 2, 3), value (10, 20, 30); best-of-2 over the 3 pairs picks
+  # 20, 30, 30 -> 80/3; best-of-1 is the pool mean, best-of-3 the proxy-best sample.
+  proxy, value = np.array([[2.0, 1.0, 3.0]]), np.array([[20.0, 10.0, 30.0]])
+  assert best_of_n.expected_best(proxy, value, 2) == pytest.approx([80 / 3])
+  assert best_of_n.expected_best(proxy, value, 1) == pytest.approx([20.0])
+  assert best_of_n.expected_best(proxy, value, 3) == pytest.approx([30.0])
+  rng = np.random.default_rng(0)
+  proxy_PxN = rng.integers(0, 4, size=(5, 7)).astype(float)  # many ties
+  value_PxN = rng.normal(size=(5, 7))
+  for n in range(1, 8):
+    want = [_expected_best_by_enumeration(p, v, n) for p, v in zip(proxy_PxN, value_PxN)]
+    np.testing.assert_allclose(best_of_n.expected_best(proxy_PxN, value_PxN, n), want, rtol=1e-10)
+  # A large pool: no overflow, and the estimator of best-of-N is the proxy-best sample itself.
+  proxy_PxN, value_PxN = rng.normal(size=(2, 4096)), rng.normal(size=(2, 4096))
+  np.testing.assert_allclose(best_of_n.expected_best(proxy_PxN, value_PxN, 4096),
+                             value_PxN[[0, 1], proxy_PxN.argmax(axis=1)])
+  assert np.all(np.isfinite(best_of_n.expected_best(proxy_PxN, value_PxN, 1000)))
+  with pytest.raises(ValueError, match="n: expected 1 <= n <= N = 4096"):
+    best_of_n.expected_best(proxy_PxN, value_PxN, 4097)
