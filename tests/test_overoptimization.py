@@ -33,3 +33,11 @@ def test_fit_rejects_bad_input():
     oo.fit([1, 2], [1, 2], "bon")
   with pytest.raises(ValueError, match="same|one length"):
     oo.fit([1, 2, 3], [1, 2], "bon")
+
+
+def test_plot_draws_gold_and_proxy_with_and_without_a_fit(tmp_path):
+  d = [0.0, 0.5, 1.0, 1.5]
+  entry = {"d": d, "gold_gain": [0.0, 0.4, 0.6, 0.5], "proxy_gain": [0.0, 1.0, 2.0, 3.0]}
+  bon = dict(entry, fit=oo.fit(np.array(d), np.array(entry["gold_gain"]), "bon"))
+  oo.plot({"small": {"bon": bon, "ppo": dict(entry, fit=None)}}, tmp_path / "plot.png")
+  assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -50,23 +50,29 @@ def fit(d: Sequence[float], gold_gain: Sequence[float], form: Literal["bon", "rl
 
 
 def plot(proxies: dict[str, dict], out: str | Path) -> None:
-  """Gold gain against d, one panel per method ("bon", "ppo"), one color per proxy: every point,
-  and the fitted functional form where `entry[method]["fit"]` has one."""
+  """Against d, one column per method ("bon", "ppo"), one color per proxy: the gold gain (top; every
+  point, and the fitted functional form where `entry[method]["fit"]` has one) and the proxy's own
+  gain (bottom, in each proxy's units), the pair that shows a proxy being overoptimized."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-  for ax, (method, form, title) in zip(axes, (("bon", "bon", "best-of-n"), ("ppo", "rl", "RL (PPO)"))):
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col")
+  for col, (method, form, title) in enumerate((("bon", "bon", "best-of-n"), ("ppo", "rl", "RL (PPO)"))):
+    gold_ax, proxy_ax = axes[0, col], axes[1, col]
     for name, entry in proxies.items():
       m = entry[method]
-      points = ax.scatter(m["d"], m["gold_gain"], s=10, alpha=0.5, label=name)
+      points = gold_ax.scatter(m["d"], m["gold_gain"], s=10, alpha=0.5, label=name)
+      color = points.get_facecolor()[0]
       if m["fit"] is not None and len(m["d"]):
         d = np.linspace(0.0, max(m["d"]), 100)
-        ax.plot(d, predict(d, m["fit"]["alpha"], m["fit"]["beta"], form), color=points.get_facecolor()[0], alpha=0.9)
-    ax.axhline(0.0, color="gray", lw=0.8)
-    ax.set(xlabel="d = sqrt(KL), sqrt(nats)", ylabel="gold reward gain", title=title)
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=7)
+        gold_ax.plot(d, predict(d, m["fit"]["alpha"], m["fit"]["beta"], form), color=color, alpha=0.9)
+      proxy_ax.scatter(m["d"], m["proxy_gain"], s=10, alpha=0.5, color=color)
+    gold_ax.set(ylabel="gold reward gain", title=title)
+    proxy_ax.set(xlabel="d = sqrt(KL), sqrt(nats)", ylabel="proxy reward gain (its own units)")
+    for ax in (gold_ax, proxy_ax):
+      ax.axhline(0.0, color="gray", lw=0.8)
+      ax.grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)
