@@ -6,8 +6,8 @@
 Best-of-n: for each held-out prompt draw a pool of `max(bon.n)` continuations from the policy and
 report, for every n, the expected gold and proxy score of the proxy-best of n samples, averaged
 over all n-subsets of the pool (`best_of_n.expected_best`, the unbiased estimator of Nakano et al.
-2021 that Gao et al. 2022 use), next to the KL bound log n - (n-1)/n and a plug-in KL measured on the proxy's
-scores (`best_of_n.kl_plugin`; far below the bound when the proxy ties). Rejection-sampling
+2021 that Gao et al. 2022 use), next to the KL bound log n - (n-1)/n and a plug-in KL measured on
+the proxy's scores (`best_of_n.kl_plugin`; far below the bound when the proxy ties). Rejection-sampling
 fine-tuning (`rsft.steps > 0`): the best of `rsft.n` samples of each training prompt becomes an SFT
 target, the policy is fine-tuned on them, and its single samples are scored the same way, with
 their KL to the starting policy measured. Writes `results.json` and `results.md`.
@@ -132,8 +132,10 @@ def main(config: Config, workdir: Path) -> dict:
   gold_PxN = scores(gold, repeated, texts, False).reshape(-1, max_n)
   table = []
   for n in bc.n:
-    table.append({"method": f"best-of-{n}", "n": n, "gold": float(best_of_n.expected_best(proxy_PxN, gold_PxN, n).mean()),
-                  "proxy": float(best_of_n.expected_best(proxy_PxN, proxy_PxN, n).mean()), "kl_bound": best_of_n.kl_bound(n),
+    gold_n = best_of_n.expected_best(proxy_PxN, gold_PxN, n).mean()
+    proxy_n = best_of_n.expected_best(proxy_PxN, proxy_PxN, n).mean()
+    table.append({"method": f"best-of-{n}", "n": n, "gold": float(gold_n), "proxy": float(proxy_n),
+                  "kl_bound": best_of_n.kl_bound(n),
                   "kl_plugin": float(np.mean([best_of_n.kl_plugin(s, n) for s in proxy_PxN]))})
     print(f"best-of-{n}: gold {table[-1]['gold']:.3f}, proxy {table[-1]['proxy']:.3f}, KL <= "
           f"{table[-1]['kl_bound']:.2f} (plug-in {table[-1]['kl_plugin']:.2f})", flush=True)

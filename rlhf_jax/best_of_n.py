@@ -45,11 +45,12 @@ def expected_best(proxy_PxN: np.ndarray, value_PxN: np.ndarray, n: int) -> np.nd
       out = special.gammaln(k + 1) - special.gammaln(n + 1) - special.gammaln(k - n + 1)
     return np.where(k >= n, out, -np.inf)
 
+  log_subsets = log_comb(N)
   out_P = np.empty(proxy_PxN.shape[0])
   for row, (proxy_N, value_N) in enumerate(zip(proxy_PxN, value_PxN)):
     order = np.argsort(proxy_N, kind="stable")
     _, start_G, count_G = np.unique(proxy_N[order], return_index=True, return_counts=True)
-    p_G = np.exp(log_comb(start_G + count_G) - log_comb(N)) - np.exp(log_comb(start_G) - log_comb(N))
+    p_G = np.exp(log_comb(start_G + count_G) - log_subsets) - np.exp(log_comb(start_G) - log_subsets)
     out_P[row] = np.sum(p_G * np.add.reduceat(value_N[order], start_G) / count_G)
   return out_P
 
