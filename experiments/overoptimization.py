@@ -117,18 +117,21 @@ def main(config: Config, workdir: Path) -> dict:
   gold = f"rm:{(workdir / 'gold').absolute()}"
   proxies = _proxies(config, lm_sizes)
   # Against each proxy run, same name and seed: best-of-n and PPO, judged by the gold.
-  optimize = [_run(r.name, **{"reward.scorer": f"rm:{(workdir / 'proxy' / r.name).absolute()}",
-                              "seed": r.name.rsplit("=", 1)[1]}) for _, r in proxies]
+  def optimize(reward_key: str) -> list[sweep.Run]:
+    return [_run(r.name, **{reward_key: f"rm:{(workdir / 'proxy' / r.name).absolute()}",
+                            "seed": r.name.rsplit("=", 1)[1]}) for _, r in proxies]
   common = [f"policy.init_from={lm.absolute()}", "reward.with_prompt=true"]
   bon_n = ",".join(str(2 ** i) for i in range(int(math.log2(config.bon_max)) + 1))
   stages = [
       ("reward_fine_foods.py", workdir, [_run("gold")], [f"reward.init_from={lm.absolute()}"]),
       ("reward_simulated.py", workdir / "proxy", [r for _, r in proxies],
        [f"policy.init_from={lm.absolute()}", f"labeler.scorer={gold}"]),
-      ("best_of_n.py", workdir / "bon", optimize, [*common, f"reward.gold={gold}", "rsft.steps=0", f"bon.n={bon_n}"]),
-      ("sentiment_ppo.py", workdir / "ppo", optimize,
-       [*common, f"rl.gold={gold}", "ppo.adaptive_kl=false", f"ppo.kl_coef={config.ppo_kl_coef}",
-        f"loop.steps={config.ppo_steps}", f"loop.eval_every={config.ppo_eval_every}"]),
+      ("best_of_n.py", workdir / "bon", optimize("reward.scorer"),
+       [*common, f"reward.gold={gold}", "rsft.steps=0", f"bon.n={bon_n}"]),
+      ("sentiment_ppo.py", workdir / "ppo", optimize("task.reward"),
+       [f"policy.init_from={lm.absolute()}", "task.reward_with_prompt=true", f"task.gold={gold}",
+        "ppo.adaptive_kl=false", f"ppo.kl_coef={config.ppo_kl_coef}", f"loop.steps={config.ppo_steps}",
+        f"loop.eval_every={config.ppo_eval_every}"]),
   ]
   for experiment, root, runs, base in stages:
     if not _stage(config, experiment, root, runs, base):

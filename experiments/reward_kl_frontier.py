@@ -72,7 +72,7 @@ def methods(config: Config) -> list[Method]:
   """The methods named in `config.methods`, in that order."""
   known = {m.name: m for m in [
       Method("ppo", HERE / "sentiment_ppo.py", "ppo.kl_coef", config.ppo_kl_coefs, ("ppo.adaptive_kl=false",)),
-      Method("rloo", HERE / "sentiment_pg.py", "pg.kl_coef", config.rloo_kl_coefs, ("pg.estimator=rloo",)),
+      Method("rloo", HERE / "sentiment_pg.py", "pg.kl_coef", config.rloo_kl_coefs, ("rl.algorithm=rloo",)),
       Method("dpo", HERE / "dpo_sentiment.py", "dpo.beta", config.dpo_betas, ("dpo.kind=dpo",)),
       Method("best-of-n", HERE / "best_of_n.py", frontier.STEP, (None,),
              ("rsft.steps=0", "bon.n=" + ",".join(map(str, config.bon_n)))),

@@ -91,7 +91,7 @@ def count_e(texts):
 @pytest.mark.slow  # two PPO runs; the default run stays under 10 minutes on 2 cores
 def test_ppo_with_fsdp_matches_data_parallel(smoke_lm, tmp_path):
   experiment = Path(__file__).resolve().parents[1] / "experiments" / "sentiment_ppo.py"
-  base = [f"policy.init_from={smoke_lm}", "loop.steps=2", "loop.eval_every=0", f"reward.scorer=py:{__name__}:count_e"]
+  base = [f"policy.init_from={smoke_lm}", "loop.steps=2", "loop.eval_every=0", f"task.reward=py:{__name__}:count_e"]
   cli.run_experiment(experiment, smoke=True, workdir=tmp_path / "dp", overrides=base + ["mesh.data=8"])
   cli.run_experiment(experiment, smoke=True, workdir=tmp_path / "fsdp", overrides=base + ["mesh.data=2", "mesh.fsdp=4"])
   dp, fsdp = logs.read_metrics(tmp_path / "dp", "train"), logs.read_metrics(tmp_path / "fsdp", "train")

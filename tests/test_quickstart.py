@@ -39,37 +39,23 @@ def test_quickstart_smoke_writes_the_report(quickstart):
                "value_loss", "explained_variance"):
     assert all(name in r for r in train), name
   config = json.loads((workdir / "ppo" / "config.json").read_text())
-  assert config["reward"]["scorer"] == f"rm:{workdir / 'reward'}"
+  assert config["task"]["reward"] == f"rm:{workdir / 'reward'}"
   norm = json.loads((workdir / "ppo" / "reward_norm.json").read_text())
   assert norm["std"] > 0 and norm["samples"] > 0
 
 
 @pytest.mark.network
-def test_sentiment_ppo_with_a_lexicon_reward_resumes(quickstart, tmp_path):
-  import shutil
-
+def test_sentiment_ppo_scores_with_the_reward_model_on_device_and_starts_the_value_from_it(quickstart, tmp_path):
   workdir, _ = quickstart
   ppo = ROOT / "experiments" / "sentiment_ppo.py"
-  overrides = [f"policy.init_from={workdir / 'lm'}", "reward.scorer=afinn", "loop.steps=4", "loop.checkpoint_every=2",
-               "loop.eval_every=2"]
-  cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "a", overrides=overrides)
-  cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "b", overrides=overrides)
-  # Break run b after update 2 (its last checkpoint gone) and rerun: it resumes at 2 and must
-  # reach exactly what the unbroken run a reached.
-  shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
-  cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "b", overrides=overrides)
-  a, b = logs.read_metrics(tmp_path / "a", "train"), logs.read_metrics(tmp_path / "b", "train")
-  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
-  for ra, rb in zip(a, b):
-    assert ra["score"] == pytest.approx(rb["score"], abs=1e-6) and ra["kl"] == pytest.approx(rb["kl"], abs=1e-5)
-  assert logs.read_metrics(tmp_path / "a", "eval")[-1] == pytest.approx(logs.read_metrics(tmp_path / "b", "eval")[-1])
-  with pytest.raises(ValueError, match="value.init=reward needs a reward model"):
-    cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "c", overrides=overrides + ["value.init=reward"])
-  # The value model can start from the reward model (same tokenizer as the policy).
-  rm_value = [f"policy.init_from={workdir / 'lm'}", f"reward.scorer=rm:{workdir / 'reward'}", "value.init=reward",
-              "loop.steps=1"]
+  rm_value = [f"policy.init_from={workdir / 'lm'}", f"task.reward=rm:{workdir / 'reward'}",
+              "task.reward_with_prompt=true", "rl.value_init=reward", "loop.steps=1"]
   cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "e", overrides=rm_value)
-  assert len(logs.read_metrics(tmp_path / "e", "train")) == 1
+  train = logs.read_metrics(tmp_path / "e", "train")
+  assert len(train) == 1 and train[0]["score_raw"] != 0.0 and train[0]["explained_variance"] < 1.0
+  with pytest.raises(ValueError, match="rl.value_init=reward needs a reward model"):
+    cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "c", overrides=[
+        f"policy.init_from={workdir / 'lm'}", "task.reward=afinn", "rl.value_init=reward"])
   with pytest.raises(ConfigError, match="kl_estimator"):
     cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "d", overrides=["ppo.kl_estimator=k9"])
 

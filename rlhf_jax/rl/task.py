@@ -1,0 +1,133 @@
+"""What an RL problem is, apart from how it is solved: prompts, response length, reward, judges.
+
+A `Task` holds train and held-out prompts (texts and their left-padded token arrays), the number
+of tokens to sample, the reward the policy is optimized against (on tokens, `rlhf_jax.rewards`)
+and the gold judge that evaluation reports (a `labelers.Scorer` of response texts: the taste a
+learned reward only approximates). Builders:
+
+- `sentiment_task`: WordNet openings continued by the policy (Ziegler et al. 2019's sentiment
+  task, on packaged data), the reward any named reward, the gold a lexicon;
+- `prompt_file_task`: a user's prompts from a text file (one per line) or a JSONL file (a
+  `prompt` field per line) and any reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlhf_jax import rewards as rewards_lib
+from rlhf_jax.data import prompts as prompts_lib
+from rlhf_jax.feedback import labelers
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+  texts: tuple[str, ...]
+  tokens_NxP: np.ndarray  # int32, left-padded
+  mask_NxP: np.ndarray
+
+  @classmethod
+  def encode(cls, tokenizer, texts, length: int) -> "Prompts":
+    tokens, mask = prompts_lib.encode_prompts(tokenizer, list(texts), length)
+    return cls(texts=tuple(texts), tokens_NxP=tokens, mask_NxP=mask)
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  train: Prompts
+  test: Prompts
+  max_new_tokens: int
+  reward: Any  # rewards.Reward
+  gold: Any = None  # labelers.Scorer of response texts, reported as gold_score; None: no gold
+  gold_name: str = "gold"
+
+  @property
+  def prompt_len(self) -> int:
+    return self.train.tokens_NxP.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class SentimentConfig:
+  num_prompts: int = 4096
+  prompt_words: int = 4
+  prompt_len: int = 8  # tokens; prompts are left-padded or cut to this
+  max_new_tokens: int = 24
+  test_fraction: float = 0.05  # prompts held out for evaluation (by a hash of the text)
+  eval_prompts: int = 128
+  reward: str = "vader"  # a lexicon, rm:WORKDIR or py:MODULE:FUNCTION (`rewards.from_spec`)
+  reward_with_prompt: bool = False  # the reward reads prompt + response (reward models trained on both)
+  gold: str = "vader"  # the labeler whose taste evaluation reports
+
+  def __post_init__(self):
+    for name in ("num_prompts", "prompt_len", "max_new_tokens", "eval_prompts"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
+
+  def smoke(self) -> "SentimentConfig":
+    """Fewer prompts and shorter continuations: an experiment's `--smoke` mode."""
+    return dataclasses.replace(self, num_prompts=256, max_new_tokens=8, test_fraction=0.1, eval_prompts=16)
+
+
+def _gold(name: str, reward) -> Any:
+  # The same scorer object when the gold is the reward itself: one lexicon loaded, not two.
+  scorer = getattr(reward, "scorer", None)
+  return scorer if scorer is not None and scorer.name == name else labelers.get_scorer(name)
+
+
+def sentiment_task(config: SentimentConfig, *, tokenizer, mesh, seed: int) -> Task:
+  """WordNet openings (split by a hash of the text), continued for `max_new_tokens` tokens."""
+  train, test = prompts_lib.split_prompts(prompts_lib.wordnet_openings(config.num_prompts, config.prompt_words, seed),
+                                          config.test_fraction)
+  reward = rewards_lib.from_spec(config.reward, tokenizer=tokenizer, mesh=mesh, with_prompt=config.reward_with_prompt,
+                                 max_len=config.prompt_len + config.max_new_tokens)
+  return Task(train=Prompts.encode(tokenizer, train, config.prompt_len),
+              test=Prompts.encode(tokenizer, test[:config.eval_prompts], config.prompt_len),
+              max_new_tokens=config.max_new_tokens, reward=reward, gold=_gold(config.gold, reward),
+              gold_name=config.gold)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+  """Prompts from a text file (one per line) or a JSONL file (`{"prompt": ...}` per line)."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
+  lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+  if path.suffix != ".jsonl":
+    return [line for _, line in lines]
+  prompts = []
+  for i, line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+      raise ValueError(f"{path}:{i}: expected an object with a string field 'prompt'")
+    prompts.append(row["prompt"])
+  return prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFileConfig:
+  path: str = ""  # a prompt per line (.txt) or JSONL with a "prompt" field (`read_prompts`)
+  prompt_len: int = 8  # tokens; prompts are left-padded or cut to this
+  max_new_tokens: int = 24
+  test_fraction: float = 0.1  # prompts held out for evaluation (by a hash of the text)
+
+
+def prompt_file_task(config: PromptFileConfig, *, tokenizer, reward, gold=None, gold_name: str = "gold") -> Task:
+  """A user's prompts (`read_prompts`) split by a hash of the text, and any reward on tokens."""
+  train, test = prompts_lib.split_prompts(read_prompts(config.path), config.test_fraction)
+  if not train or not test:
+    raise ValueError(f"{config.path}: {len(train)} train and {len(test)} held-out prompts after the split "
+                     f"(test_fraction={config.test_fraction}): need at least one of each")
+  return Task(train=Prompts.encode(tokenizer, train, config.prompt_len),
+              test=Prompts.encode(tokenizer, test, config.prompt_len), max_new_tokens=config.max_new_tokens,
+              reward=reward, gold=gold, gold_name=gold_name)

@@ -1,0 +1,98 @@
+"""Run experiments: load an experiment file, resolve and check its config, run it in its workdir.
+
+An experiment is a Python file with `get_config(smoke=False)` and `main(config, workdir)`.
+`run_experiment` is what `rlhf-jax run` does, callable from Python: experiments that compose
+others as stages (quickstart, sweeps of experiments) and tests use it; the CLI only parses
+arguments and calls it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+from rlhf_jax import config as config_lib
+from rlhf_jax import sweep
+
+
+def load_experiment(path: str | Path) -> ModuleType:
+  """Imports an experiment file by path; it must define `get_config(smoke)` and `main(config, workdir)`."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"experiment file {str(path)!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"rlhf_jax_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
+  spec.loader.exec_module(module)
+  for name in ("get_config", "main"):
+    if not callable(getattr(module, name, None)):
+      raise AttributeError(f"experiment file {str(path)!r} must define {name}()")
+  return module
+
+
+def resolve_config(module: ModuleType, smoke: bool, overrides: list[str]):
+  return config_lib.apply_overrides(module.get_config(smoke=smoke), overrides)
+
+
+def check_resumable(workdir: Path, config) -> None:
+  """A workdir that holds checkpoints is resumed, so its run must have been started with `config`.
+
+  Restoring a checkpoint into a different config would fail deep inside Orbax (shapes) or, worse,
+  silently continue a different experiment (schedules, data); this names the differing keys.
+  """
+  saved = workdir / "config.json"
+  checkpoints = workdir / "checkpoints"
+  if not (saved.exists() and checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    return
+  diffs = config_lib.differences(json.loads(saved.read_text()), config_lib.to_dict(config))
+  if diffs:
+    raise config_lib.ConfigError(
+        f"workdir {str(workdir)!r} holds checkpoints of a run with a different config ("
+        + "; ".join(diffs) + "): rerun with the same settings to resume, or choose a new --workdir")
+
+
+def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
+                overrides: Sequence[str] = ()) -> tuple[ModuleType, Any, Path]:
+  """Loads the experiment, resolves and checks its config, and saves it in the workdir.
+
+  Everything that can be wrong with the command line fails here, before any work starts.
+  """
+  module = load_experiment(path)
+  config = resolve_config(module, smoke, list(overrides))
+  if workdir is None:
+    workdir = Path("workdirs") / (Path(path).stem + ("_smoke" if smoke else ""))
+  workdir = Path(workdir)
+  check_resumable(workdir, config)
+  workdir.mkdir(parents=True, exist_ok=True)
+  import jax  # here, not at the top: `rlhf-jax label` and friends start without JAX
+  if jax.process_index() == 0:  # one writer in a multi-host run
+    config_lib.save(config, workdir / "config.json")
+    (workdir / sweep.DONE_FILE).unlink(missing_ok=True)
+    sweep.write_run_info(workdir, ["rlhf-jax", "run", str(path), *(["--smoke"] if smoke else []),
+                                   "--workdir", str(workdir), *[x for o in overrides for x in ("--set", o)]])
+  return module, config, workdir
+
+
+def finish_run(workdir: Path) -> int:
+  """`done.json` unless a signal stopped the run; the process's exit status (128 + signal if stopped)."""
+  import jax
+  from rlhf_jax import loop
+  signum = loop.received_signal()
+  if signum is not None:
+    return 128 + signum
+  if jax.process_index() == 0:
+    sweep.write_done(workdir)
+  return 0
+
+
+def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
+                   overrides: Sequence[str] = ()):
+  module, config, workdir = prepare_run(path, smoke=smoke, workdir=workdir, overrides=overrides)
+  print(f"workdir: {workdir.absolute()}", flush=True)
+  result = module.main(config, workdir)
+  finish_run(workdir)
+  return result
