@@ -7,11 +7,19 @@ Batches hold preference pairs after a shared left-padded prompt:
 reference never changes, so recomputing it every step would double the cost for nothing.
 
 `kind` selects the loss (`rlhf_jax.losses`): "dpo" (with `hp.label_smoothing` > 0: conservative
-DPO), "ipo" (tau = beta), "kto" (chosen as desirable, rejected as undesirable, the reference point
-z0 the batch mean of the policy/reference log-ratio over both, clipped at 0 and without gradient,
-a cheaper stand-in for the paper's mismatched-pair estimate), "orpo" (SFT on chosen + lambda x odds
-ratio; lambda = beta) and "simpo" (length-normalized, margin gamma). Reference-free losses ignore
-`ref_*`.
+DPO), "ipo" (tau = beta), "kto" (chosen as desirable, rejected as undesirable; reference point z0
+below), "orpo" (SFT on chosen + lambda x odds ratio; lambda = beta) and "simpo" (length-normalized,
+margin gamma). Reference-free losses ignore `ref_*`.
+
+KTO's reference point z0 estimates KL(pi || pi_ref) from the batch: the mean log-ratio
+log pi(y'|x) - log pi_ref(y'|x) on mismatched pairs, clipped at 0, without gradient (Ethayarajh et
+al. 2024, eq. 8 and the estimate that follows it). Here, more cheaply, the log-ratios are those of
+the batch's own chosen and rejected responses, averaged over the real pairs only (`pair_mask`), so
+padding pairs never move it. It is a property of the whole batch, so it is computed over the whole
+batch whatever `num_microbatches` is: with one microbatch from the loss's own forward pass, with
+several by `kto_reference_point` (forward passes only, one microbatch at a time) before the
+gradient passes. That costs about a third of a step more but keeps the step exactly the same however
+the batch is split; a per-microbatch z0 would make the loss depend on the split.
 
 Metrics show what happens to each side, not only the margin: the implicit rewards
 beta (log pi - log pi_ref) of chosen and rejected, their accuracy and margin, and the log-probs of
@@ -83,7 +91,34 @@ def reference_logprobs(params, batch, *, model: Transformer) -> dict[str, jax.Ar
   return {"ref_chosen": chosen.sum(-1), "ref_rejected": rejected.sum(-1)}
 
 
-def _loss_sums(params, batch, key, hp: DPOHparams, *, model: Transformer, kind: str):
+def _log_ratio_sums(logp_c, logp_r, ref_c, ref_r, pair_mask) -> tuple[jax.Array, jax.Array]:
+  """Sum and count of log pi - log pi_ref over the chosen and rejected responses of the real pairs."""
+  return jnp.sum(((logp_c - ref_c) + (logp_r - ref_r)) * pair_mask), 2.0 * jnp.sum(pair_mask)
+
+
+def _pair_mask(batch) -> jax.Array:
+  return batch.get("pair_mask", jnp.ones(batch["chosen"].shape[:1], jnp.float32)).astype(jnp.float32)
+
+
+def kto_reference_point(params, batch, *, model: Transformer, num_microbatches: int = 1) -> jax.Array:
+  """KTO's z0 before clipping: the mean log-ratio over the real pairs of the whole batch (module docstring),
+  from forward passes over one microbatch at a time, so it needs no more memory than the step itself."""
+  def sums(micro):
+    tok_c, tok_r = pair_logprobs(params, micro, model=model)
+    return _log_ratio_sums(tok_c.sum(-1), tok_r.sum(-1), micro["ref_chosen"], micro["ref_rejected"],
+                           _pair_mask(micro))
+  if num_microbatches == 1:
+    total, count = sums(batch)
+  else:
+    total_M, count_M = jax.lax.map(sums, common._split_microbatches(batch, num_microbatches))
+    total, count = total_M.sum(), count_M.sum()
+  return jax.lax.stop_gradient(total / jnp.maximum(count, 1.0))
+
+
+def _loss_sums(params, batch, key, hp: DPOHparams, *, model: Transformer, kind: str,
+               kto_z0: jax.Array | None = None):
+  """Summed loss of `kind` and its metric sums; `kto_z0` is KTO's whole-batch z0, None when `batch` is the
+  whole batch (then it is computed here, from this forward pass)."""
   del key
   tok_c, tok_r = pair_logprobs(params, batch, model=model)
   mask_c = batch["chosen_mask"].astype(jnp.float32)
@@ -91,7 +126,7 @@ def _loss_sums(params, batch, key, hp: DPOHparams, *, model: Transformer, kind: 
   logp_c, logp_r = tok_c.sum(-1), tok_r.sum(-1)
   len_c, len_r = mask_c.sum(-1), mask_r.sum(-1)
   ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
-  pair_mask = batch.get("pair_mask", jnp.ones_like(logp_c))
+  pair_mask = _pair_mask(batch)
   if kind == "dpo":
     total, count = losses.dpo_loss(logp_c, logp_r, ref_c, ref_r, hp.beta, hp.label_smoothing, pair_mask)
   elif kind == "ipo":
@@ -99,9 +134,12 @@ def _loss_sums(params, batch, key, hp: DPOHparams, *, model: Transformer, kind: 
   elif kind == "kto":
     logp = jnp.concatenate([logp_c, logp_r])
     ref = jnp.concatenate([ref_c, ref_r])
-    z0 = jnp.mean(logp - ref)
+    if kto_z0 is None:  # `batch` is the whole batch
+      ratio_sum, ratio_count = _log_ratio_sums(logp_c, logp_r, ref_c, ref_r, pair_mask)
+      kto_z0 = jax.lax.stop_gradient(ratio_sum / jnp.maximum(ratio_count, 1.0))
     desirable = jnp.concatenate([jnp.ones_like(logp_c, bool), jnp.zeros_like(logp_r, bool)])
-    total, count = losses.kto_loss(logp, ref, desirable, z0, hp.beta, mask_B=jnp.concatenate([pair_mask, pair_mask]))
+    total, count = losses.kto_loss(logp, ref, desirable, kto_z0, hp.beta,
+                                   mask_B=jnp.concatenate([pair_mask, pair_mask]))
     count = count / 2  # per pair, like the others
   elif kind == "orpo":
     odds_sum, count = losses.orpo_odds_ratio_loss(logp_c / jnp.maximum(len_c, 1), logp_r / jnp.maximum(len_r, 1),
@@ -124,8 +162,12 @@ def dpo_step(state: common.TrainState, batch, key: jax.Array, hp: DPOHparams, *,
              min_lr_ratio: float, num_microbatches: int = 1) -> tuple[common.TrainState, dict]:
   """One AdamW update on the exact pair-mean preference loss of `kind`."""
   key = jax.random.fold_in(key, state.step)
+  kto_z0 = None
+  if kind == "kto" and num_microbatches > 1:  # each microbatch must see the whole batch's z0
+    kto_z0 = kto_reference_point(state.params, batch, model=model, num_microbatches=num_microbatches)
   total, sums, grads = common.accumulate_gradients(
-      functools.partial(_loss_sums, hp=hp, model=model, kind=kind), state.params, batch, key, num_microbatches)
+      functools.partial(_loss_sums, hp=hp, model=model, kind=kind, kto_z0=kto_z0), state.params, batch, key,
+      num_microbatches)
   state, lr = common.apply_gradients(state, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                                      min_lr_ratio=min_lr_ratio)
   n = jnp.maximum(sums["count"], 1.0)
