@@ -2,6 +2,7 @@
 
   rlhf-jax run experiments/pretrain_tiny.py [--smoke] [--workdir DIR] [--set key=value ...]
   rlhf-jax sweep experiments/dpo_sentiment.py --grid dpo.beta=0.1,0.5 --grid seed=0,1,2 [--print]
+  rlhf-jax sweep experiments/dpo_sentiment.py --engine ray --max-parallel 4     # or --engine slurm --slurm-time 4:00:00
   rlhf-jax report sweeps/dpo_sentiment [--out DIR]
   rlhf-jax eval workdirs/quickstart/lm workdirs/quickstart/ppo [--set num_prompts=256]
   rlhf-jax sample workdirs/quickstart/ppo --prompt "The movie was"
@@ -16,95 +17,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Sequence
 
 from rlhf_jax import config as config_lib
 from rlhf_jax import sweep
-
-
-def load_experiment(path: str | Path) -> ModuleType:
-  """Imports an experiment file by path; it must define `get_config(smoke)` and `main(config, workdir)`."""
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"experiment file {str(path)!r} does not exist")
-  spec = importlib.util.spec_from_file_location(f"rlhf_jax_experiment_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
-  spec.loader.exec_module(module)
-  for name in ("get_config", "main"):
-    if not callable(getattr(module, name, None)):
-      raise AttributeError(f"experiment file {str(path)!r} must define {name}()")
-  return module
-
-
-def resolve_config(module: ModuleType, smoke: bool, overrides: list[str]):
-  return config_lib.apply_overrides(module.get_config(smoke=smoke), overrides)
-
-
-def check_resumable(workdir: Path, config) -> None:
-  """A workdir that holds checkpoints is resumed, so its run must have been started with `config`.
-
-  Restoring a checkpoint into a different config would fail deep inside Orbax (shapes) or, worse,
-  silently continue a different experiment (schedules, data); this names the differing keys.
-  """
-  saved = workdir / "config.json"
-  checkpoints = workdir / "checkpoints"
-  if not (saved.exists() and checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
-    return
-  diffs = config_lib.differences(json.loads(saved.read_text()), config_lib.to_dict(config))
-  if diffs:
-    raise config_lib.ConfigError(
-        f"workdir {str(workdir)!r} holds checkpoints of a run with a different config ("
-        + "; ".join(diffs) + "): rerun with the same settings to resume, or choose a new --workdir")
-
-
-def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
-                overrides: Sequence[str] = ()) -> tuple[ModuleType, Any, Path]:
-  """Loads the experiment, resolves and checks its config, and saves it in the workdir.
-
-  Everything that can be wrong with the command line fails here, before any work starts.
-  """
-  module = load_experiment(path)
-  config = resolve_config(module, smoke, list(overrides))
-  if workdir is None:
-    workdir = Path("workdirs") / (Path(path).stem + ("_smoke" if smoke else ""))
-  workdir = Path(workdir)
-  check_resumable(workdir, config)
-  workdir.mkdir(parents=True, exist_ok=True)
-  import jax  # here, not at the top: `rlhf-jax label` and friends start without JAX
-  if jax.process_index() == 0:  # one writer in a multi-host run
-    config_lib.save(config, workdir / "config.json")
-    (workdir / sweep.DONE_FILE).unlink(missing_ok=True)
-    sweep.write_run_info(workdir, ["rlhf-jax", "run", str(path), *(["--smoke"] if smoke else []),
-                                   "--workdir", str(workdir), *[x for o in overrides for x in ("--set", o)]])
-  return module, config, workdir
-
-
-def finish_run(workdir: Path) -> int:
-  """`done.json` unless a signal stopped the run; the process's exit status (128 + signal if stopped)."""
-  import jax
-  from rlhf_jax import loop
-  signum = loop.received_signal()
-  if signum is not None:
-    return 128 + signum
-  if jax.process_index() == 0:
-    sweep.write_done(workdir)
-  return 0
-
-
-def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
-                   overrides: Sequence[str] = ()):
-  module, config, workdir = prepare_run(path, smoke=smoke, workdir=workdir, overrides=overrides)
-  print(f"workdir: {workdir.absolute()}", flush=True)
-  result = module.main(config, workdir)
-  finish_run(workdir)
-  return result
+# The run API lives in `rlhf_jax.runs`; these names stay importable from here for old callers.
+from rlhf_jax.runs import (check_resumable, finish_run, load_experiment, prepare_run, resolve_config,  # noqa: F401
+                           run_experiment)
 
 
 # Errors whose message is the whole story (a bad path, key, value or corpus name): printed
@@ -127,8 +49,51 @@ def _cmd_run(args) -> int:
   return finish_run(workdir)
 
 
+def _sweep_engine_options(args):
+  """RayOptions / SlurmOptions from the flags (None for local); a flag of another engine is an error."""
+  given = {flag: value for flag, value in (("--max-parallel", args.max_parallel), ("--ray-address", args.ray_address),
+           ("--ray-num-cpus", args.ray_num_cpus), ("--ray-cpus-per-run", args.ray_cpus_per_run),
+           ("--ray-gpus-per-run", args.ray_gpus_per_run), ("--slurm-time", args.slurm_time),
+           ("--slurm-partition", args.slurm_partition), ("--slurm-account", args.slurm_account),
+           ("--slurm-gpus-per-node", args.slurm_gpus_per_node), ("--slurm-cpus-per-task", args.slurm_cpus_per_task),
+           ("--slurm-setup", args.slurm_setup), ("--slurm-param", args.slurm_param)) if value not in (None, [])}
+  if args.print and args.engine != "local":
+    raise config_lib.ConfigError("--print writes the runs' commands instead of running them: it takes no --engine")
+  for flag in given:
+    wanted = ("ray", "slurm") if flag == "--max-parallel" else (flag.split("-")[2],)
+    if args.engine not in wanted:
+      raise config_lib.ConfigError(f"{flag} is for --engine {' or '.join(wanted)}, not --engine {args.engine}")
+  for flag in ("--max-parallel", "--ray-num-cpus", "--ray-cpus-per-run", "--ray-gpus-per-run",
+               "--slurm-gpus-per-node", "--slurm-cpus-per-task"):
+    if flag in given and (given[flag] < 0 if "gpus" in flag else given[flag] <= 0):  # Ray takes CPU fractions
+      raise config_lib.ConfigError(f"{flag}: expected {'0 or more' if 'gpus' in flag else 'a positive number'}, "
+                                   f"got {given[flag]}")
+  if args.engine == "ray":
+    return sweep.RayOptions(address=args.ray_address, num_cpus=args.ray_num_cpus,
+                            cpus_per_run=args.ray_cpus_per_run or 1.0, gpus_per_run=args.ray_gpus_per_run or 0,
+                            max_parallel=args.max_parallel)
+  if args.engine == "slurm":
+    if not args.slurm_time:
+      raise config_lib.ConfigError("--engine slurm needs --slurm-time, every run's time limit (e.g. 4:00:00); "
+                                   "a run that reaches it saves, and its job is requeued")
+    extra = []
+    for item in args.slurm_param:
+      key, sep, value = item.partition("=")
+      if not sep or not key.strip():
+        raise config_lib.ConfigError(f"--slurm-param: expected an sbatch option as KEY=VALUE (e.g. qos=high), "
+                                     f"got {item!r}")
+      extra.append((key.strip().lstrip("-"), value))
+    return sweep.SlurmOptions(time_min=sweep.slurm_minutes(args.slurm_time), partition=args.slurm_partition,
+                              account=args.slurm_account, gpus_per_node=args.slurm_gpus_per_node,
+                              cpus_per_task=args.slurm_cpus_per_task, max_parallel=args.max_parallel,
+                              setup=tuple(args.slurm_setup), extra=tuple(extra))
+  return None
+
+
 def _cmd_sweep(args) -> int:
   try:
+    options = _sweep_engine_options(args)
+    sweep.require_engine(args.engine)  # before any work: a missing package names its pip extra
     module = load_experiment(args.experiment)
     runs = sweep.plan(sweep.grid_points(module, args.grid))
     sweep.check_configs(module, runs, args.set, args.smoke)
@@ -142,7 +107,17 @@ def _cmd_sweep(args) -> int:
         print(shlex.join(sweep.command(args.experiment, root, run, base=args.set, smoke=args.smoke)))
     return 0
   root.mkdir(parents=True, exist_ok=True)
-  outcomes = sweep.run_all(args.experiment, root, runs, base=args.set, smoke=args.smoke)
+  kwargs = dict(base=args.set, smoke=args.smoke)
+  try:
+    if args.engine == "ray":
+      outcomes = sweep.run_ray(args.experiment, root, runs, options=options, **kwargs)
+    elif args.engine == "slurm":
+      outcomes = sweep.run_slurm(args.experiment, root, runs, options=options, **kwargs)
+    else:
+      outcomes = sweep.run_all(args.experiment, root, runs, **kwargs)
+  except config_lib.ConfigError as e:  # the cluster refused: a bad --ray-address, partition, account...
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   failed = [name for name, outcome in outcomes.items() if not outcome.startswith(("done", "skipped"))]
   print(f"{len(outcomes) - len(failed)} of {len(runs)} runs done in {root}"
         + (f"; not done: {', '.join(failed)}" if failed else ""))
@@ -350,6 +325,31 @@ def build_parser() -> argparse.ArgumentParser:
   sw.add_argument("--smoke", action="store_true", help="every run in --smoke mode")
   sw.add_argument("--print", action="store_true",
                   help="print the commands of the unfinished runs (for a cluster) instead of running them")
+  sw.add_argument("--engine", choices=sweep.ENGINES, default="local",
+                  help="where the runs run: local (one after another, the default), ray (Ray tasks, several "
+                  "at once) or slurm (one Slurm job array via submitit); the same workdirs either way")
+  sw.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                  help="ray/slurm: at most N runs at once (default: as many as the cluster gives)")
+  ray = sw.add_argument_group("--engine ray (pip install -e \".[ray]\")")
+  ray.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="an existing cluster (e.g. auto, HOST:6379); default: a new local cluster (or RAY_ADDRESS)")
+  ray.add_argument("--ray-num-cpus", type=int, default=None, metavar="N",
+                   help="CPUs of the new local cluster (default: all)")
+  ray.add_argument("--ray-cpus-per-run", type=float, default=None, metavar="N",
+                   help="CPUs Ray reserves per run (default: 1)")
+  ray.add_argument("--ray-gpus-per-run", type=float, default=None, metavar="N",
+                   help="GPUs Ray reserves per run, e.g. 1 for a GPU run (default: 0)")
+  slurm = sw.add_argument_group("--engine slurm (pip install -e \".[slurm]\"; job files and logs in ROOT/.submitit/)")
+  slurm.add_argument("--slurm-time", default=None, metavar="[D-]HH:MM:SS",
+                     help="every run's time limit (required); a run that reaches it saves and is requeued")
+  slurm.add_argument("--slurm-partition", default=None, metavar="NAME")
+  slurm.add_argument("--slurm-account", default=None, metavar="NAME")
+  slurm.add_argument("--slurm-gpus-per-node", type=int, default=None, metavar="N")
+  slurm.add_argument("--slurm-cpus-per-task", type=int, default=None, metavar="N")
+  slurm.add_argument("--slurm-setup", action="append", default=[], metavar="CMD",
+                     help="a shell line the job runs first, e.g. 'module load cuda' (repeatable)")
+  slurm.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                     help="any other sbatch option, e.g. qos=high or constraint=a100 (repeatable)")
   sw.set_defaults(func=_cmd_sweep)
 
   rep = sub.add_parser("report", help="tables (mean ± 95% CI over seeds) and plots across runs")

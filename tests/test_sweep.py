@@ -1,5 +1,6 @@
-"""`rlhf-jax sweep` (grid, one workdir per run, skip finished, resume failed) and `rlhf-jax report`
-(mean and 95% interval over seeds, plots), on a tiny experiment that trains nothing."""
+"""`rlhf-jax sweep` (grid, one workdir per run, skip finished, resume failed; the local, Ray and
+Slurm/submitit engines) and `rlhf-jax report` (mean and 95% interval over seeds, plots), on a tiny
+experiment that trains nothing."""
 
 import json
 import math
@@ -8,18 +9,23 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from scipy import stats
 
+from rlhf_jax import cli as cli_lib
 from rlhf_jax import config as config_lib
 from rlhf_jax import report, sweep
 
 # An experiment whose "training" logs metric = 10 * lr + seed at steps 1 and 2, counts its starts,
-# and fails when asked to (to test that a sweep carries on and a rerun retries).
+# fails when asked to (to test that a sweep carries on and a rerun retries), and can wait for
+# `together` runs of its sweep to have started (which only runs started at once get past).
 EXPERIMENT = '''
 import dataclasses
+import os
 import threading
+import time
 from pathlib import Path
 from rlhf_jax import logs, loop
 
@@ -33,6 +39,7 @@ class Config:
   optim: Optim = Optim()
   fail: bool = False
   wait: bool = False  # wait for a signal, as a long training run would
+  together: int = 0
 
 def get_config(smoke=False):
   return Config()
@@ -43,14 +50,21 @@ def sweep():
 def main(config, workdir):
   with open(Path(workdir) / "starts", "a") as f:
     f.write("x")
+  (Path(workdir) / "arrived").write_text("")
+  deadline = time.time() + 60
+  while len(list(Path(workdir).parent.glob("*/arrived"))) < config.together:
+    if time.time() > deadline:
+      raise RuntimeError(f"the other runs never started while this one ran ({config.together} wanted)")
+    time.sleep(0.05)
   if config.fail and not (Path(workdir).parent / "fixed").exists():
     raise RuntimeError("asked to fail")
   if config.wait:
     stop = threading.Event()
     with loop.stop_on_signals(stop):
-      (Path(workdir) / "waiting").write_text("")
+      (Path(workdir) / "waiting").write_text(str(os.getppid()))  # who started it (a submitit job: its wrapper)
       while not stop.wait(0.05):
         pass
+    (Path(workdir) / "stopped").write_text("")  # the signal ended the wait: the run saves and exits
     return
   writer = logs.MetricWriter(workdir, tensorboard=False)
   for step in (1, 2):
@@ -195,3 +209,185 @@ def test_a_composition_experiment_stopped_by_a_signal_exits_unfinished(experimen
   out, _ = process.communicate(timeout=60)
   assert process.returncode == 128 + signal.SIGTERM, out  # like the run it was waiting for
   assert sweep.status(workdir) == "started" and sweep.status(waiting.parent) == "started"  # both resume
+
+
+# --- engines: Ray and Slurm (submitit) ---------------------------------------------------------
+
+
+def wait_for(paths, process=None, timeout=120):
+  deadline = time.time() + timeout
+  while not all(p.exists() for p in paths) and (process is None or process.poll() is None):
+    assert time.time() < deadline, f"{paths} did not all appear in {timeout} s"
+    time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+  """One local Ray cluster (2 CPUs) for the module: sweeps in this process use its connection, and
+  the `rlhf-jax sweep` processes under test connect to it by address."""
+  import ray
+
+  handler = signal.getsignal(signal.SIGTERM)  # ray.init makes SIGTERM exit this (pytest) process
+  context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+  yield context.address_info["address"]
+  ray.shutdown()
+  signal.signal(signal.SIGTERM, handler)
+
+
+def test_engine_flags_are_checked_before_any_work(experiment, tmp_path, capsys):
+  def error(*flags):
+    assert cli_lib.main(["sweep", str(experiment), "--root", str(tmp_path / "s"), *flags]) == 2
+    return capsys.readouterr().err
+
+  assert "--ray-address is for --engine ray" in error("--ray-address", "auto")
+  assert "--max-parallel is for --engine ray or slurm" in error("--max-parallel", "2")
+  assert "--slurm-partition is for --engine slurm, not --engine ray" in error("--engine", "ray",
+                                                                             "--slurm-partition", "a")
+  assert "needs --slurm-time" in error("--engine", "slurm")
+  assert "--slurm-time: expected minutes" in error("--engine", "slurm", "--slurm-time", "4h")
+  assert "--slurm-param: expected" in error("--engine", "slurm", "--slurm-time", "60", "--slurm-param", "qos")
+  assert "--max-parallel: expected a positive number" in error("--engine", "ray", "--max-parallel", "0")
+  assert "--ray-gpus-per-run: expected 0 or more" in error("--engine", "ray", "--ray-gpus-per-run", "-1")
+  assert "--ray-num-cpus sizes a new local cluster" in error("--engine", "ray", "--ray-address", "x",
+                                                            "--ray-num-cpus", "2")
+  assert "takes no --engine" in error("--engine", "ray", "--print")
+  with pytest.raises(config_lib.ConfigError, match="--ray-address 127.0.0.1:1: no Ray cluster answers"):
+    sweep._check_reachable("127.0.0.1:1")  # fast, where Ray would retry for minutes
+  assert not (tmp_path / "s").exists()
+  args = cli_lib.build_parser().parse_args(
+      ["sweep", "x.py", "--engine", "slurm", "--slurm-time", "1-02:30", "--slurm-partition", "gpu", "--max-parallel",
+       "3", "--slurm-setup", "module load cuda", "--slurm-param", "qos=high", "--slurm-param=--constraint=a100"])
+  assert cli_lib._sweep_engine_options(args) == sweep.SlurmOptions(
+      time_min=1590, partition="gpu", max_parallel=3, setup=("module load cuda",),
+      extra=(("qos", "high"), ("constraint", "a100")))
+  assert [sweep.slurm_minutes(t) for t in ("90", "90:30", "4:00:00", "1-12", "1-00:00:01")] == [90, 91, 240, 2160, 1441]
+
+
+def test_a_missing_engine_package_names_its_pip_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, "submitit", None)  # `import submitit` now raises ImportError
+  with pytest.raises(config_lib.ConfigError, match=r'--engine slurm needs .*pip install -e "\.\[slurm\]"'):
+    sweep.require_engine("slurm")
+
+
+def test_ray_runs_two_at_once_skips_finished_and_retries_failed(experiment, tmp_path, ray_address):
+  root, lines = tmp_path / "sweep", []
+  runs = sweep.plan(sweep.parse_grid(["fail=false,true"]))
+
+  def sweep_once():  # in this process: on the module's cluster (a cluster of its own takes seconds to start)
+    return sweep.run_ray(experiment, root, runs, base=["together=2"], echo=lines.append)
+
+  # Each run waits until both have started (together=2): both getting past that means they ran at once.
+  assert sweep_once() == {"fail=false": "done", "fail=true": "failed (exit 1)"}, lines
+  assert "[2/2] fail=true: failed (exit 1)" in lines
+  info = json.loads((root / "fail=false" / "run.json").read_text())  # the same command as the local engine's
+  assert info["command"] == ["rlhf-jax", "run", str(experiment), "--workdir", str(root / "fail=false"),
+                             "--set", "together=2", "--set", "fail=false"]
+  (root / "fixed").write_text("")
+  assert sweep_once() == {"fail=false": "skipped (done)", "fail=true": "done"}, lines
+  assert (root / "fail=false" / "starts").read_text() == "x" and (root / "fail=true" / "starts").read_text() == "xx"
+  assert [Path(r.path).name for r in report.find_runs([root])] == ["fail=false", "fail=true"]
+
+
+def test_sigterm_cancels_the_ray_tasks_and_their_runs_save(experiment, tmp_path, ray_address):
+  root = tmp_path / "sweep"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "rlhf_jax", "sweep", str(experiment), "--root", str(root), "--engine", "ray",
+       "--ray-address", ray_address, "--max-parallel", "2", "--grid", "wait=true", "--grid", "seed=0,1,2"],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  workdirs = [root / "wait=true,seed=0", root / "wait=true,seed=1"]
+  try:
+    wait_for([w / "waiting" for w in workdirs], process)
+  finally:
+    process.send_signal(signal.SIGTERM)
+  out, _ = process.communicate(timeout=60)
+  assert process.returncode == 1 and "sweep stopped by SIGTERM during" in out, out
+  assert "0 of 3 runs done" in out and "[3/3]" not in out  # --max-parallel 2: the third never started
+  for workdir in workdirs:  # each run got SIGTERM and ended by itself (not killed), unfinished: a rerun resumes
+    assert (workdir / "stopped").exists() and sweep.status(workdir) == "started"
+
+
+def test_submitit_local_executor_runs_the_grid(experiment, tmp_path):
+  root, lines = tmp_path / "sweep", []
+  runs = sweep.plan(sweep.parse_grid(["fail=false,true"]))
+  outcomes = sweep.run_slurm(experiment, root, runs, options=sweep.SlurmOptions(time_min=10), cluster="local",
+                             poll_s=0.1, echo=lines.append)
+  assert outcomes == {"fail=false": "done", "fail=true": "failed (exit 1)"}
+  failed = next(line for line in lines if "fail=true: failed" in line)
+  log = Path(failed.split("log: ")[1])
+  assert log.parent == root / sweep.SUBMITIT_DIR and "asked to fail" in log.read_text()
+  info = json.loads((root / "fail=false" / "run.json").read_text())
+  assert info["command"] == ["rlhf-jax", "run", str(experiment), "--workdir", str(root / "fail=false"), "--set",
+                             "fail=false"]
+  # What a rerun submits: the failed run only (the rule every engine shares, rerun for real above).
+  assert sweep.unfinished(root, runs, echo=lines.append) == [(1, runs[1])]
+  assert [Path(r.path).name for r in report.find_runs([root])] == ["fail=false"]  # .submitit/ holds no run
+
+
+# A stand-in for a long run (a Python process starts in a fraction of `rlhf-jax run`'s time): it
+# counts its starts, says who started it, and on SIGTERM records it and exits 128 + 15.
+LONG_RUN = '''
+import os, signal, sys, time
+from pathlib import Path
+here = Path(sys.argv[1])
+with open(here / "starts", "a") as f:
+  f.write("x")
+def stop(signum, frame):
+  (here / "stopped").write_text(signal.Signals(signum).name)
+  sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+(here / "waiting").write_text(f"{os.getpid()} {os.getppid()}")
+while True:
+  time.sleep(0.05)
+'''
+
+
+def test_a_submitit_job_near_its_time_limit_stops_its_run_and_is_requeued(tmp_path):
+  executor = sweep.slurm_executor(tmp_path / "sweep", sweep.SlurmOptions(time_min=10), name="t", cluster="local")
+  job = executor.submit(sweep.SubmititRun([sys.executable, "-c", LONG_RUN, str(tmp_path)]))
+  try:
+    wait_for([tmp_path / "waiting"])
+    run, wrapper = map(int, (tmp_path / "waiting").read_text().split())
+    (tmp_path / "waiting").unlink()
+    # Near the time limit Slurm sends submitit's USR2 to every process of the job: the run ignores it,
+    # and the job stops the run with SIGTERM, waits for it, and requeues itself, which starts it again.
+    os.kill(run, signal.SIGUSR2)
+    os.kill(wrapper, signal.SIGUSR2)
+    wait_for([tmp_path / "waiting"])
+    assert (tmp_path / "stopped").read_text() == "SIGTERM" and (tmp_path / "starts").read_text() == "xx"
+    assert "Requeued job" in job.stdout()
+    (tmp_path / "stopped").unlink()
+  finally:
+    job.cancel()  # SIGINT to the job: its run gets SIGTERM
+  assert job.result() == 128 + signal.SIGTERM and (tmp_path / "stopped").read_text() == "SIGTERM"
+
+
+def test_the_sbatch_script_of_a_slurm_array(experiment, tmp_path, monkeypatch):
+  # Stand-ins for Slurm's commands: submitit checks that srun exists and reads the job id from sbatch.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, body in (("srun", "exit 1"), ("sbatch", "echo Submitted batch job 4242")):
+    (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+    (bin_dir / name).chmod(0o755)
+  monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+  root = tmp_path / "sweep"
+  options = sweep.SlurmOptions(time_min=sweep.slurm_minutes("1-02:30:00"), partition="gpu", account="proj",
+                               gpus_per_node=2, cpus_per_task=16, max_parallel=2, setup=("module load cuda",),
+                               extra=(("qos", "high"),))
+  runs = sweep.plan(sweep.parse_grid(["seed=0,1,2"]))
+  jobs = sweep.submit_array(sweep.slurm_executor(root, options, name="beta"), experiment, root, runs,
+                            base=["optim.lr=0.2"])
+  assert [job.job_id for job in jobs] == ["4242_0", "4242_1", "4242_2"]
+  script = jobs[0].paths.submission_file.read_text()
+  folder = root / sweep.SUBMITIT_DIR
+  for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --time=1590",
+               "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=16", "#SBATCH --qos=high",
+               "#SBATCH --job-name=beta", "#SBATCH --signal=USR2@90", f"#SBATCH --output={folder}/%A_%a_0_log.out",
+               "module load cuda"):
+    assert line in script.splitlines(), f"{line!r} not in:\n{script}"
+  assert script.index("module load cuda") < script.index("srun") and f"-m submitit.core._submit {folder}" in script
+  # Array task i runs grid point i's `rlhf-jax run` command, in this directory.
+  for job, run in zip(jobs, runs):
+    function = job.submission().function
+    assert function.argv == tuple(sweep.command(experiment, root, run, base=["optim.lr=0.2"]))
+    assert function.cwd == os.getcwd()
