@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.steps import common, dpo, ilql, pg, ppo, reward
+from rlhf_jax.steps import common, dpo, ilql, pg, ppo, reward, rsft
 
 GOLDEN_PATH = pathlib.Path(__file__).parent / "data" / "golden_steps.json"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -64,7 +64,7 @@ DPO_CASES = {"dpo": dpo.DPOConfig(kind="dpo"), "cdpo": dpo.DPOConfig(kind="dpo",
 REWARD_KINDS = ("preference", "rating", "ordinal", "regression")
 REWARD_SPLIT_KINDS = ("preference", "rating")  # also run on 2 microbatches
 CASES = (["ppo"] + [f"pg_{e}" for e in pg.ESTIMATORS] + [f"dpo_{k}" for k in DPO_CASES]
-         + [f"reward_{k}" for k in REWARD_KINDS] + ["ilql"])
+         + [f"reward_{k}" for k in REWARD_KINDS] + ["ilql", "online_dpo", "rsft"])
 SPLIT, SCRAMBLED = "2 microbatches", "masked row replaced"  # variants beside "golden"
 
 
@@ -192,6 +192,7 @@ def _fresh(params):
 PPO_CONFIG = ppo.PPOConfig(epochs=2, minibatches=2)
 # GRPO puts its KL penalty in the loss (Shao et al. 2024); the others in the reward.
 PG_CONFIGS = {e: pg.PGConfig(estimator=e, group_size=K, kl_in_loss=e == "grpo") for e in pg.ESTIMATORS}
+RSFT_CONFIG = rsft.RSFTConfig(n=K, epochs=2)
 
 
 def _program(case, microbatches=1):
@@ -206,6 +207,16 @@ def _program(case, microbatches=1):
     def run(params, batch, key, hp):
       state = pg.init_state(params, tx=_tx(), kl_coef=PG_CONFIGS[kind].kl_coef)
       return pg.pg_step(state, batch, key, hp, model=Transformer(LM), tx=_tx(), config=PG_CONFIGS[kind], **SCHEDULE)
+    return run, case
+  if case == "online_dpo":  # rows 2i and 2i+1 of the rollout batch share a prompt: a pair
+    def run(params, batch, key, hp):
+      return dpo.online_dpo_step(_fresh(params), batch, key, hp, model=Transformer(LM), tx=_tx(), kind="dpo",
+                                 **SCHEDULE)
+    return run, case
+  if case == "rsft":
+    def run(params, batch, key, hp):
+      return rsft.rsft_step(_fresh(params), batch, key, hp, model=Transformer(LM), tx=_tx(), config=RSFT_CONFIG,
+                            **SCHEDULE)
     return run, case
   if family == "dpo":
     kind = DPO_CASES[kind].kind  # conservative DPO is DPO with another `hp`: one compile
@@ -237,6 +248,10 @@ def _args(case, scrambled=False):
     if kind != "remax":  # only ReMax's baseline needs the greedy response's score
       del batch["greedy_score_B"]
     return _lm_params(), batch, key, PG_CONFIGS[kind].hparams(OPTIM)
+  if case in ("online_dpo", "rsft"):
+    batch = {k: v for k, v in rollout_batch().items() if k not in ("greedy_score_B", "values_BxN")}
+    config = dpo.DPOConfig() if case == "online_dpo" else RSFT_CONFIG
+    return _lm_params(), batch, key, config.hparams(OPTIM)
   if family == "dpo":
     batch = _scramble_masked_row(pair_batch) if scrambled else pair_batch()
     return _lm_params(), batch, key, DPO_CASES[kind].hparams(OPTIM)

@@ -19,7 +19,7 @@ import pytest
 from rlhf_jax import logs, pretrained, rewards, rl, sharding, vmapped
 from rlhf_jax.loop import LoopConfig
 from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.steps import common
+from rlhf_jax.steps import common, dpo, rsft
 
 POLICY = ModelConfig(vocab_size=16, max_len=12, d_model=32, n_layers=1, n_heads=2)
 EOS, PAD, P, N = 1, 0, 3, 6
@@ -90,7 +90,8 @@ def _prompts(i: int, config: rl.Config):
 
 # PPO (value model) and ReMax (greedy baselines) take the iteration's two special paths; every
 # estimator's math is tested on its own (test_pg.py, test_advantages.py), and GRPO runs below.
-@pytest.mark.parametrize("algorithm", ["ppo", "remax"])
+# Online DPO and best-of-n fine-tuning are the two updates that are not policy gradients.
+@pytest.mark.parametrize("algorithm", ["ppo", "remax", "online_dpo", "rsft"])
 def test_algorithms_raise_the_reward_in_one_jitted_iteration(algorithm):
   config = _config(algorithm)
   alg = _algorithm(config)
@@ -104,6 +105,26 @@ def test_algorithms_raise_the_reward_in_one_jitted_iteration(algorithm):
   assert np.mean(scores[-6:]) > np.mean(scores[:6]) + 0.05, scores
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert int(state.step) == 24 * config.updates_per_iteration
+
+
+def test_online_dpo_pairs_and_best_of_n_rows_equal_a_loop_over_groups():
+  rng = np.random.default_rng(0)
+  B, n = 8, 4
+  score_B = rng.integers(0, 3, B).astype(np.float32)  # small integers: ties happen
+  batch = {"score_B": score_B, "prompt_BxP": rng.integers(2, 16, (B, P)), "prompt_mask_BxP": np.ones((B, P), int),
+           "response_BxN": rng.integers(2, 16, (B, N)), "response_mask_BxN": rng.integers(0, 2, (B, N)),
+           "ref_logp_BxN": rng.normal(size=(B, N)).astype(np.float32)}
+  pairs = jax.device_get(dpo.rollout_pairs(batch))
+  for p in range(B // 2):
+    win, lose = (2 * p, 2 * p + 1) if score_B[2 * p] >= score_B[2 * p + 1] else (2 * p + 1, 2 * p)
+    np.testing.assert_array_equal(pairs["chosen"][p], batch["response_BxN"][win])
+    np.testing.assert_array_equal(pairs["rejected_mask"][p], batch["response_mask_BxN"][lose])
+    np.testing.assert_array_equal(pairs["prompt"][p], batch["prompt_BxP"][2 * p])
+    ref = [sum(batch["ref_logp_BxN"][i, t] for t in range(N) if batch["response_mask_BxN"][i, t]) for i in (win, lose)]
+    np.testing.assert_allclose([pairs["ref_chosen"][p], pairs["ref_rejected"][p]], ref, rtol=1e-6)
+    assert pairs["pair_mask"][p] == float(score_B[2 * p] != score_B[2 * p + 1])  # a tie is no preference
+  best = [g * n + max(range(n), key=lambda k: (score_B[g * n + k], -k)) for g in range(B // n)]
+  np.testing.assert_array_equal(rsft.best_rows(jnp.asarray(score_B), n), best)
 
 
 def test_host_reward_through_pure_callback_equals_the_device_reward():
@@ -178,7 +199,7 @@ def _task(reward=HOST_REWARD) -> rl.Task:
                  max_new_tokens=N, reward=reward, gold=SevensScorer(), gold_name="sevens")
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "online_dpo"])
 def test_trainer_resumes_exactly_as_an_unbroken_run(algorithm, tmp_path):
   # One device: resume is what is tested here (sharded RL runs: test_fsdp.py).
   config = dataclasses.replace(_config(algorithm), mesh=sharding.MeshConfig(data=1),
@@ -208,7 +229,7 @@ def test_trainer_resumes_exactly_as_an_unbroken_run(algorithm, tmp_path):
 def test_trainer_errors_name_the_setting(tmp_path):
   with pytest.raises(ValueError, match="rl.algorithm must be one of"):
     rl.RLConfig(algorithm="dqn")
-  with pytest.raises(ValueError, match="multiple of pg.group_size"):
+  with pytest.raises(ValueError, match=r"multiple of the samples per prompt \(pg.group_size=3\)"):
     dataclasses.replace(_config("rloo"), pg=dataclasses.replace(rl.Config().pg, group_size=3))
   policy = pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
   long_task = dataclasses.replace(_task(), max_new_tokens=POLICY.max_len)

@@ -12,8 +12,10 @@ reward normalization on reference samples (Ziegler et al. 2019: measured once, s
 prompts (gold and proxy reward, KL to the reference per sequence, length, EOS rate, a sample
 table in `samples.jsonl`), and the loop with Orbax checkpoints and resume (`loop.train_loop`).
 
-`rl.algorithm` picks the update: "ppo" (`steps.ppo`) or a critic-free estimator of `steps.pg`
-("reinforce", "rloo", "grpo", "remax"). Settings that change no shape are `hp` (the algorithm's
+`rl.algorithm` picks the update: "ppo" (`steps.ppo`), a critic-free estimator of `steps.pg`
+("reinforce", "rloo", "grpo", "remax"), "online_dpo" (two samples of each prompt ranked by the
+reward, one `dpo.kind` update: `steps.dpo.online_dpo_step`) or "rsft" (best-of-n rejection-sampling
+fine-tuning: `steps.rsft`). Settings that change no shape are `hp` (the algorithm's
 `hparams`: learning rate, clip range, KL target, temperature, ...); the rest is static.
 """
 
@@ -41,9 +43,9 @@ from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.rl import iteration as iteration_lib
 from rlhf_jax.rl.task import Task
-from rlhf_jax.steps import common, pg, ppo
+from rlhf_jax.steps import common, dpo, pg, ppo, rsft
 
-ALGORITHMS = ("ppo",) + pg.ESTIMATORS
+ALGORITHMS = ("ppo",) + pg.ESTIMATORS + ("online_dpo", "rsft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +56,8 @@ class PolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  algorithm: Literal["ppo", "reinforce", "rloo", "grpo", "remax"] = "ppo"
-  batch_size: int = 32  # responses per iteration: pg.group_size samples of batch_size / group_size prompts
+  algorithm: Literal["ppo", "reinforce", "rloo", "grpo", "remax", "online_dpo", "rsft"] = "ppo"
+  batch_size: int = 32  # responses per iteration: group_size samples of batch_size / group_size prompts
   value_init: Literal["policy", "reward"] = "policy"  # PPO's value model: policy trunk + zero head, or the RM
   normalize_reward: bool = True  # mean 0, std 1 on the reference policy's samples
   normalize_samples: int = 256
@@ -85,6 +87,8 @@ class Config:
   ppo: ppo.PPOConfig = ppo.PPOConfig(kl_coef=0.05, kl_target=3.0, kl_horizon=320.0, epochs=4, minibatches=2,
                                      penalize_no_eos=False)
   pg: pg.PGConfig = pg.PGConfig()
+  dpo: dpo.DPOConfig = dpo.DPOConfig()  # online_dpo: the loss (dpo.kind), beta, temperature
+  rsft: rsft.RSFTConfig = rsft.RSFTConfig()
   optim: common.OptimConfig = common.OptimConfig(learning_rate=2e-4, warmup_steps=5, weight_decay=0.0,
                                                  min_lr_ratio=1.0)
   loop: LoopConfig = LoopConfig(steps=100, log_every=5, eval_every=25, checkpoint_every=25)
@@ -94,16 +98,19 @@ class Config:
     if self.rl.algorithm in ("rloo", "grpo") and self.pg.group_size < 2:
       raise ValueError(f"rl.algorithm={self.rl.algorithm} needs pg.group_size >= 2, got {self.pg.group_size}")
     if self.rl.batch_size % self.group_size:
-      raise ValueError(f"rl.batch_size={self.rl.batch_size} must be a multiple of pg.group_size={self.group_size}")
+      field = {"online_dpo": "a pair", "rsft": "rsft.n"}.get(self.rl.algorithm, "pg.group_size")
+      raise ValueError(f"rl.batch_size={self.rl.batch_size} must be a multiple of the samples per prompt "
+                       f"({field}={self.group_size})")
 
   @property
   def group_size(self) -> int:
-    """Samples per prompt in an iteration (PPO: one)."""
-    return 1 if self.rl.algorithm == "ppo" else self.pg.group_size
+    """Samples per prompt in an iteration (PPO: one; online DPO: a pair)."""
+    return {"ppo": 1, "online_dpo": 2, "rsft": self.rsft.n}.get(self.rl.algorithm, self.pg.group_size)
 
   @property
   def updates_per_iteration(self) -> int:
-    return self.ppo.epochs * self.ppo.minibatches if self.rl.algorithm == "ppo" else self.pg.epochs
+    return {"ppo": self.ppo.epochs * self.ppo.minibatches, "online_dpo": 1,
+            "rsft": self.rsft.epochs}.get(self.rl.algorithm, self.pg.epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +149,18 @@ def build_algorithm(config: Config, *, policy_model: Transformer, value_model: T
     def init(policy_params, value_params, kl_coef):
       return ppo.init_state(policy_params, value_params, tx=tx, kl_coef=kl_coef)
     hp = config.ppo.hparams(config.optim)
+  elif algorithm in ("online_dpo", "rsft"):
+    value_model = None
+    if algorithm == "online_dpo":
+      update = functools.partial(dpo.online_dpo_step, model=policy_model, tx=tx, kind=config.dpo.kind, **schedule)
+      hp = config.dpo.hparams(config.optim)
+    else:
+      update = functools.partial(rsft.rsft_step, model=policy_model, tx=tx, config=config.rsft, **schedule)
+      hp = config.rsft.hparams(config.optim)
+
+    def init(policy_params, value_params, kl_coef):
+      del value_params, kl_coef  # the reference enters the loss (DPO) or not at all (RSFT)
+      return common.TrainState(step=jnp.zeros((), jnp.int32), params=policy_params, opt_state=tx.init(policy_params))
   else:
     value_model = None
     pg_config = dataclasses.replace(config.pg, estimator=algorithm)
@@ -321,7 +340,8 @@ def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: st
     metrics = evaluate(sample, iteration_lib.policy_params_of(state.params), frozen, task, tok,
                        batch_size=rc.eval_batch_size, key=eval_key, temperature=hp.temperature, mesh=mesh,
                        samples_path=workdir / "samples.jsonl", step=it, samples_to_log=rc.samples_to_log)
-    metrics["kl_coef"] = float(state.kl_coef)
+    if hasattr(state, "kl_coef"):
+      metrics["kl_coef"] = float(state.kl_coef)
     gold = f"gold ({task.gold_name}) {metrics['gold_score']:.3f}, " if "gold_score" in metrics else ""
     tqdm.write(f"iteration {it}: {gold}proxy {metrics['proxy_score']:.3f}, KL {metrics['kl']:.2f}, "
                f"length {metrics['response_length']:.1f}")

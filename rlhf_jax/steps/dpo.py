@@ -51,6 +51,7 @@ class DPOHparams:
   beta: jax.Array
   label_smoothing: jax.Array
   gamma: jax.Array  # SimPO's target margin
+  temperature: jax.Array  # of the log-probs in the loss; online DPO also samples at it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,7 @@ class DPOConfig:
   beta: float = 0.1
   label_smoothing: float = 0.0
   gamma: float = 0.5
+  temperature: float = 1.0
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -67,27 +69,30 @@ class DPOConfig:
       raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
     if not 0.0 <= self.label_smoothing < 0.5:
       raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+    if not self.temperature > 0:
+      raise ValueError(f"dpo.temperature must be > 0, got {self.temperature}")
 
   def hparams(self, optim: common.OptimConfig) -> DPOHparams:
     f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return DPOHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay), beta=f(self.beta),
-                      label_smoothing=f(self.label_smoothing), gamma=f(self.gamma))
+                      label_smoothing=f(self.label_smoothing), gamma=f(self.gamma),
+                      temperature=f(self.temperature))
 
 
-def pair_logprobs(params, batch, *, model: Transformer):
+def pair_logprobs(params, batch, *, model: Transformer, temperature=1.0):
   """Token log-probs [B, N] of the chosen and rejected responses, from one forward over [2B, P+N]."""
   prompt = jnp.concatenate([batch["prompt"], batch["prompt"]])
   prompt_mask = jnp.concatenate([batch["prompt_mask"], batch["prompt_mask"]])
   response = jnp.concatenate([batch["chosen"], batch["rejected"]])
   mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
-  logp = sampling.response_logprobs(params, prompt, prompt_mask, response, mask, model=model)
+  logp = sampling.response_logprobs(params, prompt, prompt_mask, response, mask, model=model, temperature=temperature)
   B = batch["chosen"].shape[0]
   return logp[:B], logp[B:]
 
 
-def reference_logprobs(params, batch, *, model: Transformer) -> dict[str, jax.Array]:
+def reference_logprobs(params, batch, *, model: Transformer, temperature=1.0) -> dict[str, jax.Array]:
   """Summed reference log-probs of each pair's two responses: `{"ref_chosen", "ref_rejected"}` [B]."""
-  chosen, rejected = pair_logprobs(params, batch, model=model)
+  chosen, rejected = pair_logprobs(params, batch, model=model, temperature=temperature)
   return {"ref_chosen": chosen.sum(-1), "ref_rejected": rejected.sum(-1)}
 
 
@@ -100,11 +105,12 @@ def _pair_mask(batch) -> jax.Array:
   return batch.get("pair_mask", jnp.ones(batch["chosen"].shape[:1], jnp.float32)).astype(jnp.float32)
 
 
-def kto_reference_point(params, batch, *, model: Transformer, num_microbatches: int = 1) -> jax.Array:
+def kto_reference_point(params, batch, *, model: Transformer, num_microbatches: int = 1,
+                        temperature=1.0) -> jax.Array:
   """KTO's z0 before clipping: the mean log-ratio over the real pairs of the whole batch (module docstring),
   from forward passes over one microbatch at a time, so it needs no more memory than the step itself."""
   def sums(micro):
-    tok_c, tok_r = pair_logprobs(params, micro, model=model)
+    tok_c, tok_r = pair_logprobs(params, micro, model=model, temperature=temperature)
     return _log_ratio_sums(tok_c.sum(-1), tok_r.sum(-1), micro["ref_chosen"], micro["ref_rejected"],
                            _pair_mask(micro))
   if num_microbatches == 1:
@@ -120,7 +126,7 @@ def _loss_sums(params, batch, key, hp: DPOHparams, *, model: Transformer, kind: 
   """Summed loss of `kind` and its metric sums; `kto_z0` is KTO's whole-batch z0, None when `batch` is the
   whole batch (then it is computed here, from this forward pass)."""
   del key
-  tok_c, tok_r = pair_logprobs(params, batch, model=model)
+  tok_c, tok_r = pair_logprobs(params, batch, model=model, temperature=hp.temperature)
   mask_c = batch["chosen_mask"].astype(jnp.float32)
   mask_r = batch["rejected_mask"].astype(jnp.float32)
   logp_c, logp_r = tok_c.sum(-1), tok_r.sum(-1)
@@ -164,7 +170,8 @@ def dpo_step(state: common.TrainState, batch, key: jax.Array, hp: DPOHparams, *,
   key = jax.random.fold_in(key, state.step)
   kto_z0 = None
   if kind == "kto" and num_microbatches > 1:  # each microbatch must see the whole batch's z0
-    kto_z0 = kto_reference_point(state.params, batch, model=model, num_microbatches=num_microbatches)
+    kto_z0 = kto_reference_point(state.params, batch, model=model, num_microbatches=num_microbatches,
+                                 temperature=hp.temperature)
   total, sums, grads = common.accumulate_gradients(
       functools.partial(_loss_sums, hp=hp, model=model, kind=kind, kto_z0=kto_z0), state.params, batch, key,
       num_microbatches)
@@ -175,3 +182,43 @@ def dpo_step(state: common.TrainState, batch, key: jax.Array, hp: DPOHparams, *,
              "reward_margin": (sums["reward_chosen"] - sums["reward_rejected"]) / n,
              "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
   return state, metrics
+
+
+def rollout_pairs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Preference pairs from a scored rollout with two samples of each prompt in rows 2i and 2i+1
+  (`rl.rl_iteration`'s batch): the higher `score_B` is chosen; a tie is no preference, so its pair is
+  masked out (`pair_mask` 0). The reference's summed log-probs are the rollout's `ref_logp_BxN`,
+  already computed at the sampling temperature, so no second reference forward pass is needed."""
+  score_Px2 = batch["score_B"].reshape(-1, 2)
+  first_wins_P = score_Px2[:, 0] >= score_Px2[:, 1]
+
+  def split(x_B):  # (chosen, rejected) of each pair
+    x_Px2 = x_B.reshape(-1, 2, *x_B.shape[1:])
+    pick = first_wins_P.reshape(-1, *([1] * (x_Px2.ndim - 2)))
+    return jnp.where(pick, x_Px2[:, 0], x_Px2[:, 1]), jnp.where(pick, x_Px2[:, 1], x_Px2[:, 0])
+
+  maskf_BxN = batch["response_mask_BxN"].astype(jnp.float32)
+  chosen, rejected = split(batch["response_BxN"])
+  chosen_mask, rejected_mask = split(batch["response_mask_BxN"])
+  ref_chosen, ref_rejected = split(jnp.sum(batch["ref_logp_BxN"] * maskf_BxN, axis=-1))
+  return {"prompt": batch["prompt_BxP"][::2], "prompt_mask": batch["prompt_mask_BxP"][::2],
+          "chosen": chosen, "chosen_mask": chosen_mask, "rejected": rejected, "rejected_mask": rejected_mask,
+          "ref_chosen": ref_chosen, "ref_rejected": ref_rejected,
+          "pair_mask": (score_Px2[:, 0] != score_Px2[:, 1]).astype(jnp.float32)}
+
+
+def online_dpo_step(state: common.TrainState, batch: dict[str, jax.Array], key: jax.Array, hp: DPOHparams, *,
+                    model: Transformer, tx: optax.GradientTransformation, kind: str, warmup_steps: int,
+                    total_steps: int, min_lr_ratio: float) -> tuple[common.TrainState, dict]:
+  """Online DPO (Guo et al. 2024, "Direct language model alignment from online AI feedback", Alg. 1):
+  two fresh samples of each prompt from the current policy, ranked by the reward, then one update of
+  the `kind` loss on those pairs against the frozen reference. `batch` is a scored rollout
+  (`rollout_pairs`)."""
+  pairs = rollout_pairs(batch)
+  state, metrics = dpo_step(state, pairs, key, hp, model=model, tx=tx, kind=kind, warmup_steps=warmup_steps,
+                            total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+  maskf_BxN = batch["response_mask_BxN"].astype(jnp.float32)
+  kl_B = jnp.sum((batch["logp_BxN"] - batch["ref_logp_BxN"]) * maskf_BxN, axis=-1)
+  return state, {**metrics, "score": batch["score_B"].mean(), "kl": kl_B.mean(),
+                 "pair_fraction": pairs["pair_mask"].mean(), "response_length": maskf_BxN.sum(-1).mean(),
+                 "eos_rate": batch["ended_B"].astype(jnp.float32).mean()}
