@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rlhf_jax import best_of_n, cli, logs, pretrained, sharding
+from rlhf_jax import best_of_n, logs, pretrained, runs, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.eval import policy as policy_eval
@@ -106,7 +106,7 @@ def main(config: Config, workdir: Path) -> dict:
   sharding.check_batch_divisible(bc.batch_size, mesh, "bon.batch_size")
   key = jax.random.key(config.seed)
   policy, _ = pretrained.load_policy(pc.init_from, workdir, mesh, pretrain=functools.partial(
-      cli.run_experiment, PRETRAIN, smoke=pc.pretrain_smoke))
+      runs.run_experiment, PRETRAIN, smoke=pc.pretrain_smoke))
   tok = policy.tokenizer
   pretrained.save_model_config(workdir, policy.model)
   model = Transformer(policy.model)

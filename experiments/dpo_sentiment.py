@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlhf_jax import cli, logs, pretrained, sharding
+from rlhf_jax import logs, pretrained, runs, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import fine_foods, rows
 from rlhf_jax.data import prompts as prompts_lib
@@ -147,7 +147,7 @@ def main(config: Config, workdir: Path) -> list[dict]:
     raise ValueError(f"data.source: expected 'online', 'store:PATH' or 'fine_foods', got {config.data.source!r}")
   key = jax.random.key(config.seed)
   policy, _ = pretrained.load_policy(pc.init_from, workdir, mesh, pretrain=functools.partial(
-      cli.run_experiment, PRETRAIN, smoke=pc.pretrain_smoke))
+      runs.run_experiment, PRETRAIN, smoke=pc.pretrain_smoke))
   tok = policy.tokenizer
   pretrained.save_model_config(workdir, policy.model)
   model = Transformer(policy.model)

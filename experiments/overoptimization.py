@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_jax import cli, logs, report, sweep
+from rlhf_jax import logs, report, sweep
 from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.eval import overoptimization
+from rlhf_jax.runs import load_experiment, run_experiment
 
 HERE = Path(__file__).parent
 
@@ -83,7 +84,7 @@ def _stage(config: Config, experiment: str, root: Path, runs: list[sweep.Run], b
   """Runs the unfinished runs of one stage: True when all are done, False when a signal stopped
   them; a failure stops the experiment (a rerun retries it)."""
   path = HERE / experiment
-  sweep.check_configs(cli.load_experiment(path), runs, base, config.smoke_runs)
+  sweep.check_configs(load_experiment(path), runs, base, config.smoke_runs)
   outcomes = sweep.run_all(path, root, runs, base=base, smoke=config.smoke_runs)
   if "interrupted" in outcomes.values():
     return False
@@ -103,7 +104,7 @@ def _lm_sizes(config: Config, lm: Path, workdir: Path) -> dict[int, Path]:
       continue
     out[size] = workdir / f"lm_d{size}"
     if sweep.status(out[size]) != "done":
-      cli.run_experiment(HERE / "pretrain_tiny.py", smoke=config.smoke_runs, workdir=out[size], overrides=[
+      run_experiment(HERE / "pretrain_tiny.py", smoke=config.smoke_runs, workdir=out[size], overrides=[
           f"model.d_model={size}", f"model.n_layers={max(size // 32, 1)}", f"model.n_heads={max(size // 32, 1)}"])
   return out
 
@@ -112,7 +113,7 @@ def main(config: Config, workdir: Path) -> dict:
   workdir = Path(workdir)
   lm = Path(config.init_from) if config.init_from else workdir / "lm"
   if not config.init_from and sweep.status(lm) != "done":
-    cli.run_experiment(HERE / "pretrain_tiny.py", smoke=config.smoke_runs, workdir=lm)
+    run_experiment(HERE / "pretrain_tiny.py", smoke=config.smoke_runs, workdir=lm)
   lm_sizes = _lm_sizes(config, lm, workdir)
   gold = f"rm:{(workdir / 'gold').absolute()}"
   proxies = _proxies(config, lm_sizes)

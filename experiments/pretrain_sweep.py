@@ -27,7 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rlhf_jax import cli, pretrained, sharding, sweep, vmapped
+from rlhf_jax import pretrained, runs, sharding, sweep, vmapped
 from rlhf_jax import config as config_lib
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import lm as lm_data
@@ -35,7 +35,7 @@ from rlhf_jax.loop import train_loop
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common, lm
 
-base = cli.load_experiment(Path(__file__).with_name("pretrain_tiny.py"))
+base = runs.load_experiment(Path(__file__).with_name("pretrain_tiny.py"))
 
 
 @dataclasses.dataclass(frozen=True)

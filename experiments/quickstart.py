@@ -26,7 +26,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlhf_jax import cli, logs
+from rlhf_jax import logs, runs
 from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.eval import harness
 from rlhf_jax.eval.plots import plot_metrics
@@ -147,7 +147,7 @@ def main(config: Config, workdir: Path) -> dict:
   workdir = Path(workdir)
   for experiment, stage_dir, overrides in stages(config, workdir):
     print(f"== {experiment} -> {stage_dir}", flush=True)
-    cli.run_experiment(HERE / experiment, smoke=config.smoke, workdir=stage_dir, overrides=overrides)
+    runs.run_experiment(HERE / experiment, smoke=config.smoke, workdir=stage_dir, overrides=overrides)
   print(f"== evaluation -> {workdir / 'eval'}", flush=True)
   evaluation = harness.evaluate([workdir / "lm", workdir / "ppo"], eval_config(config, workdir), workdir / "eval")
   result = logs.json_ready(report(workdir, evaluation))  # JSON has no NaN

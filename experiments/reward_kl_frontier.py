@@ -25,9 +25,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlhf_jax import cli, logs, report, sweep
+from rlhf_jax import logs, report, sweep
 from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.eval import frontier
+from rlhf_jax.runs import load_experiment, run_experiment
 
 HERE = Path(__file__).parent
 METHODS = ("ppo", "rloo", "dpo", "best-of-n")
@@ -89,10 +90,10 @@ def main(config: Config, workdir: Path) -> dict:
   workdir = Path(workdir)
   lm = Path(config.init_from) if config.init_from else workdir / "lm"
   if not config.init_from and sweep.status(lm) != "done":
-    cli.run_experiment(HERE / "pretrain_tiny.py", smoke=config.smoke_runs, workdir=lm)
+    run_experiment(HERE / "pretrain_tiny.py", smoke=config.smoke_runs, workdir=lm)
   todo = [(m, plan(m, config.seeds), (f"policy.init_from={lm.absolute()}", *m.base)) for m in methods(config)]
   for m, runs, base in todo:  # every run's config resolves before the first starts
-    sweep.check_configs(cli.load_experiment(m.experiment), runs, base, config.smoke_runs)
+    sweep.check_configs(load_experiment(m.experiment), runs, base, config.smoke_runs)
   failed = []
   for m, runs, base in todo:
     outcomes = sweep.run_all(m.experiment, workdir / m.name, runs, base=base, smoke=config.smoke_runs)

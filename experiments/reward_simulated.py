@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlhf_jax import cli, pretrained, sampling, sharding
+from rlhf_jax import pretrained, runs, sampling, sharding
 from rlhf_jax.data import corpora, rows
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.eval import lm as lm_eval
@@ -153,7 +153,7 @@ def main(config: Config, workdir: Path):
   mesh = sharding.make_mesh(config.mesh)
   key = jax.random.key(config.seed)
   policy, policy_dir = pretrained.load_policy(config.policy.init_from, workdir, mesh,
-                                               pretrain=functools.partial(cli.run_experiment, PRETRAIN,
+                                               pretrain=functools.partial(runs.run_experiment, PRETRAIN,
                                                                           smoke=config.policy.pretrain_smoke))
 
   store_path = workdir / "feedback.db"

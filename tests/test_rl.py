@@ -115,6 +115,7 @@ def test_online_dpo_pairs_and_best_of_n_rows_equal_a_loop_over_groups():
            "response_BxN": rng.integers(2, 16, (B, N)), "response_mask_BxN": rng.integers(0, 2, (B, N)),
            "ref_logp_BxN": rng.normal(size=(B, N)).astype(np.float32)}
   pairs = jax.device_get(dpo.rollout_pairs(batch))
+  margin_pairs = jax.device_get(dpo.rollout_pairs(batch, tie_margin=1.0))
   for p in range(B // 2):
     win, lose = (2 * p, 2 * p + 1) if score_B[2 * p] >= score_B[2 * p + 1] else (2 * p + 1, 2 * p)
     np.testing.assert_array_equal(pairs["chosen"][p], batch["response_BxN"][win])
@@ -123,6 +124,7 @@ def test_online_dpo_pairs_and_best_of_n_rows_equal_a_loop_over_groups():
     ref = [sum(batch["ref_logp_BxN"][i, t] for t in range(N) if batch["response_mask_BxN"][i, t]) for i in (win, lose)]
     np.testing.assert_allclose([pairs["ref_chosen"][p], pairs["ref_rejected"][p]], ref, rtol=1e-6)
     assert pairs["pair_mask"][p] == float(score_B[2 * p] != score_B[2 * p + 1])  # a tie is no preference
+    assert margin_pairs["pair_mask"][p] == float(abs(score_B[2 * p] - score_B[2 * p + 1]) > 1.0)
   best = [g * n + max(range(n), key=lambda k: (score_B[g * n + k], -k)) for g in range(B // n)]
   np.testing.assert_array_equal(rsft.best_rows(jnp.asarray(score_B), n), best)
 

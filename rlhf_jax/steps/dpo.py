@@ -52,6 +52,7 @@ class DPOHparams:
   label_smoothing: jax.Array
   gamma: jax.Array  # SimPO's target margin
   temperature: jax.Array  # of the log-probs in the loss; online DPO also samples at it
+  tie_margin: jax.Array  # online DPO: score gaps up to this are ties, not trained on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,9 @@ class DPOConfig:
   label_smoothing: float = 0.0
   gamma: float = 0.5
   temperature: float = 1.0
+  # Online DPO: two samples whose scores differ by at most this are a tie and not trained on (in
+  # the units of the trainer's score: the normalized reward when rl.normalize_reward).
+  tie_margin: float = 0.0
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -71,12 +75,14 @@ class DPOConfig:
       raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
     if not self.temperature > 0:
       raise ValueError(f"dpo.temperature must be > 0, got {self.temperature}")
+    if self.tie_margin < 0:
+      raise ValueError(f"dpo.tie_margin must be >= 0, got {self.tie_margin}")
 
   def hparams(self, optim: common.OptimConfig) -> DPOHparams:
     f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return DPOHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay), beta=f(self.beta),
                       label_smoothing=f(self.label_smoothing), gamma=f(self.gamma),
-                      temperature=f(self.temperature))
+                      temperature=f(self.temperature), tie_margin=f(self.tie_margin))
 
 
 def pair_logprobs(params, batch, *, model: Transformer, temperature=1.0):
@@ -184,10 +190,10 @@ def dpo_step(state: common.TrainState, batch, key: jax.Array, hp: DPOHparams, *,
   return state, metrics
 
 
-def rollout_pairs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def rollout_pairs(batch: dict[str, jax.Array], tie_margin=0.0) -> dict[str, jax.Array]:
   """Preference pairs from a scored rollout with two samples of each prompt in rows 2i and 2i+1
-  (`rl.rl_iteration`'s batch): the higher `score_B` is chosen; a tie is no preference, so its pair is
-  masked out (`pair_mask` 0). The reference's summed log-probs are the rollout's `ref_logp_BxN`,
+  (`rl.rl_iteration`'s batch): the higher `score_B` is chosen; scores within `tie_margin` of each
+  other are a tie, no preference, so the pair is masked out (`pair_mask` 0). The reference's summed log-probs are the rollout's `ref_logp_BxN`,
   already computed at the sampling temperature, so no second reference forward pass is needed."""
   score_Px2 = batch["score_B"].reshape(-1, 2)
   first_wins_P = score_Px2[:, 0] >= score_Px2[:, 1]
@@ -204,7 +210,7 @@ def rollout_pairs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {"prompt": batch["prompt_BxP"][::2], "prompt_mask": batch["prompt_mask_BxP"][::2],
           "chosen": chosen, "chosen_mask": chosen_mask, "rejected": rejected, "rejected_mask": rejected_mask,
           "ref_chosen": ref_chosen, "ref_rejected": ref_rejected,
-          "pair_mask": (score_Px2[:, 0] != score_Px2[:, 1]).astype(jnp.float32)}
+          "pair_mask": (jnp.abs(score_Px2[:, 0] - score_Px2[:, 1]) > tie_margin).astype(jnp.float32)}
 
 
 def online_dpo_step(state: common.TrainState, batch: dict[str, jax.Array], key: jax.Array, hp: DPOHparams, *,
@@ -214,7 +220,7 @@ def online_dpo_step(state: common.TrainState, batch: dict[str, jax.Array], key: 
   two fresh samples of each prompt from the current policy, ranked by the reward, then one update of
   the `kind` loss on those pairs against the frozen reference. `batch` is a scored rollout
   (`rollout_pairs`)."""
-  pairs = rollout_pairs(batch)
+  pairs = rollout_pairs(batch, hp.tie_margin)
   state, metrics = dpo_step(state, pairs, key, hp, model=model, tx=tx, kind=kind, warmup_steps=warmup_steps,
                             total_steps=total_steps, min_lr_ratio=min_lr_ratio)
   maskf_BxN = batch["response_mask_BxN"].astype(jnp.float32)
