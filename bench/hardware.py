@@ -4,6 +4,7 @@ from __future__ import annotations
 
 SHAPES = {
     "tiny": dict(vocab_size=2048, max_len=128, d_model=128, n_layers=4, n_heads=4),  # pretrain_tiny
+    "peer": dict(vocab_size=8000, max_len=64, d_model=256, n_layers=4, n_heads=4),  # ../shared/peer-bench's model
     "gpt2-small": dict(vocab_size=50304, max_len=1024, d_model=768, n_layers=12, n_heads=12),
 }
 

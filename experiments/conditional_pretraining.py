@@ -61,6 +61,7 @@ class ConditionConfig:
   threshold: float = -0.05  # a sentence scoring below this is undesirable (VADER's negative cut-off)
   unconditioned_fraction: float = 0.01  # sentences left without a tag (the paper's drop_token_fraction)
   max_documents: int = 0  # > 0: train on the first this many training documents only (smoke runs)
+  max_val_documents: int = 0  # > 0: evaluate on the first this many validation documents only (smoke runs)
   contrastive_weight: float = 1.0  # of the contrastive loss, in the `contrastive` mode
 
   def __post_init__(self):
@@ -118,7 +119,7 @@ def get_config(smoke: bool = False) -> Config:
         optim=dataclasses.replace(config.optim, warmup_steps=2),
         loop=LoopConfig(steps=6, log_every=3, eval_every=0, checkpoint_every=3, progress=False),
         eval=EvalConfig(samples=16, batch_size=16, max_new_tokens=8),
-        condition=dataclasses.replace(config.condition, max_documents=40),
+        condition=dataclasses.replace(config.condition, max_documents=40, max_val_documents=4),
     )
   return config
 
@@ -147,7 +148,7 @@ def main(config: Config, workdir: Path) -> dict:
   control_ids = tuple(tokenizer.piece_to_id(p) for p in conditional.CONTROL_TOKENS)
   scorer = labelers.get_scorer(cc.scorer)
   train_docs, val_docs = lm_data.split_corpus(config.data.corpus, config.data.val_fraction)
-  train_docs = train_docs[:cc.max_documents or None]
+  train_docs, val_docs = train_docs[:cc.max_documents or None], val_docs[:cc.max_val_documents or None]
   train_ids, train_scores, train_tags = score_segments(train_docs, scorer, tokenizer, cc.threshold,
                                                        cc.unconditioned_fraction, config.seed)
   # Validation keeps every tag: "perplexity given the labeler's tags" conditions every sentence.
@@ -167,16 +168,25 @@ def main(config: Config, workdir: Path) -> dict:
   plain_batches = eval_batches(val_plain.tokens_N)
   key = jax.random.key(config.seed)
   results = {"scorer": cc.scorer, "threshold": cc.threshold, "bad_fraction_train": bad_fraction, "modes": {}}
+  # Modes with the same model and loss (plain, filter, token) share their compiled programs.
+  programs, generators = {}, {}
   for method in cc.modes:
     mode = "embedding" if method == "contrastive" else method
     train = stream(train_ids, train_tags, mode=mode)
     model_config = dataclasses.replace(config.model, n_preferences=conditional.N_PREFERENCES if mode == "embedding"
                                        else 0)
     model = Transformer(model_config)
-    tx = common.make_optimizer(config.optim)
-    init_fn, state_shardings = common.sharded_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx,
-                                                   rules=config.mesh.rules)
-    eval_step = lm.jit_eval_step(mesh, model=model, param_shardings=state_shardings.params)
+    contrastive_weight = cc.contrastive_weight if method == "contrastive" else 0.0
+    if (model_config, contrastive_weight) not in programs:
+      tx = common.make_optimizer(config.optim)
+      init_fn, state_shardings = common.sharded_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx,
+                                                     rules=config.mesh.rules)
+      programs[model_config, contrastive_weight] = (init_fn, state_shardings, lm.jit_eval_step(
+          mesh, model=model, param_shardings=state_shardings.params), lm.jit_train_step(
+              mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
+              contrastive_weight=contrastive_weight, preference_flip=conditional.FLIP,
+              state_shardings=state_shardings))
+    init_fn, state_shardings, eval_step, train_step = programs[model_config, contrastive_weight]
     tagged = {}
     if mode in ("token", "embedding"):
       # Given the labeler's tags, and given the opposite tags: if the model uses its conditioning,
@@ -201,10 +211,7 @@ def main(config: Config, workdir: Path) -> dict:
     tqdm.write(f"[{method}] {train.tokens_N.size:,} training tokens ({int(train.control_N.sum()):,} control tokens)")
     state = train_loop(
         workdir=workdir / method, loop=config.loop, config={**dataclasses.asdict(config), "mode": method},
-        init_fn=init_fn, state_shardings=state_shardings,
-        step_fn=lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
-                                  contrastive_weight=cc.contrastive_weight if method == "contrastive" else 0.0,
-                                  preference_flip=conditional.FLIP, state_shardings=state_shardings),
+        init_fn=init_fn, state_shardings=state_shardings, step_fn=train_step,
         data_iterator=iter(dataset), hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
         tokens_per_step=config.data.batch_size * config.data.seq_len, evaluate=evaluate)
     if state.step < config.loop.steps:  # stopped early (SIGTERM): the rerun resumes
@@ -214,7 +221,7 @@ def main(config: Config, workdir: Path) -> dict:
       if name != "none" and method not in CONDITIONED:
         continue
       texts = sample(state.params, model, tokenizer, mode, pref, control_ids, ec,
-                     jax.random.fold_in(jax.random.fold_in(key, 2), pref), mesh)
+                     jax.random.fold_in(jax.random.fold_in(key, 2), pref), mesh, generators)
       scores = np.asarray(scorer.score(texts), np.float64)
       out[f"undesirable_{name}"] = float(np.mean(scores < cc.threshold))
       out[f"score_{name}"] = float(np.mean(scores))
@@ -242,14 +249,17 @@ def perplexities(state, *, eval_step, plain_batches, tagged: dict, mesh) -> dict
 
 
 def sample(params, model: Transformer, tokenizer, mode: str, pref: int, control_ids: tuple[int, int],
-           ec: EvalConfig, key: jax.Array, mesh) -> list[str]:
+           ec: EvalConfig, key: jax.Array, mesh, generators: dict) -> list[str]:
   """`ec.samples` continuations of a document start under conditioning `pref`, as text without
-  control tokens. Token mode puts the control token after the EOS and suppresses the opposite one."""
+  control tokens. Token mode puts the control token after the EOS and suppresses the opposite one.
+  `generators` keeps the jitted samplers (one compile per model and suppressed token)."""
   prompt = [tokenizer.eos_id] + ([control_ids[pref - 1]] if mode == "token" and pref else [])
   suppress = (control_ids[2 - pref],) if mode == "token" and pref else ()
-  generate = jax.jit(functools.partial(
-      sampling.generate, model=model, max_new_tokens=ec.max_new_tokens, temperature=ec.temperature,
-      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, suppress_ids=suppress))
+  if (model.config, suppress) not in generators:
+    generators[model.config, suppress] = jax.jit(functools.partial(
+        sampling.generate, model=model, max_new_tokens=ec.max_new_tokens, temperature=ec.temperature,
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, suppress_ids=suppress))
+  generate = generators[model.config, suppress]
   prompt_BxP = np.tile(np.asarray(prompt, np.int32), (ec.batch_size, 1))
   batch = {"prompt": prompt_BxP, "mask": np.ones_like(prompt_BxP)}
   if mode == "embedding":

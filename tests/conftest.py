@@ -6,7 +6,14 @@ and an 8-device mesh in one process: the data-parallel code is tested the way it
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# Compiles are most of the test time: without XLA's backend optimizations and with its older CPU
+# fusion emitters a program compiles several times faster, and these tiny models run about as fast.
+# Numbers move only by float rounding; every comparison in the tests is between runs made here.
+# (RLHF_JAX_TEST_XLA_OPT=1 keeps XLA's defaults.)
+_FAST_COMPILE = "" if os.environ.get("RLHF_JAX_TEST_XLA_OPT") == "1" else (
+    " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+                           + _FAST_COMPILE).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # JAX compiles dominate the test time; a persistent cache shared by the test processes (and the
 # experiment subprocesses they start) turns every repeated compile into a lookup.

@@ -31,7 +31,9 @@ def test_sequence_advantages_by_hand():
     pg.PGConfig(estimator="rloo", group_size=1)
 
 
-@pytest.mark.parametrize("estimator", ["reinforce", "rloo", "grpo", "remax"])
+# REINFORCE and ReMax learn in the slow run (ReMax's greedy baseline also trains in test_sentiment_pg's smoke).
+@pytest.mark.parametrize("estimator", [pytest.param("reinforce", marks=pytest.mark.slow), "rloo", "grpo",
+                                       pytest.param("remax", marks=pytest.mark.slow)])
 def test_estimator_raises_the_reward(estimator):
   model = Transformer(POLICY)
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]

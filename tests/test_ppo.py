@@ -46,6 +46,7 @@ def _batch(state, ref_params, roll, hp, i):
   return {**batch, "score_B": _score(r.response_BxN, r.response_mask_BxN)}
 
 
+@pytest.mark.slow  # PPO learns in the default run through the trainer (test_rl.py)
 def test_ppo_raises_the_reward_and_pays_kl():
   state, ref, roll, step, hp = _setup()
   scores, kls = [], []

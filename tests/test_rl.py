@@ -91,7 +91,8 @@ def _prompts(i: int, config: rl.Config):
 # PPO (value model) and ReMax (greedy baselines) take the iteration's two special paths; every
 # estimator's math is tested on its own (test_pg.py, test_advantages.py), and GRPO runs below.
 # Online DPO and best-of-n fine-tuning are the two updates that are not policy gradients.
-@pytest.mark.parametrize("algorithm", ["ppo", "remax", "online_dpo", "rsft"])
+# (ReMax: slow run; its greedy baselines also train in test_sentiment_pg's smoke.)
+@pytest.mark.parametrize("algorithm", ["ppo", pytest.param("remax", marks=pytest.mark.slow), "online_dpo", "rsft"])
 def test_algorithms_raise_the_reward_in_one_jitted_iteration(algorithm):
   config = _config(algorithm)
   alg = _algorithm(config)
@@ -142,8 +143,11 @@ def test_host_reward_through_pure_callback_equals_the_device_reward():
     for i in range(2):
       state, metrics = many(state, _prompts(i, config), keys, hps, _frozen(reward))
     runs[name] = (state, metrics)
-  jax.tree.map(np.testing.assert_array_equal, runs["device"][0].params, runs["host"][0].params)
+  # The same rewards, bitwise; the parameters within rounding: a program with a callback is
+  # compiled differently (bitwise equal with XLA's default optimizations, ~2e-6 apart without).
   np.testing.assert_array_equal(runs["host"][1]["score_raw"], runs["device"][1]["score_raw"])
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), runs["device"][0].params,
+               runs["host"][0].params)
   assert np.all(runs["host"][1]["score_raw"] > 0)
   # The host text reward sees the response without its EOS, the prompt only when asked.
   texts = rewards.HostReward(scorer=SevensScorer(), tokenizer=DigitTokenizer(), with_prompt=True).texts(
@@ -201,7 +205,8 @@ def _task(reward=HOST_REWARD) -> rl.Task:
                  max_new_tokens=N, reward=reward, gold=SevensScorer(), gold_name="sevens")
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "online_dpo"])
+# GRPO resumes in the slow run; the default run resumes a state with a value model (PPO) and one without.
+@pytest.mark.parametrize("algorithm", ["ppo", pytest.param("grpo", marks=pytest.mark.slow), "online_dpo"])
 def test_trainer_resumes_exactly_as_an_unbroken_run(algorithm, tmp_path):
   # One device: resume is what is tested here (sharded RL runs: test_fsdp.py).
   config = dataclasses.replace(_config(algorithm), mesh=sharding.MeshConfig(data=1),

@@ -30,5 +30,5 @@ def count_e(texts):
 
 
 def test_batch_must_hold_whole_groups():
-  with pytest.raises((ConfigError, ValueError), match="multiple of pg.group_size"):
+  with pytest.raises((ConfigError, ValueError), match=r"multiple of the samples per prompt \(pg.group_size=3\)"):
     cli.resolve_config(cli.load_experiment(EXPERIMENT), True, ["pg.group_size=3"])
