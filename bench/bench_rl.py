@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import statistics
 import time
 
@@ -87,6 +88,7 @@ def main() -> None:
   parser.add_argument("--shape", choices=sorted(SHAPES), default="peer")
   parser.add_argument("--iterations", type=int, default=10)
   parser.add_argument("--profile", default="", help="write a jax.profiler trace of 3 iterations here")
+  parser.add_argument("--json", default="", help="write {algorithm: {median_iteration_s, ...}} here")
   args = parser.parse_args()
   devices = jax.devices()
   print(f"jax {jax.__version__} | {len(devices)} x {devices[0].device_kind} ({devices[0].platform}) | {args.shape} "
@@ -94,6 +96,7 @@ def main() -> None:
   print("| algorithm | iteration | rollout alone | episodes/s |")
   print("|---|---|---|---|")
   rng = np.random.default_rng(0)
+  results = {}
   for algorithm in args.algorithms.split(","):
     iteration, sample, state, hp, params, group = build(algorithm, args.epochs, args.reward, args.shape)
     prompts_PxL = rng.integers(1, SHAPES[args.shape]["vocab_size"], (ROWS // group, PROMPT_LEN), dtype=np.int32)
@@ -120,6 +123,11 @@ def main() -> None:
     name = f"{algorithm} ({args.epochs} epoch{'s' * (args.epochs > 1)})" if algorithm == "ppo" else algorithm
     it, roll = statistics.median(times), statistics.median(roll_times)
     print(f"| {name} | {it:.3f} s | {roll:.3f} s | {ROWS / it:.1f} |", flush=True)
+    results[algorithm] = {"median_iteration_s": it, "min_iteration_s": min(times), "median_rollout_s": roll,
+                          "epochs": args.epochs, "reward": args.reward, "jax": jax.__version__}
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

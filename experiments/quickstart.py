@@ -23,13 +23,10 @@ Stages, each an experiment of its own in a subfolder of the workdir (rerunning r
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from rlhf_jax import logs, runs
-from rlhf_jax.data.corpora import atomic_write_bytes
-from rlhf_jax.eval import harness
-from rlhf_jax.eval.plots import plot_metrics
+from rlhf_jax import runs
+from rlhf_jax.eval import harness, pipeline
 
 HERE = Path(__file__).parent
 
@@ -81,59 +78,6 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, list[str]]]:
   ]
 
 
-def report(workdir: Path, evaluation: dict) -> dict:
-  """Numbers of every stage, read back from their metrics files, and the evaluation's."""
-  lm_eval = logs.read_metrics(workdir / "lm", "eval")
-  rm_eval = logs.read_metrics(workdir / "reward", "eval")
-  ppo_eval = logs.read_metrics(workdir / "ppo", "eval")
-  before, after = ppo_eval[0], ppo_eval[-1]
-  samples = [json.loads(line) for line in (workdir / "ppo" / "samples.jsonl").read_text().splitlines()]
-  first, last = samples[0]["step"], samples[-1]["step"]
-  return {
-      "lm": {"validation_perplexity": lm_eval[-1]["perplexity"], "steps": lm_eval[-1]["step"]},
-      "reward_model": {"heldout_accuracy_vs_noiseless_labeler": rm_eval[-1]["accuracy_vs_noiseless"],
-                       "heldout_accuracy_vs_labels": rm_eval[-1]["accuracy_vs_labels"],
-                       "label_agreement_with_noiseless": rm_eval[-1]["label_agreement_with_noiseless"],
-                       "heldout_pairs": rm_eval[-1]["pairs"]},
-      "ppo": {"updates": after["step"], "gold_before": before["gold_score"], "gold_after": after["gold_score"],
-              "proxy_before": before["proxy_score"], "proxy_after": after["proxy_score"], "kl_after": after["kl"],
-              "response_length_after": after["response_length"], "eos_rate_after": after["eos_rate"]},
-      "samples": [{"prompt": b["prompt"], "before": b["completion"], "after": a["completion"]}
-                  for b, a in zip([s for s in samples if s["step"] == first], [s for s in samples if s["step"] == last])],
-      "eval": {"runs": [{k: v for k, v in r.items() if k != "scores"} | {
-                   "scores": {name: s["mean"] for name, s in r["scores"].items()}} for r in evaluation["runs"]],
-               "head_to_head": evaluation["head_to_head"]},
-  }
-
-
-def _markdown(r: dict) -> str:
-  p = r["ppo"]
-  lines = [
-      "# Quickstart report", "",
-      "| stage | result |", "|---|---|",
-      f"| pretraining | validation perplexity {r['lm']['validation_perplexity']:.1f} after {r['lm']['steps']} steps |",
-      f"| reward model | held-out pairwise accuracy {r['reward_model']['heldout_accuracy_vs_noiseless_labeler']:.3f} "
-      f"against the noiseless labeler ({r['reward_model']['heldout_pairs']:.0f} pairs) |",
-      f"| PPO, gold (VADER) score | {p['gold_before']:.3f} -> {p['gold_after']:.3f} |",
-      f"| PPO, proxy (reward model) score | {p['proxy_before']:.3f} -> {p['proxy_after']:.3f} |",
-      f"| PPO, KL to the reference (nats/sequence) | {p['kl_after']:.2f} |", "",
-      "## Samples (same prompt and seed, before -> after PPO)", "",
-  ]
-  lines += [f"- *{s['prompt']}* | before: {s['before']!r} | after: {s['after']!r}" for s in r["samples"]]
-  base, tuned = r["eval"]["runs"]
-  lines += ["", "## Evaluation (`eval/eval.md` has every number)", "",
-            "| policy | " + " | ".join(f"{n} (mean)" for n in base["scores"]) + " | KL | distinct-1 | self-BLEU | "
-            "perplexity |", "|---|" + "---|" * (len(base["scores"]) + 4)]
-  for name, run in (("pretrained", base), ("PPO", tuned)):
-    lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in run["scores"].values())
-                 + f" | {run['kl']:.2f} | {run['distinct_1']:.3f} | {run['self_bleu']:.3f} | {run['perplexity']:.1f} |")
-  lines += ["", "Win rate of the pretrained policy against PPO's, same prompts (95% bootstrap interval):", ""]
-  for judge, w in r["eval"]["head_to_head"][0].items():
-    if isinstance(w, dict) and w["n"]:
-      lines.append(f"- {judge}: {w['win_rate']:.3f} ({w['ci_low']:.3f} - {w['ci_high']:.3f}), n = {w['n']}")
-  return "\n".join(lines) + "\n"
-
-
 def eval_config(config: Config, workdir: Path) -> harness.HarnessConfig:
   rm = f"rm:{workdir / 'reward'}"
   hc = harness.HarnessConfig(scorers=("vader", "textblob", "afinn", rm), with_prompt=(rm,), judges=("vader", rm),
@@ -150,11 +94,6 @@ def main(config: Config, workdir: Path) -> dict:
     runs.run_experiment(HERE / experiment, smoke=config.smoke, workdir=stage_dir, overrides=overrides)
   print(f"== evaluation -> {workdir / 'eval'}", flush=True)
   evaluation = harness.evaluate([workdir / "lm", workdir / "ppo"], eval_config(config, workdir), workdir / "eval")
-  result = logs.json_ready(report(workdir, evaluation))  # JSON has no NaN
-  atomic_write_bytes(workdir / "report.json", (json.dumps(result, indent=2) + "\n").encode())
-  atomic_write_bytes(workdir / "report.md", _markdown(result).encode())
-  ppo_dir = workdir / "ppo"
-  plot_metrics([ppo_dir], workdir / "reward_kl.png",
-               [("train", "score"), ("train", "kl"), ("eval", "gold_score"), ("eval", "kl")], labels=["PPO"])
-  print(_markdown(result), flush=True)
+  result, text = pipeline.write_report(workdir / "lm", workdir / "reward", workdir / "ppo", evaluation, workdir)
+  print(text, flush=True)
   return result

@@ -12,7 +12,7 @@ lays them out: a rerun skips finished runs and resumes the others):
 
 - `ppo`: sentiment_ppo with a fixed beta (`ppo.kl_coef`; the adaptive controller off);
 - `rloo`: sentiment_pg's RLOO, K = 4 (`pg.kl_coef`);
-- `dpo`: dpo_sentiment's online DPO, 3 rounds of fresh pairs labelled by VADER (`dpo.beta`);
+- `dpo`: dpo_sentiment's online DPO, pairs sampled from the current policy and ranked by VADER (`dpo.beta`);
 - `best-of-n`: best_of_n without fine-tuning (every n at once; KL = log n - (n-1)/n).
 
 Writes `frontier.md` (each setting's KL and gold, mean ± 95% t-interval over seeds; gold at
@@ -22,13 +22,10 @@ matched KL), `frontier.json` (every point) and `frontier.png`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from rlhf_jax import logs, report, sweep
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import report, runs, sweep
 from rlhf_jax.eval import frontier
-from rlhf_jax.runs import load_experiment, run_experiment
 
 HERE = Path(__file__).parent
 METHODS = ("ppo", "rloo", "dpo", "best-of-n")
@@ -53,11 +50,10 @@ class Config:
 
 
 def get_config(smoke: bool = False) -> Config:
-  config = Config()
   if smoke:
-    config = Config(seeds=(0,), ppo_kl_coefs=(0.1,), rloo_kl_coefs=(0.1,), dpo_betas=(0.1,), bon_n=(1, 2, 4),
-                    smoke_runs=True)
-  return config
+    return Config(seeds=(0,), ppo_kl_coefs=(0.1,), rloo_kl_coefs=(0.1,), dpo_betas=(0.1,), bon_n=(1, 2, 4),
+                  smoke_runs=True)
+  return Config()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +72,7 @@ def methods(config: Config) -> list[Method]:
       Method("rloo", HERE / "sentiment_pg.py", "pg.kl_coef", config.rloo_kl_coefs, ("rl.algorithm=rloo",)),
       Method("dpo", HERE / "dpo_sentiment.py", "dpo.beta", config.dpo_betas, ("dpo.kind=dpo",)),
       Method("best-of-n", HERE / "best_of_n.py", frontier.STEP, (None,),
-             ("rsft.steps=0", "bon.n=" + ",".join(map(str, config.bon_n)))),
+             ("fine_tune=false", "bon.n=" + ",".join(map(str, config.bon_n)))),
   ]}
   return [known[name] for name in config.methods]
 
@@ -89,29 +85,17 @@ def plan(method: Method, seeds) -> list[sweep.Run]:
 def main(config: Config, workdir: Path) -> dict:
   workdir = Path(workdir)
   lm = Path(config.init_from) if config.init_from else workdir / "lm"
-  if not config.init_from and sweep.status(lm) != "done":
-    run_experiment(HERE / "pretrain_tiny.py", smoke=config.smoke_runs, workdir=lm)
-  todo = [(m, plan(m, config.seeds), (f"policy.init_from={lm.absolute()}", *m.base)) for m in methods(config)]
-  for m, runs, base in todo:  # every run's config resolves before the first starts
-    sweep.check_configs(load_experiment(m.experiment), runs, base, config.smoke_runs)
-  failed = []
-  for m, runs, base in todo:
-    outcomes = sweep.run_all(m.experiment, workdir / m.name, runs, base=base, smoke=config.smoke_runs)
-    if "interrupted" in outcomes.values():
-      return {"interrupted": m.name}  # `rlhf-jax run` exits 128 + signal; rerun to resume
-    failed += [f"{m.name}/{name}: {o}" for name, o in outcomes.items() if not o.startswith(("done", "skipped"))]
-  if failed:
-    raise RuntimeError("runs failed (rerun the same command to retry them): " + "; ".join(failed))
-
-  points = [p for m, runs, _ in todo
-            for p in frontier.collect([report.load_run(workdir / m.name / r.name) for r in runs], m.name, m.knob)]
+  if not config.init_from:
+    runs.run_unless_done(HERE / "pretrain_tiny.py", lm, smoke=config.smoke_runs)
+  stages = [runs.Stage(m.experiment, workdir / m.name, tuple(plan(m, config.seeds)),
+                       (f"policy.init_from={lm.absolute()}", *m.base), label=m.name) for m in methods(config)]
+  # The methods are independent: one's failed run does not stop the others.
+  interrupted = runs.run_stages(stages, smoke=config.smoke_runs, keep_going=True)
+  if interrupted:
+    return {"interrupted": interrupted}  # `rlhf-jax run` exits 128 + signal; rerun to resume
+  points = [p for m, stage in zip(methods(config), stages)
+            for p in frontier.collect([report.load_run(stage.root / r.name) for r in stage.runs], m.name, m.knob)]
   knobs = {m.name: ("n" if m.knob == frontier.STEP else m.knob) for m in methods(config)}
-  text = ("# Reward-KL frontier\n\nFinal evaluation of each setting: mean ± 95% t-interval over seeds "
-          f"{list(config.seeds)}.\n\n" + frontier.markdown(points, config.kl_bands, knobs) + "\n![frontier](frontier.png)\n")
-  atomic_write_bytes(workdir / "frontier.md", text.encode())
-  result = {"points": [dataclasses.asdict(p) for p in points], "by_setting": frontier.by_setting(points),
-            "matched_kl": frontier.matched_kl(points, config.kl_bands)}
-  atomic_write_bytes(workdir / "frontier.json", (json.dumps(logs.json_ready(result), indent=2) + "\n").encode())
-  frontier.plot(points, workdir / "frontier.png")
+  result, text = frontier.write_report(points, workdir, edges=config.kl_bands, knobs=knobs, seeds=config.seeds)
   print(text, flush=True)
   return result

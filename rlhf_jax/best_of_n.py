@@ -8,6 +8,7 @@ known in closed form when rewards never tie, and otherwise can be measured (`kl_
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 from scipy import special
@@ -83,3 +84,20 @@ def kl_plugin(reference_scores: np.ndarray, n: int) -> float:
   p = cdf ** n - np.concatenate([[0.0], cdf[:-1]]) ** n
   keep = p > 0
   return float(np.sum(p[keep] * np.log(p[keep] / q[keep])))
+
+
+def summary(proxy_PxN: np.ndarray, gold_PxN: np.ndarray | None, ns: Sequence[int]) -> list[dict[str, float]]:
+  """For each n: `proxy_score` and `gold_score`, the mean over prompts of the expected proxy and gold
+  score of the proxy-best of n (`expected_best`, from one pool of N >= max(ns) samples of each
+  prompt), `kl` the bound `kl_bound(n)` and `kl_plugin` its measured counterpart on the proxy's
+  values (`kl_plugin`, mean over prompts). The names are the RL trainer's evaluation metrics, so a
+  best-of-n run reads like any other in `rlhf-jax report`. `gold_PxN` None: no gold."""
+  proxy_PxN = np.asarray(proxy_PxN, np.float64)
+  out = []
+  for n in ns:
+    row = {"n": int(n), "proxy_score": float(expected_best(proxy_PxN, proxy_PxN, n).mean()), "kl": kl_bound(n),
+           "kl_plugin": float(np.mean([kl_plugin(s_N, n) for s_N in proxy_PxN]))}
+    if gold_PxN is not None:
+      row["gold_score"] = float(expected_best(proxy_PxN, gold_PxN, n).mean())
+    out.append(row)
+  return out

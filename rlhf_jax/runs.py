@@ -3,11 +3,13 @@
 An experiment is a Python file with `get_config(smoke=False)` and `main(config, workdir)`.
 `run_experiment` is what `rlhf-jax run` does, callable from Python: experiments that compose
 others as stages (quickstart, sweeps of experiments) and tests use it; the CLI only parses
-arguments and calls it.
+arguments and calls it. A composition runs a stage in-process with `run_unless_done` (skipped once
+finished), or sweeps stages of runs, each its own process, with `run_stages`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -96,3 +98,50 @@ def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path
   result = module.main(config, workdir)
   finish_run(workdir)
   return result
+
+
+def run_unless_done(path: str | Path, workdir: str | Path, *, smoke: bool = False,
+                    overrides: Sequence[str] = ()) -> None:
+  """`run_experiment` in `workdir` unless a finished run is there (done.json): a stage that a rerun
+  of the composition skips once done and resumes (from its checkpoints) otherwise."""
+  if sweep.status(workdir) != "done":
+    run_experiment(path, smoke=smoke, workdir=workdir, overrides=overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One experiment of a composition, swept: each of `runs` in `<root>/<run name>`, with the `base`
+  overrides before the run's own."""
+  experiment: Path
+  root: Path
+  runs: tuple[sweep.Run, ...]
+  base: tuple[str, ...] = ()
+  label: str = ""  # what an interruption or failure is reported as ("": the experiment's file name)
+
+  @property
+  def name(self) -> str:
+    return self.label or Path(self.experiment).name
+
+
+def run_stages(stages: Sequence[Stage], *, smoke: bool = False, keep_going: bool = False) -> str | None:
+  """Runs the unfinished runs of every stage in order, each its own `rlhf-jax run` process
+  (`sweep.run_all`: finished runs are skipped, started ones resume).
+
+  Every run's config is resolved before the first starts, so a bad override fails before any work.
+  Returns None when every run is done, or the name of the stage a signal stopped (the caller
+  returns; `rlhf-jax run` then exits 128 + signal and a rerun resumes). Failed runs raise: at once
+  when later stages need the earlier ones, or (`keep_going`, independent stages) after the rest ran.
+  """
+  for stage in stages:
+    sweep.check_configs(load_experiment(stage.experiment), stage.runs, stage.base, smoke)
+  failed = []
+  for stage in stages:
+    outcomes = sweep.run_all(stage.experiment, stage.root, stage.runs, base=stage.base, smoke=smoke)
+    if "interrupted" in outcomes.values():
+      return stage.name
+    failed += [f"{stage.name}/{run}: {o}" for run, o in outcomes.items() if not o.startswith(("done", "skipped"))]
+    if failed and not keep_going:
+      break
+  if failed:
+    raise RuntimeError("runs failed (rerun the same command to retry them): " + "; ".join(failed))
+  return None

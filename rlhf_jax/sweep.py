@@ -51,6 +51,11 @@ class Run:
   name: str
   overrides: tuple[str, ...]  # KEY=VALUE, the grid point's (the base overrides come first in `command`)
 
+  @classmethod
+  def of(cls, name: str, point: Mapping[str, Any]) -> Run:
+    """The run of `point` ({key: value}) in the folder `name` (`plan` names each after its point)."""
+    return cls(name, tuple(f"{k}={_text(v)}" for k, v in point.items()))
+
 
 def parse_grid(axes: Sequence[str]) -> list[dict[str, str]]:
   """["a=1,2", "b=x"] -> [{"a": "1", "b": "x"}, {"a": "2", "b": "x"}] (the product, last axis fastest)."""
@@ -80,7 +85,7 @@ def run_name(point: Mapping[str, Any]) -> str:
 
 
 def plan(points: Sequence[Mapping[str, Any]]) -> list[Run]:
-  runs = [Run(run_name(p), tuple(f"{k}={_text(v)}" for k, v in p.items())) for p in points]
+  runs = [Run.of(run_name(p), p) for p in points]
   names = [r.name for r in runs]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:

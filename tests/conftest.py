@@ -24,6 +24,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+  # With -n, pytest-xdist's "loadfile" rather than its default "load": a file's tests run on one
+  # worker, so its module-scoped fixtures and compiled programs (the quickstart run, the samplers
+  # of test_sampling, the golden steps) are built once, not once per worker. (Set here rather than
+  # in addopts so that -p no:xdist still works; "loadgroup" would not group with pytest 9.)
+  if getattr(config.option, "dist", None) == "load":
+    config.option.dist = "loadfile"
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
   """A corpus cache shared by the whole session (RLHF_JAX_CACHE), so each download happens once."""
@@ -34,12 +43,21 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_lm(tmp_path_factory, cache_dir):
-  """A tiny pretrained LM workdir (pretrain_tiny --smoke, 5 steps) for experiments that start from one."""
+  """A tiny pretrained LM workdir (pretrain_tiny --smoke, 5 steps) for experiments that start from one.
+  Trained once per test session: the pytest-xdist workers share it (the first to ask trains it
+  under a file lock, the others wait for it), since a fixture of session scope is per worker."""
+  import fcntl
   from pathlib import Path
 
   from rlhf_jax import cli
 
-  workdir = tmp_path_factory.mktemp("smoke_lm")
-  cli.run_experiment(Path(__file__).resolve().parents[1] / "experiments" / "pretrain_tiny.py", smoke=True,
-                     workdir=workdir, overrides=["loop.steps=5", "loop.checkpoint_every=5"])
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's own directory
+  workdir = root / "smoke_lm"
+  with open(root / "smoke_lm.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "trained").exists():
+      cli.run_experiment(Path(__file__).resolve().parents[1] / "experiments" / "pretrain_tiny.py", smoke=True,
+                         workdir=workdir, overrides=["loop.steps=5", "loop.checkpoint_every=5"])
+      (workdir / "trained").write_text("")
   return workdir

@@ -1,64 +1,83 @@
-"""dpo_sentiment in --smoke mode: online rounds labeled into the store, then offline from that store
-and from the fine-food reviews' human preferences."""
+"""dpo_sentiment in --smoke mode: online DPO on the RL trainer (default run); offline from a feedback
+store and from the fine-food reviews' human preferences (slow). Both trainers learn a task with a
+known answer in test_rl.py, where online DPO also resumes exactly."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from rlhf_jax import cli, logs
+from rlhf_jax import logs, runs
+from rlhf_jax.config import ConfigError
 from rlhf_jax.feedback.store import FeedbackStore
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT = ROOT / "experiments" / "dpo_sentiment.py"
+EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "dpo_sentiment.py"
+EVAL = {"gold_score", "proxy_score", "kl", "response_length", "eos_rate"}  # the RL trainer's evaluation
+
+
+def count_e(texts):
+  """A reward the smoke LM's gibberish varies under (VADER scores nearly all of it 0: every pair a tie)."""
+  return [float(t.count("e")) for t in texts]
+
+
+def _finite_evals(workdir: Path) -> list[dict]:
+  evals = logs.read_metrics(workdir, "eval")
+  for r in evals:
+    assert EVAL <= set(r) and all(math.isfinite(r[name]) for name in EVAL), r
+  return evals
 
 
 @pytest.mark.network
-def test_online_then_offline_dpo(smoke_lm, tmp_path):
-  online = tmp_path / "online"
-  results = cli.run_experiment(EXPERIMENT, smoke=True, workdir=online, overrides=[f"policy.init_from={smoke_lm}"])
-  assert [r["round"] for r in results] == [-1, 0, 1]
-  assert all(r["pairs"] >= 16 for r in results[1:])
-  with FeedbackStore(online / "feedback.db") as store:
-    prefs = store.export_preferences()
-  assert {r["chosen_model"] for r in prefs} == {"dpo-round-0", "dpo-round-1"}
-  for k in range(2):
-    train = logs.read_metrics(online / f"round_{k}", "train")
-    assert [r["step"] for r in train] == [1, 2, 3]
-    assert all(name in train[0] for name in ("reward_chosen", "reward_rejected", "reward_accuracy", "logp_chosen",
-                                            "logp_rejected", "reward_margin"))
-  # Each round's evaluation is in the run's metrics.jsonl too, where `rlhf-jax report` reads it.
-  evals = logs.read_metrics(online, "eval")
-  assert [r["step"] for r in evals] == [0, 3, 6]
-  assert [r["gold_score"] for r in evals] == [r["gold_score"] for r in results]
-  # A rerun resumes every round and reuses the store's judgements: same results, no new pairs.
-  before = (online / "rounds.jsonl").read_text()
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=online, overrides=[f"policy.init_from={smoke_lm}"])
-  assert (online / "rounds.jsonl").read_text() == before
-  assert logs.read_metrics(online, "eval") == evals  # rewritten, not appended
-  with FeedbackStore(online / "feedback.db") as store:
-    assert len(store.export_preferences()) == len(prefs)
+def test_online_dpo_smoke_ranks_fresh_pairs_and_evaluates(smoke_lm, tmp_path):
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path,
+                      overrides=[f"policy.init_from={smoke_lm}", f"task.reward=py:{__name__}:count_e"])
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["rl"]["algorithm"] == "online_dpo" and config["dpo"]["beta"] == 0.1
+  train = logs.read_metrics(tmp_path, "train")
+  assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+  # Pairs ranked by the reward, ties (equal counts) masked out; the DPO metrics of those pairs.
+  assert all(0.0 <= r["pair_fraction"] <= 1.0 and math.isfinite(r["loss"]) for r in train)
+  assert any(r["pair_fraction"] > 0 and r["grad_norm"] > 0 for r in train)
+  assert {"reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected", "score", "kl"} <= set(train[0])
+  assert [r["step"] for r in _finite_evals(tmp_path)] == [0, 3, 6]
+  assert (tmp_path / "reward_norm.json").is_file() and (tmp_path / "done.json").is_file()
 
-  # A run stopped after round 0 and resumed (here: one round, then two) labels round 1 as the
-  # unbroken run did, though it reuses round 0's judgements instead of labelling them again.
-  resumed = tmp_path / "resumed"
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=resumed,
-                     overrides=[f"policy.init_from={smoke_lm}", "online.rounds=1"])
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=resumed, overrides=[f"policy.init_from={smoke_lm}"])
-  def judged(records):
-    return [{k: v for k, v in r.items() if k != "created"} for r in records]
-  with FeedbackStore(resumed / "feedback.db") as store:
-    assert judged(store.export_preferences()) == judged(prefs)
-  assert (resumed / "rounds.jsonl").read_text() == before
 
-  offline = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "offline",
-                               overrides=[f"policy.init_from={smoke_lm}", f"data.source=store:{online / 'feedback.db'}",
-                                          "dpo.kind=ipo"])
-  assert [r["round"] for r in offline] == [-1, 0] and offline[1]["pairs"] == len(prefs)
-  people = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "fine_foods",
-                              overrides=[f"policy.init_from={smoke_lm}", "data.source=fine_foods"])
-  assert [r["round"] for r in people] == [-1, 0] and people[1]["pairs"] == 1400  # the real human pairs
-  with pytest.raises(FileNotFoundError, match="feedback store"):
-    cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "bad",
-                       overrides=[f"policy.init_from={smoke_lm}", f"data.source=store:{tmp_path / 'nope.db'}"])
-  assert json.loads((online / "rounds.jsonl").read_text().splitlines()[0])["round"] == -1
+def test_data_source_errors_name_the_setting_or_the_file(tmp_path):
+  with pytest.raises((ConfigError, ValueError), match="data.source: expected 'online', 'store:PATH' or 'fine_foods'"):
+    runs.resolve_config(runs.load_experiment(EXPERIMENT), True, ["data.source=people"])
+  # A missing store fails before any work (no policy is pretrained, no prompts are read).
+  with pytest.raises(FileNotFoundError, match=r"data.source store .*nope.db not found: expected a feedback store"):
+    runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "run",
+                        overrides=[f"data.source=store:{tmp_path / 'nope.db'}"])
+  assert not (tmp_path / "run" / "policy").exists()
+
+
+def _store(path: Path, pairs: int) -> Path:
+  """A feedback store where a labeler preferred a cheerful response to a gloomy one, `pairs` times."""
+  with FeedbackStore(path) as store:
+    ids = store.add_samples([{"prompt": f"Meal number {i} was", "response": text, "model": model}
+                             for i in range(pairs) for text, model in (("good and great, we loved it", "a"),
+                                                                       ("bad and awful, we hated it", "b"))])
+    store.compare_many([(a, b, "a") for a, b in zip(ids[::2], ids[1::2])], labeler="test")
+  return path
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_offline_dpo_from_a_store_and_from_fine_food_reviews(smoke_lm, tmp_path):
+  store = _store(tmp_path / "feedback.db", pairs=24)
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "store",
+                      overrides=[f"policy.init_from={smoke_lm}", f"data.source=store:{store}", "dpo.kind=ipo"])
+  train = logs.read_metrics(tmp_path / "store", "train")
+  assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+  assert train[-1]["reward_margin"] > train[0]["reward_margin"] and train[-1]["reward_accuracy"] == 1.0
+  assert [r["step"] for r in _finite_evals(tmp_path / "store")] == [0, 3, 6]
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "people",
+                      overrides=[f"policy.init_from={smoke_lm}", "data.source=fine_foods", "loop.steps=2"])
+  assert [r["step"] for r in logs.read_metrics(tmp_path / "people", "train")] == [1, 2]
+  assert [r["step"] for r in _finite_evals(tmp_path / "people")] == [0, 2]
+  with pytest.raises(ValueError, match=r"3 preference pairs, fewer than the 8 a step trains on"):
+    runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "few", overrides=[
+        f"policy.init_from={smoke_lm}", f"data.source=store:{_store(tmp_path / 'few.db', pairs=3)}"])

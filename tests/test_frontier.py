@@ -1,12 +1,13 @@
 """Reward-KL frontiers (rlhf_jax.eval.frontier) on hand-made runs, and the frontier experiment's smoke run."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from rlhf_jax import cli, report, sweep
+from rlhf_jax import cli, logs, report, sweep
 from rlhf_jax.eval import frontier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,19 @@ def test_tables_and_plot(points, tmp_path):
   assert (tmp_path / "f.png").stat().st_size > 10_000
 
 
+def test_the_report_files(points, tmp_path):
+  result, text = frontier.write_report(points, tmp_path, edges=[0.0, 1.0, 8.0], knobs={"ppo": "ppo.kl_coef"},
+                                       seeds=[0, 1])
+  assert text.startswith("# Reward-KL frontier\n\nFinal evaluation of each setting: mean ± 95% t-interval over "
+                         "seeds [0, 1].") and text.endswith("![frontier](frontier.png)\n")
+  assert (tmp_path / "frontier.md").read_text() == text and "| bon | n" not in text and "| bon | setting=4 |" in text
+  assert result["by_setting"] == frontier.by_setting(points) and len(result["points"]) == len(points)
+  saved = json.loads((tmp_path / "frontier.json").read_text())
+  assert saved["points"][0] == dataclasses.asdict(points[0]) and saved["by_setting"]["ppo"][1]["gold_ci95"] is None
+  assert saved["matched_kl"] == logs.json_ready(frontier.matched_kl(points, [0.0, 1.0, 8.0]))
+  assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_run_without_the_knob_or_evaluations_is_named(tmp_path):
   no_knob = _run(tmp_path / "a", {"seed": 0}, [(1, 1.0, 0.1)])
   with pytest.raises(ValueError, match=r"a/config.json has no 'ppo.kl_coef'"):
@@ -92,7 +106,7 @@ def test_frontier_experiment_runs_each_method_once_and_reruns_nothing(smoke_lm, 
     assert sweep.status(run) == "done"
     config = json.loads((run / "config.json").read_text())
     assert config["policy"]["init_from"] == str(smoke_lm.absolute()) and config["seed"] == seed
-    assert config["rsft"]["steps"] == 0 and config["bon"]["n"] == [1, 2, 4]
+    assert config["fine_tune"] is False and config["bon"]["n"] == [1, 2, 4]
   assert (tmp_path / "frontier.png").is_file() and "Gold at matched KL" in (tmp_path / "frontier.md").read_text()
   # A rerun finds every run done: it samples nothing and reports the same frontier.
   mtime = (tmp_path / "best-of-n/seed=0/metrics.jsonl").stat().st_mtime_ns

@@ -191,7 +191,7 @@ def _fresh(params):
 
 PPO_CONFIG = ppo.PPOConfig(epochs=2, minibatches=2)
 # GRPO puts its KL penalty in the loss (Shao et al. 2024); the others in the reward.
-PG_CONFIGS = {e: pg.PGConfig(estimator=e, group_size=K, kl_in_loss=e == "grpo") for e in pg.ESTIMATORS}
+PG_CONFIGS = {e: pg.PGConfig(group_size=K, kl_in_loss=e == "grpo") for e in pg.ESTIMATORS}
 RSFT_CONFIG = rsft.RSFTConfig(n=K, epochs=2)
 
 
@@ -206,7 +206,8 @@ def _program(case, microbatches=1):
   if family == "pg":
     def run(params, batch, key, hp):
       state = pg.init_state(params, tx=_tx(), kl_coef=PG_CONFIGS[kind].kl_coef)
-      return pg.pg_step(state, batch, key, hp, model=Transformer(LM), tx=_tx(), config=PG_CONFIGS[kind], **SCHEDULE)
+      return pg.pg_step(state, batch, key, hp, model=Transformer(LM), tx=_tx(), config=PG_CONFIGS[kind],
+                        estimator=kind, **SCHEDULE)
     return run, case
   if case == "online_dpo":  # rows 2i and 2i+1 of the rollout batch share a prompt: a pair
     def run(params, batch, key, hp):

@@ -1,4 +1,5 @@
-"""The overoptimization reproduction (gold RM -> proxies -> best-of-n and PPO -> fits) in --smoke mode."""
+"""The overoptimization reproduction (gold RM -> proxies -> best-of-n and PPO -> fits) in --smoke mode,
+and the stages it plans. The points, fits and tables: test_overoptimization.py."""
 
 import json
 import math
@@ -33,7 +34,8 @@ def test_overoptimization_smoke(smoke_lm, tmp_path):
     assert (tmp_path / "proxy" / name / "tokenizer.model").read_bytes() == (trunk / "tokenizer.model").read_bytes()
     for method in ("bon", "ppo"):
       config = json.loads((tmp_path / method / name / "config.json").read_text())
-      assert config["reward"]["scorer"] == f"rm:{(tmp_path / 'proxy' / name).absolute()}"
+      assert config["task"]["reward"] == f"rm:{(tmp_path / 'proxy' / name).absolute()}"
+      assert config["task"]["gold"] == gold and config["task"]["reward_with_prompt"] is True
     assert [r["step"] for r in _eval_records(tmp_path / "bon" / name)] == [1, 2, 4]
     assert [r["step"] for r in _eval_records(tmp_path / "ppo" / name)] == [0, 2, 4, 6]  # ppo_eval_every=2
   entry = result["proxies"]["d64,prompts=48"]
@@ -44,26 +46,26 @@ def test_overoptimization_smoke(smoke_lm, tmp_path):
   assert "| d64,prompts=48 |" in (tmp_path / "overoptimization.md").read_text()
 
 
-def _run(path: Path, evals: list[tuple[int, float, float, float]]) -> report.RunRecords:
-  path.mkdir(parents=True)
-  (path / "config.json").write_text(json.dumps({"seed": 0}))
-  (path / "metrics.jsonl").write_text("".join(
-      json.dumps({"step": s, "split": "eval", "kl": kl, "gold_score": g, "proxy_score": p}) + "\n"
-      for s, kl, g, p in evals))
-  return report.load_run(path)
-
-
-def test_gains_are_over_each_runs_first_evaluation_and_tables_name_missing_peaks(tmp_path):
+def test_the_stages_and_their_runs(tmp_path):
+  """What the experiment asks of each stage, without running one (the smoke run above runs them)."""
   module = cli.load_experiment(EXPERIMENT)
-  a = _run(tmp_path / "a", [(0, 0.0, 0.5, 1.0), (3, -0.2, 0.7, 2.0), (6, 4.0, 0.4, 3.0)])
-  b = _run(tmp_path / "b", [(0, 0.01, 0.1, -1.0), (3, 1.0, 0.3, 0.0)])
-  d, gold, proxy = module.gold_gains([a, b])
-  assert d.tolist() == pytest.approx([0.0, 0.0, 2.0, 0.1, 1.0])  # a KL estimate below 0 counts as 0
-  assert gold.tolist() == pytest.approx([0.0, 0.2, -0.1, 0.0, 0.2])
-  assert proxy.tolist() == pytest.approx([0.0, 1.0, 2.0, 0.0, 1.0])
-  fits = {"bon": {"alpha": 2.0, "beta": 1.0, "r2": 0.9, "n": 3}, "ppo": {"alpha": 1.0, "beta": -0.5, "r2": 0.5, "n": 3}}
-  entry = {"proxy_accuracy": 0.75, **{m: {"d": [0.0, 1.0], "gold_gain": [0.0, 0.3], "proxy_gain": [0, 1],
-                                          "fit": fit} for m, fit in fits.items()}}
-  text = module.markdown({"proxies": {"d64,prompts=512": entry}})
-  assert "| d64,prompts=512 | 0.750 | bon | 2 | 1.00 | 0.300 | 2.000 | 1.000 | 0.90 | 1 |" in text  # d* = 2 / (2 * 1)
-  assert "| ppo | 2 | 1.00 | 0.300 | 1.000 | -0.500 | 0.50 | none (beta <= 0) |" in text
+  config = module.get_config(smoke=False)
+  lm = tmp_path / "lm"
+  proxies = module._proxies(config, {64: lm, 128: tmp_path / "lm_d128"})
+  assert list(proxies) == ["d64,prompts=512", "d64,prompts=4096", "d128,prompts=512", "d128,prompts=4096"]
+  assert [r.name for r in proxies["d128,prompts=512"]] == [f"d128,prompts=512,seed={s}" for s in (0, 1, 2)]
+  assert proxies["d128,prompts=512"][1].overrides == (
+      f"reward.init_from={tmp_path / 'lm_d128'}", "policy.num_prompts=512", "labeler.seed=1", "labeler.beta=inf",
+      "seed=1")
+  gold, proxy, bon, ppo = module.stages(config, tmp_path, lm, proxies)
+  assert [s.name for s in (gold, proxy, bon, ppo)] == ["reward_fine_foods.py", "reward_simulated.py", "best_of_n.py",
+                                                      "sentiment_ppo.py"]
+  assert gold.root == tmp_path and [r.name for r in gold.runs] == ["gold"]
+  assert proxy.root == tmp_path / "proxy" and len(proxy.runs) == 12
+  assert f"labeler.scorer=rm:{tmp_path / 'gold'}" in proxy.base
+  # Best-of-n and PPO run once against each proxy run, with its name and seed.
+  assert bon.runs == ppo.runs and [r.name for r in bon.runs] == [r.name for r in proxy.runs]
+  assert bon.runs[4].overrides == (f"task.reward=rm:{tmp_path / 'proxy' / 'd64,prompts=4096,seed=1'}", "seed=1")
+  assert "bon.n=1,2,4,8,16,32,64" in bon.base and "fine_tune=false" in bon.base
+  assert {"ppo.adaptive_kl=false", "ppo.kl_coef=0.01", "loop.steps=100", "loop.eval_every=5",
+          f"task.gold=rm:{tmp_path / 'gold'}", "task.reward_with_prompt=true"} <= set(ppo.base)

@@ -27,8 +27,23 @@ def test_sequence_advantages_by_hand():
   np.testing.assert_allclose(pg.sequence_advantages(r, estimator="remax", group_size=1, baseline=0.0,
                                                     greedy_reward_B=jnp.array([1.0, 1.0, 1.0, 1.0])),
                              [0.0, 2.0, -1.0, 3.0])
-  with pytest.raises(ValueError, match="group_size >= 2"):
-    pg.PGConfig(estimator="rloo", group_size=1)
+
+
+def test_the_estimator_is_checked_where_the_step_is_bound():
+  pg.check_estimator("reinforce", 1)
+  pg.check_estimator("remax", 1)
+  pg.check_estimator("rloo", 2)
+  with pytest.raises(ValueError, match=r"'rloo' needs pg.group_size >= 2, got 1"):
+    pg.check_estimator("rloo", 1)
+  with pytest.raises(ValueError, match=r"estimator must be one of .*'grpo'.*, got 'ppo'"):
+    pg.check_estimator("ppo", 4)
+  # pg_step checks when it is bound and first called (traced), before it touches an array.
+  step = functools.partial(pg.pg_step, model=None, tx=None, config=pg.PGConfig(group_size=1), estimator="grpo",
+                           warmup_steps=0, total_steps=1, min_lr_ratio=1.0)
+  with pytest.raises(ValueError, match="'grpo' needs pg.group_size >= 2"):
+    step(None, {}, None, None)
+  with pytest.raises(ValueError, match="pg.group_size must be >= 1"):
+    pg.PGConfig(group_size=0)
 
 
 # REINFORCE and ReMax learn in the slow run (ReMax's greedy baseline also trains in test_sentiment_pg's smoke).
@@ -37,7 +52,7 @@ def test_sequence_advantages_by_hand():
 def test_estimator_raises_the_reward(estimator):
   model = Transformer(POLICY)
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
-  config = pg.PGConfig(estimator=estimator, group_size=K, kl_coef=0.01, kl_in_loss=estimator == "grpo")
+  config = pg.PGConfig(group_size=K, kl_coef=0.01, kl_in_loss=estimator == "grpo")
   optim = common.OptimConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.0)
   tx = common.make_optimizer(optim)
   hp = config.hparams(optim)
@@ -46,8 +61,8 @@ def test_estimator_raises_the_reward(estimator):
                                    eos_id=EOS, pad_id=PAD))
   greedy = jax.jit(functools.partial(rollout_lib.rollout, policy_model=model, value_model=None, max_new_tokens=N,
                                      eos_id=EOS, pad_id=PAD))
-  step = jax.jit(functools.partial(pg.pg_step, model=model, tx=tx, config=config, warmup_steps=0, total_steps=100,
-                                   min_lr_ratio=1.0))
+  step = jax.jit(functools.partial(pg.pg_step, model=model, tx=tx, config=config, estimator=estimator,
+                                   warmup_steps=0, total_steps=100, min_lr_ratio=1.0))
   score = lambda r: jnp.sum((r.response_BxN == 7) & r.response_mask_BxN, -1) / N  # noqa: E731
   scores = []
   for i in range(20):

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "reward_fine_foods.py"
 
 
+@pytest.mark.slow  # the experiment's default run (one smoke a family): the preference smoke below
 @pytest.mark.network
 def test_rating_smoke_reports_auc_next_to_the_lexicon_baselines(tmp_path, cache_dir):
   cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlhf_jax import config as config_lib
 from rlhf_jax import logs, pretrained, rewards, rl, sharding, vmapped
 from rlhf_jax.loop import LoopConfig
 from rlhf_jax.models.transformer import ModelConfig, Transformer
@@ -238,6 +239,13 @@ def test_trainer_errors_name_the_setting(tmp_path):
     rl.RLConfig(algorithm="dqn")
   with pytest.raises(ValueError, match=r"multiple of the samples per prompt \(pg.group_size=3\)"):
     dataclasses.replace(_config("rloo"), pg=dataclasses.replace(rl.Config().pg, group_size=3))
+  # rl.algorithm is the one place that picks the policy-gradient estimator; the group it needs is
+  # checked against it (REINFORCE and ReMax take one sample per prompt).
+  with pytest.raises(config_lib.ConfigError, match="pg.estimator"):
+    config_lib.apply_overrides(_config("rloo"), ["pg.estimator=grpo"])
+  with pytest.raises(ValueError, match=r"rl.algorithm=grpo needs pg.group_size >= 2, got 1"):
+    config_lib.apply_overrides(_config("grpo"), ["pg.group_size=1"])
+  assert config_lib.apply_overrides(_config("reinforce"), ["pg.group_size=1"]).group_size == 1
   policy = pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
   long_task = dataclasses.replace(_task(), max_new_tokens=POLICY.max_len)
   with pytest.raises(ValueError, match="exceeds the policy's max_len"):
@@ -245,3 +253,54 @@ def test_trainer_errors_name_the_setting(tmp_path):
   with pytest.raises(ValueError, match="rl.value_init=reward needs a reward model"):
     rl.train(_config("ppo", value_init="reward"), _task(), policy, tmp_path / "value")
   assert not (tmp_path / "long").exists() and not (tmp_path / "value").exists()  # nothing starts
+
+
+def test_offline_dpo_learns_given_pairs_and_is_judged_like_the_trainer(tmp_path):
+  """Pairs that prefer all-7 responses: the implicit reward's accuracy and margin rise, the policy's
+  gold (sevens) on held-out prompts rises, and the evaluation is the trainer's (metric names, steps)."""
+  base = _config("online_dpo")  # the batch: 16 responses, 8 pairs
+  config = dataclasses.replace(base, optim=dataclasses.replace(base.optim, learning_rate=1e-2),
+                               loop=LoopConfig(steps=8, log_every=1, eval_every=4, checkpoint_every=8, progress=False))
+  policy = pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
+  task = _task(DEVICE_REWARD)
+  # "u" is token 7; the rejected responses never hold one. 12 pairs, 8 a step: the data wraps.
+  records = [{"prompt": p, "chosen": "uuuuuu", "rejected": "abcdef"[i % 6:] + "ab"} for i, p in
+             enumerate(task.train.texts[:12])]
+  arrays = rl.pair_arrays(records, DigitTokenizer(), P, N)
+  assert arrays["chosen"].shape == (12, N) and np.all(arrays["chosen"] == 7) and not np.any(arrays["rejected"] == 7)
+  rl.train_offline_dpo(config, records, task, policy, tmp_path / "run")
+  train = logs.read_metrics(tmp_path / "run", "train")
+  assert [r["step"] for r in train] == list(range(1, 9))
+  assert train[-1]["reward_margin"] > train[0]["reward_margin"] + 0.05 and train[-1]["reward_accuracy"] == 1.0
+  evals = logs.read_metrics(tmp_path / "run", "eval")
+  assert [r["step"] for r in evals] == [0, 4, 8]
+  assert {"gold_score", "proxy_score", "reward_raw", "kl", "response_length", "eos_rate"} <= set(evals[-1])
+  assert all(np.isfinite(v) for r in evals for v in r.values() if isinstance(v, float))
+  assert evals[-1]["gold_score"] > evals[0]["gold_score"] + 0.3 and evals[-1]["kl"] > 0
+  assert json.loads((tmp_path / "run" / "reward_norm.json").read_text())["samples"] == 16
+  with pytest.raises(ValueError, match=r"5 preference pairs, fewer than the 8 a step trains on \(rl.batch_size=16"):
+    rl.train_offline_dpo(config, records[:5], task, policy, tmp_path / "few")
+
+
+def test_best_of_n_pools_score_each_sample_once_and_rise_with_n(tmp_path):
+  """8 held-out prompts x 4 samples in batches of 24 rows: the last batch is padding but for 8 rows."""
+  config = dataclasses.replace(_config("ppo"), seed=3)
+  policy = pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
+  task = _task(DEVICE_REWARD)
+  mesh = sharding.make_mesh(config.mesh)
+  table = rl.evaluate_best_of_n(config, rl.BestOfNConfig(n=(1, 2, 4), batch_size=24), task, policy, tmp_path, mesh)
+  assert [r["n"] for r in table] == [1, 2, 4]
+  # Proxy = gold (both count sevens): the expected best of n of one pool never falls as n grows.
+  for name in ("gold_score", "proxy_score"):
+    assert [r[name] for r in table] == sorted(r[name] for r in table)
+  assert table[0]["kl"] == table[0]["kl_plugin"] == 0.0 and all(0 <= r["kl_plugin"] <= r["kl"] for r in table)
+  evals = logs.read_metrics(tmp_path, "eval")
+  assert [(r["step"], r["gold_score"], r["kl"]) for r in evals] == [(r["n"], r["gold_score"], r["kl"]) for r in table]
+  # Each row's normalized reward belongs to the text its gold scored: undo the normalization.
+  frozen, _, sample = rl.trainer.reference_and_reward(config, task, policy, tmp_path, mesh, temperature=jnp.float32(1))
+  proxy_PxN, gold_PxN = rl.best_of_n.sample_pool(sample, frozen["ref"], frozen, task, DigitTokenizer(), n=4,
+                                                 batch_size=24, key=jax.random.key(0), temperature=jnp.float32(1),
+                                                 mesh=mesh)
+  norm = json.loads((tmp_path / "reward_norm.json").read_text())
+  assert proxy_PxN.shape == gold_PxN.shape == (8, 4) and gold_PxN.std() > 0
+  np.testing.assert_allclose(proxy_PxN * norm["std"] + norm["mean"], gold_PxN, atol=1e-5)

@@ -256,3 +256,28 @@ def test_stream_yields_the_tokens_generate_samples(model, params, generate_fn, t
     assert got == want and 0 < len(got) <= n_new
   with pytest.raises(ValueError, match="max_len"):
     next(sampling.stream(params, [1], key, model=model, max_new_tokens=MAX_LEN, eos_id=1, pad_id=PAD))
+
+
+def test_inverse_cdf_choice_equals_a_loop_and_draws_the_distribution():
+  rng = np.random.default_rng(0)
+  V = 37  # not a multiple of the block size: the last block is padded
+  probs_BxV = rng.random((6, V)) * (rng.random((6, V)) < 0.5)  # many entries of probability 0
+  probs_BxV[:, 5] = 0.3
+  probs_BxV /= probs_BxV.sum(-1, keepdims=True)
+  u_B = np.array([0.0, 0.1, 0.5, 0.9, 0.999999, 1.0 - 2.0 ** -24], np.float32)
+  got = np.asarray(sampling.inverse_cdf_choice(jnp.asarray(probs_BxV, jnp.float32), jnp.asarray(u_B)))
+  for b in range(6):
+    target, total = u_B[b] * probs_BxV[b].sum(), 0.0
+    for i in range(V):  # the first entry whose cumulative mass passes the target
+      total += probs_BxV[b, i]
+      if total > target and probs_BxV[b, i] > 0:
+        break
+    assert got[b] == i and probs_BxV[b, got[b]] > 0, (b, got[b], i)
+  # Many draws: frequencies within 4 standard errors of the probabilities; zero stays zero.
+  probs_V = jnp.asarray(probs_BxV[0], jnp.float32)
+  u_M = jax.random.uniform(jax.random.key(0), (20_000,))
+  draws = np.asarray(sampling.inverse_cdf_choice(jnp.broadcast_to(probs_V, (20_000, V)), u_M))
+  freq_V = np.bincount(draws, minlength=V) / draws.size
+  p_V = np.asarray(probs_V)
+  assert np.all(freq_V[p_V == 0] == 0)
+  assert np.all(np.abs(freq_V - p_V) <= 4 * np.sqrt(p_V * (1 - p_V) / draws.size) + 1e-9)

@@ -91,6 +91,9 @@ def test_parse_grid_and_run_names():
   assert len(points) == 6 and points[1] == {"optim.lr": "1e-3", "seed": "1"}
   assert sweep.run_name({"reward.scorer": "rm:runs/a", "seed": 0}) == "reward.scorer=rm_runs_a,seed=0"
   assert sweep.run_name({"condition.modes": ("plain", "token"), "x": True}) == "condition.modes=plain,token,x=true"
+  # A run named by its caller: the overrides are written as `plan` writes them.
+  named = sweep.Run.of("gold", {"x": True, "m": ("a", "b"), "beta": math.inf})
+  assert named == sweep.Run("gold", ("x=true", "m=a,b", "beta=inf"))
   for bad in (["seed"], ["seed="], ["=1"], ["seed=1", "seed=2"]):
     with pytest.raises(config_lib.ConfigError, match="--grid"):
       sweep.parse_grid(bad)
@@ -143,15 +146,16 @@ def test_sweep_runs_each_point_once_and_reports_mean_and_interval(experiment, tm
 
 def test_a_failed_run_does_not_stop_the_sweep_and_is_retried(experiment, tmp_path):
   root = tmp_path / "sweep"
-  out = cli("sweep", experiment, "--root", root, "--grid", "fail=false,true", "--grid", "seed=0,1", cwd=tmp_path)
-  assert out.returncode == 1 and "2 of 4 runs done" in out.stdout and "fail=true,seed=0" in out.stdout
-  assert (root / "fail=true,seed=1" / "starts").read_text() == "x"  # the sweep went on after the failure
-  assert not (root / "fail=true,seed=0" / "done.json").exists()
+  grid = ["--grid", "fail=true,false"]  # the failing run first: the sweep must go on to the next
+  out = cli("sweep", experiment, "--root", root, *grid, cwd=tmp_path)
+  assert out.returncode == 1 and "1 of 2 runs done" in out.stdout and "fail=true" in out.stdout
+  assert (root / "fail=false" / "starts").read_text() == "x"  # the sweep went on after the failure
+  assert not (root / "fail=true" / "done.json").exists()
   (root / "fixed").write_text("")
-  retry = cli("sweep", experiment, "--root", root, "--grid", "fail=false,true", "--grid", "seed=0,1", cwd=tmp_path)
-  assert retry.returncode == 0 and "4 of 4 runs done" in retry.stdout
-  assert (root / "fail=true,seed=0" / "starts").read_text() == "xx"
-  assert (root / "fail=false,seed=0" / "starts").read_text() == "x"
+  retry = cli("sweep", experiment, "--root", root, *grid, cwd=tmp_path)
+  assert retry.returncode == 0 and "2 of 2 runs done" in retry.stdout
+  assert (root / "fail=true" / "starts").read_text() == "xx"
+  assert (root / "fail=false" / "starts").read_text() == "x"  # finished: not run again
 
 
 def test_sigterm_reaches_the_running_run_and_stops_the_sweep(experiment, tmp_path):

@@ -5,19 +5,22 @@ Every evaluation of every run is a point (KL per sequence, gold score). A method
 its KL knob (PPO's beta, DPO's beta, best-of-n's n) and seed; the knob's settings give the
 frontier's mean points, and gold at matched KL compares methods where they reach the same KL.
 Runs are what `rlhf-jax run` writes (`config.json`, `metrics.jsonl` with split "eval" records
-holding `kl` and `gold_score`), read with `report.find_runs`.
+holding `kl` and `gold_score`), read with `report.find_runs`. `write_report` writes the tables,
+every point and the plot: `frontier.md`, `frontier.json`, `frontier.png`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from rlhf_jax import report
+from rlhf_jax import logs, report
+from rlhf_jax.data.corpora import atomic_write_bytes
 
 STEP = "step"  # the knob of experiments whose evaluations are settings of their own (best-of-n's n)
 
@@ -136,3 +139,18 @@ def plot(points: Sequence[Point], out: str | Path, *, title: str = "gold reward 
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)
+
+
+def write_report(points: Sequence[Point], out: str | Path, *, edges: Sequence[float], knobs: dict[str, str],
+                 seeds: Sequence[int]) -> tuple[dict, str]:
+  """Writes `frontier.md` (`markdown`'s tables), `frontier.json` (every point, each setting, gold at
+  matched KL) and `frontier.png` to the folder `out`; returns the JSON's content and the markdown."""
+  out = Path(out)
+  text = ("# Reward-KL frontier\n\nFinal evaluation of each setting: mean ± 95% t-interval over seeds "
+          f"{list(seeds)}.\n\n" + markdown(points, edges, knobs) + "\n![frontier](frontier.png)\n")
+  atomic_write_bytes(out / "frontier.md", text.encode())
+  result = {"points": [dataclasses.asdict(p) for p in points], "by_setting": by_setting(points),
+            "matched_kl": matched_kl(points, edges)}
+  atomic_write_bytes(out / "frontier.json", (json.dumps(logs.json_ready(result), indent=2) + "\n").encode())
+  plot(points, out / "frontier.png")
+  return result, text

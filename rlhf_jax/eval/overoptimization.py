@@ -8,14 +8,25 @@ With d = sqrt(KL(pi || pi_init)) (nats), the gold reward gained over the initial
 
 Both are linear in (alpha, beta), so ordinary least squares on the features (d, -d^2) or
 (d, -d log d) gives the exact minimizer; there is no intercept (R(0) = 0 by construction).
+
+`proxy_entry` gathers one proxy's points and fits from runs that `rlhf-jax run` wrote (`eval`
+records with `kl`, `gold_score` and `proxy_score`), `write_report` the table, JSON and plot of
+every proxy: `overoptimization.md`, `.json`, `.png`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
+
+from rlhf_jax import logs, report
+from rlhf_jax.data.corpora import atomic_write_bytes
+
+FORMS = {"bon": "bon", "ppo": "rl"}  # each method's functional form
 
 
 def features(d: np.ndarray, form: Literal["bon", "rl"]) -> np.ndarray:
@@ -76,3 +87,67 @@ def plot(proxies: dict[str, dict], out: str | Path) -> None:
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)
+
+
+def gold_gains(runs: Sequence[report.RunRecords]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(d = sqrt(KL), gold gain, proxy gain) of every evaluation of `runs`, gains over each run's
+  first evaluation (the initial policy: best-of-1, or PPO before its first update)."""
+  d, gold, proxy = [], [], []
+  for run in runs:
+    rows = [r for r in run.records if r.get("split") == "eval"]
+    if not rows:
+      raise ValueError(f"{run.path}/metrics.jsonl has no 'eval' records")
+    for r in rows:
+      d.append(math.sqrt(max(r["kl"], 0.0)))  # a sampled KL estimate can dip below 0 near the start
+      gold.append(r["gold_score"] - rows[0]["gold_score"])
+      proxy.append(r["proxy_score"] - rows[0]["proxy_score"])
+  return np.array(d), np.array(gold), np.array(proxy)
+
+
+def proxy_entry(proxy_runs: Sequence[str | Path], method_runs: dict[str, Sequence[str | Path]], *,
+                accuracy: str = "accuracy_vs_noiseless") -> dict:
+  """One proxy over its seeds, from the runs' workdirs: the mean held-out `accuracy` of its reward
+  models' final evaluation and, per method ("bon", "ppo"), every point of the method's runs against
+  it with the fit of the method's form (`FORMS`; None below 3 points)."""
+  entry = {"proxy_accuracy": float(np.mean([report.final_metrics(report.load_run(r), "eval")[accuracy]
+                                            for r in proxy_runs]))}
+  for method, runs in method_runs.items():
+    d, gain, proxy = gold_gains([report.load_run(r) for r in runs])
+    entry[method] = {"d": d.tolist(), "gold_gain": gain.tolist(), "proxy_gain": proxy.tolist(),
+                     "fit": fit(d, gain, FORMS[method]) if len(d) >= 3 else None}
+  return entry
+
+
+def markdown(proxies: dict[str, dict]) -> str:
+  """A row per proxy and method: its points, the fit and the peak d* where the gain turns down."""
+  lines = ["# Reward-model overoptimization", "",
+           "Gold gain = gold reward minus the initial policy's; d = sqrt(KL) in sqrt(nats). Fits by least squares "
+           "over every seed's points: best-of-n R(d) = d (alpha - beta d), peak at d* = alpha / (2 beta); "
+           "RL R(d) = d (alpha - beta log d), peak at d* = exp(alpha / beta - 1).", "",
+           "| proxy | accuracy vs gold | method | points | max d | gold gain at max d | alpha | beta | R^2 | d* |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for name, entry in proxies.items():
+    for method in FORMS:
+      m, fitted = entry[method], entry[method]["fit"]
+      i = int(np.argmax(m["d"]))
+      cells = ["-"] * 4
+      if fitted is not None:
+        cells = [f"{fitted['alpha']:.3f}", f"{fitted['beta']:.3f}", f"{fitted['r2']:.2f}", "none (beta <= 0)"]
+        if fitted["beta"] > 0:  # the gain turns down: the proxy is overoptimized past d*
+          peak = (fitted["alpha"] / (2 * fitted["beta"]) if FORMS[method] == "bon"
+                  else math.exp(fitted["alpha"] / fitted["beta"] - 1))
+          cells[3] = f"{peak:.3g}"
+      lines.append(f"| {name} | {entry['proxy_accuracy']:.3f} | {method} | {len(m['d'])} | {m['d'][i]:.2f} | "
+                   f"{m['gold_gain'][i]:.3f} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n\n![gold gain against d](overoptimization.png)\n"
+
+
+def write_report(proxies: dict[str, dict], out: str | Path) -> tuple[dict, str]:
+  """Writes `overoptimization.md` (`markdown`), `.json` ({"proxies": `proxies`}) and `.png` (`plot`)
+  to the folder `out`; returns the JSON's content and the markdown."""
+  out = Path(out)
+  result, text = {"proxies": proxies}, markdown(proxies)
+  atomic_write_bytes(out / "overoptimization.md", text.encode())
+  atomic_write_bytes(out / "overoptimization.json", (json.dumps(logs.json_ready(result), indent=2) + "\n").encode())
+  plot(proxies, out / "overoptimization.png")
+  return result, text

@@ -181,7 +181,8 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None, *,
                input_mask_BxT: jax.Array | None = None, cache: KVCache | None = None,
-               preference_BxT: jax.Array | None = None, deterministic: bool = True) -> ModelOutput:
+               preference_BxT: jax.Array | None = None, deterministic: bool = True,
+               logits_span: tuple[int, int] | None = None) -> ModelOutput:
     cfg = self.config
     B, T = tokens_BxT.shape
     if input_mask_BxT is None:
@@ -236,7 +237,10 @@ class Transformer(nn.Module):
         new_v.append(layer_cache[1])
     x_BxTxD = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name="ln_f")(x_BxTxD)
 
-    logits_BxTxV = wte.attend(x_BxTxD).astype(jnp.float32)
+    # `logits_span=(start, stop)`: logits of those positions only. The vocabulary projection is the
+    # largest matmul of a small model; log-probs of a response need none of the prompt's logits.
+    x_for_logits = x_BxTxD if logits_span is None else x_BxTxD[:, logits_span[0]:logits_span[1]]
+    logits_BxTxV = wte.attend(x_for_logits).astype(jnp.float32)
     scalar_BxT = None
     if cfg.scalar_head:
       kernel_init = (nn.initializers.zeros if cfg.scalar_head_init == "zeros"

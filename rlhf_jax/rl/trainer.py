@@ -163,13 +163,13 @@ def build_algorithm(config: Config, *, policy_model: Transformer, value_model: T
       return common.TrainState(step=jnp.zeros((), jnp.int32), params=policy_params, opt_state=tx.init(policy_params))
   else:
     value_model = None
-    pg_config = dataclasses.replace(config.pg, estimator=algorithm)
-    update = functools.partial(pg.pg_step, model=policy_model, tx=tx, config=pg_config, **schedule)
+    update = functools.partial(pg.pg_step, model=policy_model, tx=tx, config=config.pg, estimator=algorithm,
+                               **schedule)
 
     def init(policy_params, value_params, kl_coef):
       del value_params
       return pg.init_state(policy_params, tx=tx, kl_coef=kl_coef)
-    hp = pg_config.hparams(config.optim)
+    hp = config.pg.hparams(config.optim)
   iteration = functools.partial(
       iteration_lib.rl_iteration, update=update, policy_model=policy_model, value_model=value_model,
       max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
@@ -228,7 +228,12 @@ def reference_normalization(sample, frozen: dict, tokens_NxP: np.ndarray, mask_N
     raise ValueError(f"no whole batch of {batch_size} prompts among the first {num_samples} to normalize the reward on "
                      "(rl.normalize_samples)")
   scores = np.concatenate(scores)
-  return {"mean": float(scores.mean()), "std": float(max(scores.std(), 1e-6)), "samples": int(scores.size)}
+  std = float(scores.std())
+  if std < 1e-6:  # a reward constant on the reference's samples has no scale to measure: keep its own
+    tqdm.write(f"the reward is constant ({scores.mean():.4g}) on {scores.size} reference samples: normalized by its "
+               "mean only")
+    std = 1.0
+  return {"mean": float(scores.mean()), "std": std, "samples": int(scores.size)}
 
 
 def evaluate(sample, policy_params, frozen: dict, task: Task, tokenizer, *, batch_size: int, key: jax.Array,
@@ -266,14 +271,10 @@ def _norm_arrays(norm: dict[str, float]) -> dict[str, jax.Array]:
   return {"mean": jnp.asarray(norm["mean"], jnp.float32), "std": jnp.asarray(norm["std"], jnp.float32)}
 
 
-def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: str | Path,
-          mesh: Mesh | None = None) -> Any:
-  """Trains `policy` on `task` with `config.rl.algorithm`; resumes from `workdir`'s checkpoints.
-  Returns the final state (also saved)."""
-  workdir = Path(workdir)
-  mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+def check_task(config: Config, task: Task, policy: pretrained.Pretrained, mesh: Mesh) -> None:
+  """What every run on `task` needs, checked before any work starts: batches the mesh can split,
+  prompt + response within the policy's positions, a whole evaluation batch of held-out prompts."""
   rc = config.rl
-  prompts_per_batch = rc.batch_size // config.group_size
   sharding.check_batch_divisible(rc.batch_size, mesh, "rl.batch_size")
   sharding.check_batch_divisible(rc.eval_batch_size, mesh, "rl.eval_batch_size")
   if task.prompt_len + task.max_new_tokens > policy.model.max_len:
@@ -282,6 +283,60 @@ def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: st
   if len(task.test) < rc.eval_batch_size:
     raise ValueError(f"only {len(task.test)} held-out prompts for rl.eval_batch_size={rc.eval_batch_size}: hold out "
                      "more prompts or lower rl.eval_batch_size")
+
+
+def reference_and_reward(config: Config, task: Task, policy: pretrained.Pretrained, workdir: Path, mesh: Mesh, *,
+                         temperature: jax.Array) -> tuple[dict, Any, Callable]:
+  """`(frozen, frozen_shardings, sample)`: what no update changes, placed on `mesh` (the reference's
+  parameters `ref`, the task's `reward` and its normalization `norm`), and the sampler of
+  `make_sampler`. The normalization (Ziegler et al. 2019: gain and bias that give the reference
+  policy's samples at `temperature` mean 0 and std 1) is measured once and saved to
+  `<workdir>/reward_norm.json`, so a resumed run optimizes and reports the same reward."""
+  rc, tok = config.rl, policy.tokenizer
+  frozen = {"ref": policy.params, "reward": task.reward, "norm": _norm_arrays({"mean": 0.0, "std": 1.0})}
+  frozen_shardings = sharding.tree_shardings(frozen, mesh, config.mesh.rules)
+  frozen = jax.device_put(frozen, frozen_shardings)
+  sample = make_sampler(Transformer(policy.model), task.reward, max_new_tokens=task.max_new_tokens,
+                        eos_id=tok.eos_id, pad_id=tok.pad_id)
+  key = jax.random.fold_in(jax.random.key(config.seed), 10_000)
+  norm = policy_eval.saved_normalization(workdir / "reward_norm.json", functools.partial(
+      reference_normalization, sample, frozen, task.train.tokens_NxP, task.train.mask_NxP,
+      batch_size=rc.batch_size, num_samples=rc.normalize_samples, key=key, temperature=temperature, mesh=mesh),
+      enabled=rc.normalize_reward)
+  frozen = {**frozen, "norm": jax.device_put(_norm_arrays(norm), sharding.replicated(mesh))}
+  return frozen, frozen_shardings, sample
+
+
+def state_evaluator(config: Config, task: Task, tokenizer, sample, frozen: dict, workdir: Path, mesh: Mesh, *,
+                    temperature: jax.Array, updates_per_iteration: int = 1) -> Callable[[Any], dict[str, float]]:
+  """`evaluate(state) -> metrics` for `loop.train_loop`: `evaluate` on the held-out prompts at the
+  loop's step (`state.step` counts optimizer updates), with samples appended to `samples.jsonl`."""
+  rc = config.rl
+  eval_key = jax.random.fold_in(jax.random.key(config.seed), 7)
+
+  def evaluate_state(state) -> dict[str, float]:
+    it = int(state.step) // updates_per_iteration
+    metrics = evaluate(sample, iteration_lib.policy_params_of(state.params), frozen, task, tokenizer,
+                       batch_size=rc.eval_batch_size, key=eval_key, temperature=temperature, mesh=mesh,
+                       samples_path=workdir / "samples.jsonl", step=it, samples_to_log=rc.samples_to_log)
+    if hasattr(state, "kl_coef"):
+      metrics["kl_coef"] = float(state.kl_coef)
+    gold = f"gold ({task.gold_name}) {metrics['gold_score']:.3f}, " if "gold_score" in metrics else ""
+    tqdm.write(f"iteration {it}: {gold}proxy {metrics['proxy_score']:.3f}, KL {metrics['kl']:.2f}, "
+               f"length {metrics['response_length']:.1f}")
+    return metrics
+  return evaluate_state
+
+
+def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: str | Path,
+          mesh: Mesh | None = None) -> Any:
+  """Trains `policy` on `task` with `config.rl.algorithm`; resumes from `workdir`'s checkpoints.
+  Returns the final state (also saved)."""
+  workdir = Path(workdir)
+  mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+  rc = config.rl
+  prompts_per_batch = rc.batch_size // config.group_size
+  check_task(config, task, policy, mesh)
   if len(task.train) < prompts_per_batch:
     raise ValueError(f"only {len(task.train)} train prompts for {prompts_per_batch} prompts per iteration")
   if rc.algorithm == "ppo" and rc.value_init == "reward" and not isinstance(task.reward, rewards.RewardModelReward):
@@ -303,21 +358,9 @@ def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: st
   algorithm = build_algorithm(config, policy_model=policy_model, value_model=value_model,
                               max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
   hp = algorithm.hp
-
   repl = sharding.replicated(mesh)
-  frozen = {"ref": policy.params, "reward": task.reward, "norm": _norm_arrays({"mean": 0.0, "std": 1.0})}
-  frozen_shardings = sharding.tree_shardings(frozen, mesh, config.mesh.rules)
-  frozen = jax.device_put(frozen, frozen_shardings)
-  sample = make_sampler(policy_model, task.reward, max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id,
-                        pad_id=tok.pad_id)
-
-  # Reward normalization (Ziegler et al. 2019): gain and bias that give the reference policy's
-  # samples mean 0 and std 1, measured once and saved, so a resumed run uses the same reward.
-  norm = policy_eval.saved_normalization(workdir / "reward_norm.json", functools.partial(
-      reference_normalization, sample, frozen, task.train.tokens_NxP, task.train.mask_NxP,
-      batch_size=rc.batch_size, num_samples=rc.normalize_samples, key=jax.random.fold_in(key, 10_000),
-      temperature=hp.temperature, mesh=mesh), enabled=rc.normalize_reward)
-  frozen = {**frozen, "norm": jax.device_put(_norm_arrays(norm), repl)}
+  frozen, frozen_shardings, sample = reference_and_reward(config, task, policy, workdir, mesh,
+                                                          temperature=hp.temperature)
 
   init, state_shardings = common.jit_sharded(algorithm.init, mesh, config.mesh.rules, policy.params, value_params,
                                              initial_kl_coef(config))
@@ -332,26 +375,12 @@ def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: st
   dataset = rows.rows_dataset({"prompt": task.train.tokens_NxP, "prompt_mask": task.train.mask_NxP},
                               prompts_per_batch, seed=config.seed).map(
                                   functools.partial(iteration_lib.repeat_rows, times=config.group_size))
-  eval_key = jax.random.fold_in(key, 7)
-  updates = config.updates_per_iteration
-
-  def evaluate_state(state) -> dict[str, float]:
-    it = int(state.step) // updates  # the loop's step: state.step counts optimizer updates
-    metrics = evaluate(sample, iteration_lib.policy_params_of(state.params), frozen, task, tok,
-                       batch_size=rc.eval_batch_size, key=eval_key, temperature=hp.temperature, mesh=mesh,
-                       samples_path=workdir / "samples.jsonl", step=it, samples_to_log=rc.samples_to_log)
-    if hasattr(state, "kl_coef"):
-      metrics["kl_coef"] = float(state.kl_coef)
-    gold = f"gold ({task.gold_name}) {metrics['gold_score']:.3f}, " if "gold_score" in metrics else ""
-    tqdm.write(f"iteration {it}: {gold}proxy {metrics['proxy_score']:.3f}, KL {metrics['kl']:.2f}, "
-               f"length {metrics['response_length']:.1f}")
-    return metrics
-
+  evaluate_state = state_evaluator(config, task, tok, sample, frozen, workdir, mesh, temperature=hp.temperature,
+                                   updates_per_iteration=config.updates_per_iteration)
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
                     state_shardings=state_shardings, step_fn=step_fn, data_iterator=iter(dataset), hp=hp,
                     rng=jax.random.fold_in(key, 1), mesh=mesh,
                     tokens_per_step=rc.batch_size * (task.prompt_len + task.max_new_tokens), evaluate=evaluate_state)
-
 
 
 def smoke(config: Config) -> Config:

@@ -1,11 +1,12 @@
 """Critic-free policy gradients that share PPO's rollout: REINFORCE, RLOO, GRPO, ReMax.
 
-`pg_step(state, batch, key, hp) -> (state, metrics)`. A batch holds K samples of each prompt in
-consecutive rows (rows p*K .. p*K+K-1 share prompt p), the rollout fields of `rollout.Rollout`
-and `score_B`; ReMax adds `greedy_score_B`, the score of the greedy response to the same prompt.
-The sequence reward is R = score - beta KL_seq (KL in the reward, as in RLOO, Ahmadian et al.
-2024) unless `kl_in_loss`, where beta * k3 per token joins the loss (GRPO, Shao et al. 2024,
-eq. 3). The advantage of the whole sequence comes from the estimator:
+`pg_step(state, batch, key, hp) -> (state, metrics)`, the estimator a static argument bound like
+the config (the RL trainer binds `rl.algorithm`, the one place that names it). A batch holds K
+samples of each prompt in consecutive rows (rows p*K .. p*K+K-1 share prompt p), the rollout
+fields of `rollout.Rollout` and `score_B`; ReMax adds `greedy_score_B`, the score of the greedy
+response to the same prompt. The sequence reward is R = score - beta KL_seq (KL in the reward, as
+in RLOO, Ahmadian et al. 2024) unless `kl_in_loss`, where beta * k3 per token joins the loss
+(GRPO, Shao et al. 2024, eq. 3). The advantage of the whole sequence comes from the estimator:
 
   reinforce   R - b, b an exponential moving average of past R (Williams 1992), kept in the state
   rloo        R_i - mean of the other K-1 samples of the prompt (`advantages.rloo_advantages`)
@@ -54,7 +55,6 @@ class PGHparams:
 
 @dataclasses.dataclass(frozen=True)
 class PGConfig:
-  estimator: Literal["reinforce", "rloo", "grpo", "remax"] = "rloo"
   group_size: int = 4  # K samples per prompt (reinforce and remax accept 1)
   kl_coef: float = 0.05
   kl_in_loss: bool = False
@@ -65,10 +65,8 @@ class PGConfig:
   temperature: float = 1.0
 
   def __post_init__(self):
-    if self.estimator not in ESTIMATORS:
-      raise ValueError(f"pg.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-    if self.estimator in ("rloo", "grpo") and self.group_size < 2:
-      raise ValueError(f"pg.estimator={self.estimator} needs pg.group_size >= 2, got {self.group_size}")
+    if self.group_size < 1:
+      raise ValueError(f"pg.group_size must be >= 1, got {self.group_size}")
     if self.epochs < 1:
       raise ValueError(f"pg.epochs must be >= 1, got {self.epochs}")
 
@@ -81,6 +79,15 @@ class PGConfig:
 def init_state(policy_params, *, tx: optax.GradientTransformation, kl_coef: float) -> PGState:
   return PGState(step=jnp.zeros((), jnp.int32), params=policy_params, opt_state=tx.init(policy_params),
                  kl_coef=jnp.asarray(kl_coef, jnp.float32), baseline=jnp.zeros((), jnp.float32))
+
+
+def check_estimator(estimator: str, group_size: int) -> None:
+  """Raises unless `estimator` is one of `ESTIMATORS` with the group it needs: RLOO and GRPO compare
+  each sample with the other samples of its prompt, so they need at least two."""
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+  if estimator in ("rloo", "grpo") and group_size < 2:
+    raise ValueError(f"estimator {estimator!r} needs pg.group_size >= 2, got {group_size}")
 
 
 def sequence_advantages(reward_B: jax.Array, *, estimator: str, group_size: int, baseline: jax.Array,
@@ -112,9 +119,11 @@ def _loss_sums(params, batch, key, hp: PGHparams, kl_coef, *, model: Transformer
 
 
 def pg_step(state: PGState, batch: dict[str, jax.Array], key: jax.Array, hp: PGHparams, *, model: Transformer,
-            tx: optax.GradientTransformation, config: PGConfig, warmup_steps: int, total_steps: int,
-            min_lr_ratio: float) -> tuple[PGState, dict]:
-  """One critic-free policy-gradient iteration on a scored rollout batch."""
+            tx: optax.GradientTransformation, config: PGConfig, estimator: str, warmup_steps: int,
+            total_steps: int, min_lr_ratio: float) -> tuple[PGState, dict]:
+  """One critic-free policy-gradient iteration on a scored rollout batch; `estimator` is one of
+  `ESTIMATORS` (module docstring)."""
+  check_estimator(estimator, config.group_size)  # at trace time: the estimator and config are static
   key = jax.random.fold_in(key, state.step)
   mask = batch["response_mask_BxN"]
   maskf = mask.astype(jnp.float32)
@@ -122,7 +131,7 @@ def pg_step(state: PGState, batch: dict[str, jax.Array], key: jax.Array, hp: PGH
   penalty = 0.0 if config.kl_in_loss else state.kl_coef
   reward_B = batch["score_B"] - penalty * kl_B
   greedy = batch.get("greedy_score_B")
-  adv_B = sequence_advantages(reward_B, estimator=config.estimator, group_size=config.group_size,
+  adv_B = sequence_advantages(reward_B, estimator=estimator, group_size=config.group_size,
                               baseline=state.baseline, greedy_reward_B=greedy)
   data = {**batch, "advantage_B": jax.lax.stop_gradient(adv_B)}
   data = {k: v for k, v in data.items() if k not in ("score_B", "ended_B", "greedy_score_B", "values_BxN")}

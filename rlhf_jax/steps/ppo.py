@@ -109,9 +109,10 @@ def _minibatch_sums(params, mb: dict[str, jax.Array], key, hp: PPOHparams, kl_co
   maskf = mask.astype(jnp.float32)
   tokens_BxT = jnp.concatenate([mb["prompt_BxP"], mb["response_BxN"]], axis=1).astype(jnp.int32)
   full_mask = jnp.concatenate([mb["prompt_mask_BxP"].astype(bool), mask.astype(bool)], axis=1)
-  P = mb["prompt_BxP"].shape[1]
-  logits_BxTxV = policy_model.apply({"params": params["policy"]}, tokens_BxT, input_mask_BxT=full_mask).logits_BxTxV
-  logp_all_BxNxV = jax.nn.log_softmax(logits_BxTxV[:, P - 1:-1] / hp.temperature, axis=-1)
+  P, T = mb["prompt_BxP"].shape[1], tokens_BxT.shape[1]
+  logits_BxNxV = policy_model.apply({"params": params["policy"]}, tokens_BxT, input_mask_BxT=full_mask,
+                                    logits_span=(P - 1, T - 1)).logits_BxTxV  # the response's predictions only
+  logp_all_BxNxV = jax.nn.log_softmax(logits_BxNxV / hp.temperature, axis=-1)
   logp_BxN = jnp.take_along_axis(logp_all_BxNxV, mb["response_BxN"][..., None].astype(jnp.int32), -1)[..., 0]
   logp_BxN = logp_BxN * maskf
   values_BxN = values_of_responses(params["value"], mb["prompt_BxP"], mb["prompt_mask_BxP"], mb["response_BxN"],

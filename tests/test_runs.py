@@ -1,0 +1,99 @@
+"""Composing experiments (`rlhf_jax.runs`): a stage run in-process unless done, and stages of swept
+runs, each checked before any starts, on a toy experiment that trains nothing. (`sweep.run_all`'s
+processes and signals: test_sweep.py.)"""
+
+from pathlib import Path
+
+import pytest
+
+from rlhf_jax import config as config_lib
+from rlhf_jax import runs, sweep
+
+# Counts its starts in the workdir; `fail` fails it.
+EXPERIMENT = '''
+import dataclasses
+from pathlib import Path
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int = 0
+  fail: bool = False
+
+def get_config(smoke=False):
+  return Config()
+
+def main(config, workdir):
+  with open(Path(workdir) / "starts", "a") as f:
+    f.write("x")
+  if config.fail:
+    raise RuntimeError("asked to fail")
+  return config.seed
+'''
+
+
+@pytest.fixture
+def experiment(tmp_path):
+  path = tmp_path / "toy.py"
+  path.write_text(EXPERIMENT)
+  return path
+
+
+def test_run_unless_done_runs_a_stage_once(experiment, tmp_path):
+  workdir = tmp_path / "stage"
+  with pytest.raises(RuntimeError, match="asked to fail"):
+    runs.run_unless_done(experiment, workdir, overrides=["fail=true"])
+  assert sweep.status(workdir) == "started"  # not done: the next call runs it again
+  runs.run_unless_done(experiment, workdir, overrides=["seed=3"])
+  assert sweep.status(workdir) == "done" and (workdir / "starts").read_text() == "xx"
+  runs.run_unless_done(experiment, workdir, overrides=["seed=3"])
+  assert (workdir / "starts").read_text() == "xx"
+
+
+def _stages(experiment: Path, root: Path) -> list[runs.Stage]:
+  return [runs.Stage(experiment, root / "a", tuple(sweep.plan([{"seed": 0}, {"seed": 1}]))),
+          runs.Stage(experiment, root / "b", (sweep.Run.of("one", {"seed": 2}),), base=("fail=false",), label="bee")]
+
+
+def test_run_stages_checks_every_config_first_and_reports_by_stage(experiment, tmp_path, monkeypatch):
+  calls, outcomes = [], {}
+
+  def run_all(path, root, stage_runs, *, base, smoke):
+    calls.append((Path(root).name, [r.name for r in stage_runs], base, smoke))
+    return {r.name: outcomes.get(r.name, "done") for r in stage_runs}
+
+  monkeypatch.setattr(sweep, "run_all", run_all)
+  stages = _stages(experiment, tmp_path)
+  assert [s.name for s in stages] == ["toy.py", "bee"]
+  assert runs.run_stages(stages, smoke=True) is None
+  assert calls == [("a", ["seed=0", "seed=1"], (), True), ("b", ["one"], ("fail=false",), True)]
+
+  # A bad override in the last stage stops everything before the first run starts.
+  calls.clear()
+  bad = [stages[0], runs.Stage(experiment, tmp_path / "b", (sweep.Run("one", ("sed=2",)),))]
+  with pytest.raises(config_lib.ConfigError, match="run one: .*sed"):
+    runs.run_stages(bad)
+  assert calls == []
+
+  # A signal: the stage is named, the later ones never start.
+  outcomes["seed=1"] = "interrupted"
+  assert runs.run_stages(stages) == "toy.py" and [c[0] for c in calls] == ["a"]
+
+  # A failure stops at its stage, or (keep_going) after the others ran; either names every failed run.
+  calls.clear()
+  outcomes["seed=1"] = "failed (exit 1)"
+  with pytest.raises(RuntimeError, match=r"retry them\): toy.py/seed=1: failed \(exit 1\)$"):
+    runs.run_stages(stages)
+  assert [c[0] for c in calls] == ["a"]
+  calls.clear()
+  outcomes["one"] = "failed (exit 2)"
+  with pytest.raises(RuntimeError, match=r"toy.py/seed=1: failed \(exit 1\); bee/one: failed \(exit 2\)"):
+    runs.run_stages(stages, keep_going=True)
+  assert [c[0] for c in calls] == ["a", "b"]
+
+
+def test_run_stages_runs_and_skips_each_run_in_its_own_process(experiment, tmp_path):
+  stages = _stages(experiment, tmp_path)
+  assert runs.run_stages(stages) is None
+  assert all(sweep.status(tmp_path / d) == "done" for d in ("a/seed=0", "a/seed=1", "b/one"))
+  assert runs.run_stages(stages) is None  # a rerun finds every run done
+  assert (tmp_path / "b" / "one" / "starts").read_text() == "x"
