@@ -19,6 +19,7 @@ import pytest
 from rlhf_jax import config as config_lib
 from rlhf_jax import logs, pretrained, rewards, rl, sharding, vmapped
 from rlhf_jax.loop import LoopConfig
+from rlhf_jax.rl import trainer
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, dpo, rsft
 
@@ -304,3 +305,22 @@ def test_best_of_n_pools_score_each_sample_once_and_rise_with_n(tmp_path):
   norm = json.loads((tmp_path / "reward_norm.json").read_text())
   assert proxy_PxN.shape == gold_PxN.shape == (8, 4) and gold_PxN.std() > 0
   np.testing.assert_allclose(proxy_PxN * norm["std"] + norm["mean"], gold_PxN, atol=1e-5)
+
+
+def test_reference_normalization_measures_mean_and_std_and_keeps_the_scale_of_a_constant_reward():
+  tokens_NxP, mask_NxP = np.ones((8, P), np.int32), np.ones((8, P), np.int32)
+  mesh = sharding.make_mesh(sharding.MeshConfig(data=1))
+
+  def norm_of(scores_N):
+    batches = iter(scores_N.reshape(-1, 4))  # the sampler's raw rewards, one batch of 4 at a time
+
+    def sample(params, frozen, prompt_BxP, mask_BxP, key, temperature):
+      return None, next(batches)
+    return trainer.reference_normalization(sample, {"ref": None}, tokens_NxP, mask_NxP, batch_size=4, num_samples=8,
+                                      key=jax.random.key(0), temperature=jnp.float32(1.0), mesh=mesh)
+
+  varied = norm_of(np.array([0, 1, 2, 3, 4, 5, 6, 7], np.float32))
+  assert varied == {"mean": 3.5, "std": pytest.approx(np.std(np.arange(8))), "samples": 8}
+  # A reward constant on the reference's samples has no scale to measure: only its mean is removed
+  # (dividing by a ~0 std would blow every later score up by 1e6).
+  assert norm_of(np.full(8, 0.25, np.float32)) == {"mean": 0.25, "std": 1.0, "samples": 8}

@@ -244,6 +244,7 @@ def evaluate(sample, policy_params, frozen: dict, task: Task, tokenizer, *, batc
   parameters give the same numbers)."""
   golds, raws, proxies, kls, lengths, ended = [], [], [], [], [], []
   tokens_NxP, mask_NxP = task.test.tokens_NxP, task.test.mask_NxP
+  norm = jax.device_get(frozen["norm"])  # once, not once a batch
   for i in range(0, len(tokens_NxP) - batch_size + 1, batch_size):
     placed = sharding.put_batch({"p": tokens_NxP[i:i + batch_size], "m": mask_NxP[i:i + batch_size]}, mesh)
     r, raw_B = sample(policy_params, frozen, placed["p"], placed["m"], jax.random.fold_in(key, i), temperature)
@@ -251,7 +252,7 @@ def evaluate(sample, policy_params, frozen: dict, task: Task, tokenizer, *, batc
     if task.gold is not None:
       golds.append(labelers.score_texts(task.gold, responses))
     raws.append(np.asarray(raw_B))
-    proxies.append(np.asarray(iteration_lib.normalized(raw_B, jax.device_get(frozen["norm"]))))
+    proxies.append(np.asarray(iteration_lib.normalized(raw_B, norm)))
     kls.append(np.asarray(sequence_kl(r.logp_BxN, r.ref_logp_BxN, r.response_mask_BxN)))
     lengths.append(r.response_mask_BxN.sum(-1))
     ended.append(r.ended_B)
