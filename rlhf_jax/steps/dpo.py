@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import losses, sampling
+from rlhf_jax import advantages, losses, sampling
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common
 
@@ -224,7 +224,7 @@ def online_dpo_step(state: common.TrainState, batch: dict[str, jax.Array], key: 
   state, metrics = dpo_step(state, pairs, key, hp, model=model, tx=tx, kind=kind, warmup_steps=warmup_steps,
                             total_steps=total_steps, min_lr_ratio=min_lr_ratio)
   maskf_BxN = batch["response_mask_BxN"].astype(jnp.float32)
-  kl_B = jnp.sum((batch["logp_BxN"] - batch["ref_logp_BxN"]) * maskf_BxN, axis=-1)
+  kl_B = advantages.sequence_kl(batch["logp_BxN"], batch["ref_logp_BxN"], batch["response_mask_BxN"])
   return state, {**metrics, "score": batch["score_B"].mean(), "kl": kl_B.mean(),
                  "pair_fraction": pairs["pair_mask"].mean(), "response_length": maskf_BxN.sum(-1).mean(),
                  "eos_rate": batch["ended_B"].astype(jnp.float32).mean()}

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import sampling
+from rlhf_jax import advantages, sampling
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common
 
@@ -83,7 +83,7 @@ def rsft_step(state: common.TrainState, batch: dict[str, jax.Array], key: jax.Ar
 
   state, stats = jax.lax.scan(update, state, jax.random.split(key, config.epochs))
   maskf_BxN = batch["response_mask_BxN"].astype(jnp.float32)
-  kl_B = jnp.sum((batch["logp_BxN"] - batch["ref_logp_BxN"]) * maskf_BxN, axis=-1)
+  kl_B = advantages.sequence_kl(batch["logp_BxN"], batch["ref_logp_BxN"], batch["response_mask_BxN"])
   return state, {"loss": stats["loss"].mean(), "score": batch["score_B"].mean(),
                  "best_score": batch["score_B"][keep].mean(), "kl": kl_B.mean(),
                  "response_length": maskf_BxN.sum(-1).mean(),
