@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any other sbatch option, e.g. qos=high or constraint=a100 (repeatable)")
   sw.set_defaults(func=_cmd_sweep)
 
-  rep = sub.add_parser("report", help="tables (mean ± 95% CI over seeds) and plots across runs")
+  rep = sub.add_parser("report", help="tables (mean ± 95%% CI over seeds) and plots across runs")
   rep.add_argument("paths", nargs="+", help="runs' workdirs, or folders of them (e.g. a sweep's root)")
   rep.add_argument("--out", default=None, help="where report.md/json and the PNGs go (default: the one path)")
   rep.add_argument("--split", default="eval", help="which records' final values to tabulate (default: eval)")
