@@ -125,22 +125,26 @@ def _dense(config: ModelConfig, features: int, name: str, std: float) -> nn.Dens
 
 class Attention(nn.Module):
   config: ModelConfig
+  layer: int = 0  # this layer's index in a stacked KV cache
 
   @nn.compact
-  def __call__(self, x_BxTxD, mask_BxTxS, layer_cache, cache_index, deterministic):
+  def __call__(self, x_BxTxD, mask_BxTxS, kv_cache, cache_index, deterministic):
     cfg = self.config
     B, T, _ = x_BxTxD.shape
     resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2: scale residual projections
     qkv_BxTx3D = _dense(cfg, 3 * cfg.d_model, "c_attn", cfg.init_std)(x_BxTxD)
     q, k, v = jnp.split(qkv_BxTx3D.reshape(B, T, 3 * cfg.n_heads, cfg.head_dim), 3, axis=2)
-    if layer_cache is not None:
-      k_cache_BxSxNxH, v_cache_BxSxNxH = layer_cache
-      k = jax.lax.dynamic_update_slice_in_dim(k_cache_BxSxNxH, k.astype(k_cache_BxSxNxH.dtype), cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(v_cache_BxSxNxH, v.astype(v_cache_BxSxNxH.dtype), cache_index, axis=1)
-      layer_cache = (k, v)
+    if kv_cache is not None:
+      # The new keys and values go straight into the stacked [L, B, S, N, H] cache, which a decoding
+      # loop updates in place; slicing a layer out, updating it and stacking the layers again
+      # copied the whole cache every step.
+      start = (self.layer, 0, cache_index, 0, 0)
+      kv_cache = tuple(jax.lax.dynamic_update_slice(c_LxBxSxNxH, new[None].astype(c_LxBxSxNxH.dtype), start)
+                       for c_LxBxSxNxH, new in zip(kv_cache, (k, v)))
+      k, v = kv_cache[0][self.layer], kv_cache[1][self.layer]
     out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None])
     out_BxTxD = _dense(cfg, cfg.d_model, "c_proj", resid_std)(out_BxTxNxH.reshape(B, T, cfg.d_model))
-    return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic), layer_cache
+    return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic), kv_cache
 
 
 class MLP(nn.Module):
@@ -158,16 +162,17 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
   config: ModelConfig
+  layer: int = 0
 
   @nn.compact
-  def __call__(self, x_BxTxD, mask_BxTxS, layer_cache, cache_index, deterministic):
+  def __call__(self, x_BxTxD, mask_BxTxS, kv_cache, cache_index, deterministic):
     cfg = self.config
     ln = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name=name)
-    attn_out, layer_cache = Attention(cfg, name="attn")(ln("ln_1")(x_BxTxD), mask_BxTxS, layer_cache,
-                                                         cache_index, deterministic)
+    attn_out, kv_cache = Attention(cfg, self.layer, name="attn")(ln("ln_1")(x_BxTxD), mask_BxTxS, kv_cache,
+                                                                 cache_index, deterministic)
     x_BxTxD = x_BxTxD + attn_out
     x_BxTxD = x_BxTxD + MLP(cfg, name="mlp")(ln("ln_2")(x_BxTxD), deterministic)
-    return x_BxTxD, layer_cache
+    return x_BxTxD, kv_cache
 
 
 def default_positions(input_mask_BxT: jax.Array) -> jax.Array:
@@ -227,14 +232,9 @@ class Transformer(nn.Module):
 
     block_cls = (nn.remat(Block, static_argnums=(5,), policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
                  if cfg.remat else Block)
-    new_k, new_v = [], []
+    kv_cache = None if cache is None else (cache.k_LxBxSxNxH, cache.v_LxBxSxNxH)
     for i in range(cfg.n_layers):
-      layer_cache = None if cache is None else (cache.k_LxBxSxNxH[i], cache.v_LxBxSxNxH[i])
-      x_BxTxD, layer_cache = block_cls(cfg, name=f"h_{i}")(x_BxTxD, mask_BxTxS, layer_cache, cache_index,
-                                                           deterministic)
-      if cache is not None:
-        new_k.append(layer_cache[0])
-        new_v.append(layer_cache[1])
+      x_BxTxD, kv_cache = block_cls(cfg, i, name=f"h_{i}")(x_BxTxD, mask_BxTxS, kv_cache, cache_index, deterministic)
     x_BxTxD = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name="ln_f")(x_BxTxD)
 
     # `logits_span=(start, stop)`: logits of those positions only. The vocabulary projection is the
@@ -250,8 +250,8 @@ class Transformer(nn.Module):
       scalar_BxT = head(x_BxTxD.astype(jnp.float32))[..., 0]
     new_cache = None
     if cache is not None:
-      new_cache = KVCache(k_LxBxSxNxH=jnp.stack(new_k), v_LxBxSxNxH=jnp.stack(new_v),
-                          key_mask_BxS=key_mask_BxS, index=cache.index + T)
+      new_cache = KVCache(k_LxBxSxNxH=kv_cache[0], v_LxBxSxNxH=kv_cache[1], key_mask_BxS=key_mask_BxS,
+                          index=cache.index + T)
     return ModelOutput(logits_BxTxV=logits_BxTxV, scalar_BxT=scalar_BxT, cache=new_cache, hidden_BxTxD=x_BxTxD)
 
 
