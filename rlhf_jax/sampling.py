@@ -36,6 +36,7 @@ Use under jit with the static names in `GENERATE_STATIC_ARGNAMES`:
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import flax.struct
 import jax
@@ -45,7 +46,7 @@ from rlhf_jax.models.transformer import KVCache, Transformer
 
 # Arguments of `generate` that select the compiled program. Everything else may be traced,
 # including temperature, eos_id and pad_id: they change no shape, so changing them reuses the program.
-GENERATE_STATIC_ARGNAMES = ("model", "max_new_tokens", "top_k", "top_p", "use_cache", "suppress_ids")
+GENERATE_STATIC_ARGNAMES = ("model", "max_new_tokens", "top_k", "top_p", "use_cache", "suppress_ids", "logits_fn")
 
 
 @flax.struct.dataclass
@@ -168,7 +169,8 @@ def _emit(logits_BxV, keys_B, done_B, temperature, top_k, top_p, eos_id, pad_id,
 def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax.Array, *,
              model: Transformer, max_new_tokens: int, temperature=1.0, top_k: int = 0,
              top_p: float = 1.0, eos_id: int, pad_id: int, use_cache: bool = True,
-             suppress_ids: tuple[int, ...] = (), preference_B: jax.Array | None = None) -> SampleOutput:
+             suppress_ids: tuple[int, ...] = (), preference_B: jax.Array | None = None,
+             logits_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> SampleOutput:
   """Samples `max_new_tokens` tokens after each left-padded prompt.
 
   Args:
@@ -194,6 +196,11 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
       renormalized distribution that was sampled from.
     preference_B: for a model with `n_preferences`, the preference id every position of row b is
       conditioned on (prompt and continuation); None: id 0, unconditioned.
+    logits_fn: `(lm_logits_BxV, hidden_BxD) -> logits_BxV`, the next-token logits to sample from,
+      given the model's logits and final hidden state at the position before the new token (static;
+      None: the LM's logits). Decoding with extra heads on the same KV cache, e.g. ILQL's
+      advantage-reweighted logits (`steps.ilql.decode_logits` teacher-forced); `logp_BxN` is then
+      under the distribution sampled, log-softmax(logits_fn(...) / temperature).
 
   Returns:
     `SampleOutput`; see its fields.
@@ -223,18 +230,24 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
   emit = lambda logits_BxV, keys_B, done_B: _emit(logits_BxV, keys_B, done_B, temperature, top_k,
                                                   top_p, eos_id, pad_id, suppress_ids)
 
+  def next_logits(out, index: int | jax.Array) -> jax.Array:
+    """The logits to sample from at position `index` of a forward's output."""
+    logits_BxV = jax.lax.dynamic_index_in_dim(out.logits_BxTxV, index, axis=1, keepdims=False)
+    if logits_fn is None:
+      return logits_BxV
+    return logits_fn(logits_BxV, jax.lax.dynamic_index_in_dim(out.hidden_BxTxD, index, axis=1, keepdims=False))
+
   if use_cache:
     # The last sampled token is never fed back, so P + N - 1 slots hold everything attended to.
     cache = KVCache.init(model.config, B, P + N - 1)
     out = model.apply(variables, prompt_BxP, input_mask_BxT=prompt_mask_BxP, cache=cache, preference_BxT=pref(P))
-    token_B, logp_B, live_B, done_B = emit(out.logits_BxTxV[:, -1], step_keys_NxB[0],
-                                           jnp.zeros((B,), jnp.bool_))
+    token_B, logp_B, live_B, done_B = emit(next_logits(out, P - 1), step_keys_NxB[0], jnp.zeros((B,), jnp.bool_))
 
     def step(carry, keys_B):
       cache, token_B, live_B, done_B = carry
       # A finished row's pad is fed as padding so that it never becomes a key.
       out = model.apply(variables, token_B[:, None], input_mask_BxT=live_B[:, None], cache=cache, preference_BxT=pref(1))
-      token_B, logp_B, live_B, done_B = emit(out.logits_BxTxV[:, 0], keys_B, done_B)
+      token_B, logp_B, live_B, done_B = emit(next_logits(out, 0), keys_B, done_B)
       return (out.cache, token_B, live_B, done_B), (token_B, logp_B, live_B)
 
     _, (rest_tokens_MxB, rest_logp_MxB, rest_live_MxB) = jax.lax.scan(
@@ -249,10 +262,8 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
     def step(carry, xs):
       buffer_BxS, buffer_mask_BxS, done_B = carry
       i, keys_B = xs
-      logits_BxSxV = model.apply(variables, buffer_BxS, input_mask_BxT=buffer_mask_BxS,
-                                 preference_BxT=pref(P + N)).logits_BxTxV
-      logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxSxV, P - 1 + i, axis=1, keepdims=False)
-      token_B, logp_B, live_B, done_B = emit(logits_BxV, keys_B, done_B)
+      out = model.apply(variables, buffer_BxS, input_mask_BxT=buffer_mask_BxS, preference_BxT=pref(P + N))
+      token_B, logp_B, live_B, done_B = emit(next_logits(out, P - 1 + i), keys_B, done_B)
       buffer_BxS = jax.lax.dynamic_update_slice_in_dim(buffer_BxS, token_B[:, None], P + i, axis=1)
       buffer_mask_BxS = jax.lax.dynamic_update_slice_in_dim(buffer_mask_BxS, live_B[:, None], P + i, axis=1)
       return (buffer_BxS, buffer_mask_BxS, done_B), (token_B, logp_B, live_B)

@@ -43,7 +43,7 @@ from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.rl import iteration as iteration_lib
 from rlhf_jax.rl.task import Task
-from rlhf_jax.steps import common, dpo, pg, ppo, rsft
+from rlhf_jax.steps import common, dpo, ilql, pg, ppo, rsft
 
 ALGORITHMS = ("ppo",) + pg.ESTIMATORS + ("online_dpo", "rsft")
 
@@ -89,6 +89,7 @@ class Config:
   pg: pg.PGConfig = pg.PGConfig()
   dpo: dpo.DPOConfig = dpo.DPOConfig()  # online_dpo: the loss (dpo.kind), beta, temperature
   rsft: rsft.RSFTConfig = rsft.RSFTConfig()
+  ilql: ilql.ILQLConfig = ilql.ILQLConfig()  # offline ILQL (`rl.train_offline_ilql`), not an rl.algorithm
   optim: common.OptimConfig = common.OptimConfig(learning_rate=2e-4, warmup_steps=5, weight_decay=0.0,
                                                  min_lr_ratio=1.0)
   loop: LoopConfig = LoopConfig(steps=100, log_every=5, eval_every=25, checkpoint_every=25)
@@ -192,16 +193,20 @@ def start_policy(config: PolicyConfig, workdir: str | Path, mesh: Mesh, *,
   return policy
 
 
-def make_sampler(policy_model: Transformer, reward, *, max_new_tokens: int, eos_id: int, pad_id: int) -> Callable:
+def make_sampler(policy_model: Transformer, reward, *, max_new_tokens: int, eos_id: int, pad_id: int,
+                 roll: Callable | None = None) -> Callable:
   """`sample(policy_params, frozen, prompt_BxP, mask_BxP, key, temperature) -> (rollout, raw reward_B)`,
   both on the host, for evaluation and reward normalization.
 
   Sampling is a jitted program without the reward, so the persistent compilation cache keeps it
   whatever the reward is (JAX never caches a program that holds a host callback); a host reward
   then scores the fetched samples directly, a device reward in a small jitted program of its own.
+  `roll`, a jitted `(policy_params, ref_params, prompt_BxP, mask_BxP, key, temperature) -> Rollout`,
+  decodes another way (ILQL's advantage logits: `rl.ilql`); default the policy's own samples.
   """
-  roll = jax.jit(functools.partial(iteration_lib.sample, policy_model=policy_model, max_new_tokens=max_new_tokens,
-                                   eos_id=eos_id, pad_id=pad_id))
+  if roll is None:
+    roll = jax.jit(functools.partial(iteration_lib.sample, policy_model=policy_model, max_new_tokens=max_new_tokens,
+                                     eos_id=eos_id, pad_id=pad_id))
   on_device = not isinstance(reward, rewards.HostReward)
   score = jax.jit(lambda reward, r: reward.score(r.prompt_BxP, r.prompt_mask_BxP, r.response_BxN,
                                                  r.response_mask_BxN))
@@ -389,5 +394,5 @@ def smoke(config: Config) -> Config:
   return dataclasses.replace(
       config, policy=dataclasses.replace(config.policy, pretrain_smoke=True),
       rl=dataclasses.replace(config.rl, batch_size=16, eval_batch_size=16, normalize_samples=32),
-      ppo=dataclasses.replace(config.ppo, epochs=2),
+      ppo=dataclasses.replace(config.ppo, epochs=2), ilql=dataclasses.replace(config.ilql, num_samples=64),
       loop=LoopConfig(steps=6, log_every=2, eval_every=3, checkpoint_every=3, progress=False))

@@ -11,9 +11,15 @@ Polyak average of the Q heads, kept in the state. The loss is
 each an exact token mean (`rlhf_jax.ilql`). Decoding uses `ilql.advantage_logits` with the LM's
 logits and min(Q_1, Q_2) - V (`decode_logits`).
 
-Batches are right-padded `{"tokens": [B, T], "mask": [B, T], "rewards": [B, T]}`: mask 1 on real
-tokens; `rewards[t]` is the reward for emitting token t (e.g. a score at the last token). The
-action at step t is token t+1, so losses use positions 0..T-2 and the reward of token t+1.
+Batches are `{"tokens": [B, T], "mask": [B, T], "rewards": [B, T]}` and optionally
+`"action_mask": [B, T]`: mask 1 on real tokens, which must be contiguous in each row (padding on
+the right, or on both sides like a left-padded prompt followed by a right-padded response: the
+model counts positions over real tokens only, so both give the same forward); `rewards[t]` is the
+reward for emitting token t (e.g. a score at the last token). The action at step t is token t+1,
+so losses use positions 0..T-2 and the reward of token t+1. `action_mask` (default: `mask`) marks
+the tokens that are actions the policy chooses: a prompt's tokens are given, not chosen, so a
+prompt + response row marks only the response; every loss (LM, Q, V, CQL) counts only the steps
+that emit a marked token.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class ILQLHparams:
   tau: jax.Array  # expectile
   alpha: jax.Array  # CQL weight
   polyak: jax.Array  # target update rate
+  beta: jax.Array  # decoding: log pi_beta + beta * (min(Q1, Q2) - V)
+  temperature: jax.Array  # decoding: those logits / temperature (evaluation samples with it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +78,24 @@ class ILQLConfig:
   alpha: float = 0.1
   polyak: float = 0.005
   beta: float = 4.0  # decoding: log pi_beta + beta * (Q - V)
+  # Decoding: those logits / temperature. `rl.train_offline_ilql` also samples its data set and the
+  # reward normalization from the reference at it, as the RL trainer does with its temperature.
+  temperature: float = 1.0
+  # The offline data set of `rl.train_offline_ilql` when no records are given: this many samples of
+  # the starting policy on the task's train prompts (a shape, so not in hparams).
+  num_samples: int = 1024
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f"ilql.temperature must be > 0, got {self.temperature}")
+    if self.num_samples < 1:
+      raise ValueError(f"ilql.num_samples must be >= 1, got {self.num_samples}")
 
   def hparams(self, optim: common.OptimConfig) -> ILQLHparams:
     f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return ILQLHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay), gamma=f(self.gamma),
-                       tau=f(self.tau), alpha=f(self.alpha), polyak=f(self.polyak))
+                       tau=f(self.tau), alpha=f(self.alpha), polyak=f(self.polyak), beta=f(self.beta),
+                       temperature=f(self.temperature))
 
 
 def init_state(key: jax.Array, lm_params, *, model: Transformer, tx: optax.GradientTransformation) -> ILQLState:
@@ -94,9 +115,13 @@ def _loss_sums(params, batch, key, hp: ILQLHparams, target_heads, *, model: Tran
   tokens, mask = batch["tokens"].astype(jnp.int32), batch["mask"]
   logits, q1_all, q2_all, v = _forward(params, params["heads"], tokens, mask, model)
   _, tq1_all, tq2_all, _ = _forward(jax.lax.stop_gradient(params), target_heads, tokens, mask, model)
-  # Step t (state = tokens <= t) takes action tokens[t+1], rewarded by rewards[t+1].
+  # Step t (state = tokens <= t) takes action tokens[t+1], rewarded by rewards[t+1]. Only chosen
+  # tokens are steps: after a prompt, the first step is at its last token (the state "whole
+  # prompt", emitting the first response token); states ending earlier in the prompt are never
+  # learned or read. The last step's Bellman target reads V after it through this mask: 0, terminal.
   actions = tokens[:, 1:]
-  step_mask = (mask[:, :-1] * mask[:, 1:]).astype(jnp.float32)
+  action_mask = batch.get("action_mask", mask)
+  step_mask = (mask[:, :-1] * mask[:, 1:] * action_mask[:, 1:]).astype(jnp.float32)
   pick = lambda q: jnp.take_along_axis(q[:, :-1], actions[..., None], -1)[..., 0]  # noqa: E731
   q1, q2 = pick(q1_all), pick(q2_all)
   target_q = jnp.minimum(pick(tq1_all), pick(tq2_all))
@@ -129,6 +154,15 @@ def ilql_step(state: ILQLState, batch, key: jax.Array, hp: ILQLHparams, *, model
   metrics = {"loss": total / count, "lm_loss": sums["lm"] / count, "q_loss": sums["q"] / count,
              "v_loss": sums["v"] / count, "cql_loss": sums["cql"] / count, "learning_rate": lr}
   return state.replace(target_heads=target), metrics
+
+
+def next_token_logits(heads_params, lm_logits_BxV: jax.Array, hidden_BxD: jax.Array, beta: float | jax.Array, *,
+                      vocab_size: int) -> jax.Array:
+  """`decode_logits` at one position from the LM's logits and final hidden state there: with
+  `heads_params` and `beta` bound, the `logits_fn` of `sampling.generate`, which then decodes ILQL
+  on the LM's KV cache."""
+  q1, q2, v = Heads(vocab_size).apply({"params": heads_params}, hidden_BxD)
+  return ilql.advantage_logits(lm_logits_BxV, jnp.minimum(q1, q2), v, beta)
 
 
 def decode_logits(params, tokens_BxT, mask_BxT, beta: float | jax.Array, *, model: Transformer) -> jax.Array:
