@@ -103,9 +103,18 @@ def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path
 def run_unless_done(path: str | Path, workdir: str | Path, *, smoke: bool = False,
                     overrides: Sequence[str] = ()) -> None:
   """`run_experiment` in `workdir` unless a finished run is there (done.json): a stage that a rerun
-  of the composition skips once done and resumes (from its checkpoints) otherwise."""
+  of the composition skips once done and resumes (from its checkpoints) otherwise. A finished run
+  whose saved config differs from this call's is an error naming the keys: skipping it would
+  silently keep the old stage's results under the new settings."""
   if sweep.status(workdir) != "done":
     run_experiment(path, smoke=smoke, workdir=workdir, overrides=overrides)
+    return
+  config = resolve_config(load_experiment(path), smoke, list(overrides))
+  diffs = config_lib.differences(json.loads((Path(workdir) / "config.json").read_text()), config_lib.to_dict(config))
+  if diffs:
+    raise config_lib.ConfigError(
+        f"workdir {str(workdir)!r} holds a finished run with a different config (" + "; ".join(diffs)
+        + "): rerun with the same settings, or choose a new workdir")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,9 @@ def test_run_unless_done_runs_a_stage_once(experiment, tmp_path):
   assert sweep.status(workdir) == "done" and (workdir / "starts").read_text() == "xx"
   runs.run_unless_done(experiment, workdir, overrides=["seed=3"])
   assert (workdir / "starts").read_text() == "xx"
+  with pytest.raises(config_lib.ConfigError, match="finished run with a different config.*seed"):
+    runs.run_unless_done(experiment, workdir, overrides=["seed=4"])  # not silently the seed-3 results
+  assert (workdir / "starts").read_text() == "xx"
 
 
 def _stages(experiment: Path, root: Path) -> list[runs.Stage]:
