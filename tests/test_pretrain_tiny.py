@@ -19,29 +19,37 @@ EXPERIMENT = ROOT / "experiments" / "pretrain_tiny.py"
 SHORT = ["loop.steps=40", "loop.checkpoint_every=10", "loop.log_every=5", "sample.max_new_tokens=8"]
 
 
-def test_smoke_run_trains_and_writes_artifacts(tmp_path, cache_dir):
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, cache_dir):
+  """The smoke run with SHORT's settings, uninterrupted: the artifacts test reads it, and the
+  interrupted run must end exactly where it does."""
+  workdir = tmp_path_factory.mktemp("straight")
+  cli.run_experiment(EXPERIMENT, smoke=True, workdir=workdir, overrides=SHORT)
+  return workdir
+
+
+def test_smoke_run_trains_and_writes_artifacts(straight):
   for name in ("config.json", "tokenizer.model", "metrics.jsonl", "samples.jsonl"):
-    assert (tmp_path / name).exists(), name
-  assert any((tmp_path / "tb").iterdir())
-  train = logs.read_metrics(tmp_path, "train")
-  assert [r["step"] for r in train] == list(range(1, 31))
+    assert (straight / name).exists(), name
+  assert any((straight / "tb").iterdir())
+  train = logs.read_metrics(straight, "train")
+  assert [r["step"] for r in train] == list(range(1, 41))
   assert train[-1]["loss"] < train[0]["loss"] - 0.5
-  start, end = logs.read_metrics(tmp_path, "eval")
-  assert (start["step"], end["step"]) == (0, 30)
+  start, end = logs.read_metrics(straight, "eval")
+  assert (start["step"], end["step"]) == (0, 40)
   vocab = 512
   assert start["perplexity"] > 0.8 * vocab  # a fresh model is close to a uniform guess ...
   assert end["perplexity"] < 0.6 * vocab  # ... and training moves it well away
-  samples = (tmp_path / "samples.jsonl").read_text().splitlines()
+  samples = (straight / "samples.jsonl").read_text().splitlines()
   assert len(samples) == 10  # 5 prompts, before and after training
 
   # Later stages start from this workdir: the trained parameters and tokenizer load back.
-  start = pretrained.load(tmp_path, sharding.make_mesh())
-  assert start.step == 30 and start.tokenizer.vocab_size == start.model.vocab_size == vocab
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(start.params), final_state(tmp_path, 30)["params"])
+  start = pretrained.load(straight, sharding.make_mesh())
+  assert start.step == 40 and start.tokenizer.vocab_size == start.model.vocab_size == vocab
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(start.params), final_state(straight, 40)["params"])
 
 
-def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, cache_dir):
+def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, cache_dir, straight):
   env = {**os.environ, "RLHF_JAX_CACHE": cache_dir}  # same 8 host devices as this process
   command = [sys.executable, "-m", "rlhf_jax", "run", str(EXPERIMENT), "--smoke", "--workdir",
              str(tmp_path / "interrupted")] + [f"--set={s}" for s in SHORT]
@@ -66,16 +74,14 @@ def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, cache_dir):
   assert (tmp_path / "interrupted" / "done.json").is_file()
 
   # The same run without interruption, with the same overrides.
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "straight", overrides=SHORT)
-  a = logs.read_metrics(tmp_path / "straight")
+  a = logs.read_metrics(straight)
   b = logs.read_metrics(tmp_path / "interrupted")
   for split in ("train", "eval"):
     rows_a = [r for r in a if r["split"] == split]
     rows_b = [r for r in b if r["split"] == split]
     assert rows_a == rows_b, split  # every loss, gradient and parameter norm, bitwise
   assert len([r for r in b if r["split"] == "train"]) == 40
-  jax.tree.map(np.testing.assert_array_equal, final_state(tmp_path / "straight"),
-               final_state(tmp_path / "interrupted"))
+  jax.tree.map(np.testing.assert_array_equal, final_state(straight), final_state(tmp_path / "interrupted"))
 
 
 def final_state(workdir, step=40):

@@ -86,6 +86,21 @@ def cli(*args, cwd):
                         cwd=cwd, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+@pytest.fixture
+def in_process(capfd, monkeypatch, tmp_path):
+  """`cli` without starting a Python for the command itself (the runs of a sweep are still processes
+  of their own): each interpreter start costs seconds of the test run."""
+  monkeypatch.chdir(tmp_path)
+
+  def run(*args, cwd):
+    assert cwd == tmp_path
+    capfd.readouterr()
+    code = cli_lib.main([str(a) for a in args])
+    out = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+  return run
+
+
 def test_parse_grid_and_run_names():
   points = sweep.parse_grid(["optim.lr=1e-3,3e-3", "seed=0,1,2"])
   assert len(points) == 6 and points[1] == {"optim.lr": "1e-3", "seed": "1"}
@@ -101,18 +116,18 @@ def test_parse_grid_and_run_names():
     sweep.plan([{"seed": 0}, {"seed": 0}])
 
 
-def test_sweep_runs_each_point_once_and_reports_mean_and_interval(experiment, tmp_path):
+def test_sweep_runs_each_point_once_and_reports_mean_and_interval(experiment, tmp_path, in_process):
   root = tmp_path / "sweep"
-  bad = cli("sweep", experiment, "--root", root, "--grid", "optim.lrr=0.1", cwd=tmp_path)
+  bad = in_process("sweep", experiment, "--root", root, "--grid", "optim.lrr=0.1", cwd=tmp_path)
   assert bad.returncode == 2 and "optim.lrr" in bad.stderr and "optim.lr" in bad.stderr
   assert not root.exists()  # a bad key stops the sweep before any run starts
 
-  printed = cli("sweep", experiment, "--root", root, "--print", cwd=tmp_path)  # the experiment's sweep()
+  printed = in_process("sweep", experiment, "--root", root, "--print", cwd=tmp_path)  # the experiment's sweep()
   commands = printed.stdout.strip().splitlines()
   assert len(commands) == 4 and all(" run " in c and "--workdir" in c for c in commands)
   assert str(root / "optim.lr=0.2,seed=1") in commands[-1]
 
-  first = cli("sweep", experiment, "--root", root, cwd=tmp_path)
+  first = cli("sweep", experiment, "--root", root, cwd=tmp_path)  # the real command, once
   assert first.returncode == 0, first.stdout + first.stderr
   runs = sorted(p.name for p in root.iterdir())
   assert runs == ["optim.lr=0.1,seed=0", "optim.lr=0.1,seed=1", "optim.lr=0.2,seed=0", "optim.lr=0.2,seed=1"]
@@ -122,10 +137,10 @@ def test_sweep_runs_each_point_once_and_reports_mean_and_interval(experiment, tm
     assert (root / name / "done.json").is_file()
     saved = json.loads((root / name / "config.json").read_text())
     assert f"optim.lr={saved['optim']['lr']},seed={saved['seed']}" == name
-  again = cli("sweep", experiment, "--root", root, cwd=tmp_path)
+  again = in_process("sweep", experiment, "--root", root, cwd=tmp_path)
   assert again.returncode == 0 and again.stdout.count("done, skipped") == 4
   assert all((root / n / "starts").read_text() == "x" for n in runs)  # nothing ran twice
-  assert cli("sweep", experiment, "--root", root, "--print", cwd=tmp_path).stdout == ""
+  assert in_process("sweep", experiment, "--root", root, "--print", cwd=tmp_path).stdout == ""
 
   # The report: groups by lr, mean and Student-t 95% interval over the two seeds.
   result = report.write_report([root], tmp_path / "report")
@@ -137,22 +152,22 @@ def test_sweep_runs_each_point_once_and_reports_mean_and_interval(experiment, tm
   assert "| optim.lr=0.1 | 2 |" in table and "1.5 ± " in table
   assert (tmp_path / "report" / "curves.png").stat().st_size > 1000
   assert "frontier.png" not in result["files"]  # by default only where kl and gold_score exist
-  frontier = cli("report", root, "--out", tmp_path / "r2", "--frontier", "kl,metric", cwd=tmp_path)
+  frontier = in_process("report", root, "--out", tmp_path / "r2", "--frontier", "kl,metric", cwd=tmp_path)
   assert frontier.returncode == 0, frontier.stderr
   assert (tmp_path / "r2" / "frontier.png").stat().st_size > 1000
-  missing = cli("report", root, "--metrics", "gold", cwd=tmp_path)
+  missing = in_process("report", root, "--metrics", "gold", cwd=tmp_path)
   assert missing.returncode == 2 and "gold" in missing.stderr and "metric" in missing.stderr
 
 
-def test_a_failed_run_does_not_stop_the_sweep_and_is_retried(experiment, tmp_path):
+def test_a_failed_run_does_not_stop_the_sweep_and_is_retried(experiment, tmp_path, in_process):
   root = tmp_path / "sweep"
   grid = ["--grid", "fail=true,false"]  # the failing run first: the sweep must go on to the next
-  out = cli("sweep", experiment, "--root", root, *grid, cwd=tmp_path)
+  out = in_process("sweep", experiment, "--root", root, *grid, cwd=tmp_path)
   assert out.returncode == 1 and "1 of 2 runs done" in out.stdout and "fail=true" in out.stdout
   assert (root / "fail=false" / "starts").read_text() == "x"  # the sweep went on after the failure
   assert not (root / "fail=true" / "done.json").exists()
   (root / "fixed").write_text("")
-  retry = cli("sweep", experiment, "--root", root, *grid, cwd=tmp_path)
+  retry = in_process("sweep", experiment, "--root", root, *grid, cwd=tmp_path)
   assert retry.returncode == 0 and "2 of 2 runs done" in retry.stdout
   assert (root / "fail=true" / "starts").read_text() == "xx"
   assert (root / "fail=false" / "starts").read_text() == "x"  # finished: not run again
