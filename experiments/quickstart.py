@@ -1,6 +1,6 @@
 """The whole RLHF loop on CPU with packaged data: pretrain, sample, label, reward model, PPO, evaluate.
 
-  rlhf-jax run experiments/quickstart.py                 # the README's main command (~6 min on 2 cores)
+  rlhf-jax run experiments/quickstart.py                 # the README's main command (~8 min on 2 idle cores)
   rlhf-jax run experiments/quickstart.py --smoke         # < 2 min, for tests
   rlhf-jax run experiments/quickstart.py --set seed=1
 
