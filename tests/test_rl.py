@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import config as config_lib
-from rlhf_jax import logs, pretrained, rewards, rl, sharding, vmapped
+from rlhf_jax import logs, pretrained, reward_signals, rewards, rl, sharding, vmapped
 from rlhf_jax.loop import LoopConfig
 from rlhf_jax.rl import trainer
 from rlhf_jax.models.transformer import ModelConfig, Transformer
@@ -155,6 +155,36 @@ def test_host_reward_through_pure_callback_equals_the_device_reward():
   texts = rewards.HostReward(scorer=SevensScorer(), tokenizer=DigitTokenizer(), with_prompt=True).texts(
       np.array([[0, 7, 3]]), np.array([[0, 1, 1]]), np.array([[7, 5, EOS, PAD]]), np.array([[1, 1, 1, 0]]))
   assert texts == ["7 37 5"]
+
+
+def test_reward_signals_are_rewards_on_tokens_under_jit_and_vmap():
+  """`rewards.SignalReward`: the seeds' consistency and correlation signals between a predicted
+  score (here on the device) and a human one (here a host scorer through the callback), equal to
+  `reward_signals` on the two scores, for one batch and for vmapped runs (each its own batch)."""
+  rng = np.random.default_rng(0)
+  response_RxBxN = rng.choice([5, 7, 9], size=(2, 8, N)).astype(np.int32)
+  mask_RxBxN = np.ones_like(response_RxBxN)
+  mask_RxBxN[:, :, -2:] = rng.integers(0, 2, (2, 8, 1))  # some rows two tokens shorter
+  prompt_RxBxP = np.full((2, 8, P), 3, np.int32)
+  args = (prompt_RxBxP, np.ones_like(prompt_RxBxP), response_RxBxN, mask_RxBxN)
+  fives = rewards.TokenFunctionReward(lambda p, pm, r, rm: jnp.sum((r == 5) & (rm > 0), -1) / N, label="fives")
+  human_RxB = ((response_RxBxN == 7) & (mask_RxBxN > 0)).sum(-1) / N  # what HOST_REWARD reads from the texts
+  predicted_RxB = ((response_RxBxN == 5) & (mask_RxBxN > 0)).sum(-1) / N
+  for kind, want in (("consistency", lambda h, s: reward_signals.consistency(h, s, 0.1)),
+                     ("correlation", reward_signals.correlation_shares)):
+    signal = rewards.SignalReward(predicted=fives, human=HOST_REWARD, kind=kind, tolerance=0.1)
+    assert signal.name == f"{kind}(sevens vs fives)"
+    score = jax.jit(lambda reward, *a: reward.score(*a))
+    got_B = np.asarray(score(signal, *(a[0] for a in args)))
+    np.testing.assert_allclose(got_B, want(human_RxB[0], predicted_RxB[0]), atol=1e-6)
+    assert (got_B > 0).any() and (got_B < 0).any()  # both sides of the prediction occur
+    vmapped_score = jax.jit(jax.vmap(lambda reward, *a: reward.score(*a), in_axes=(None, 0, 0, 0, 0)))
+    np.testing.assert_allclose(vmapped_score(signal, *args),
+                               np.stack([want(h, s) for h, s in zip(human_RxB, predicted_RxB)]), atol=1e-6)
+  with pytest.raises(ValueError, match="reward signal: expected one of"):
+    rewards.SignalReward(predicted=fives, human=HOST_REWARD, kind="discounted")
+  with pytest.raises(ValueError, match="task.reward_signal must be one of"):
+    rl.SentimentConfig(reward_signal="consistensy")
 
 
 def _without_key_bias(params):

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import losses
+from rlhf_jax import losses, reward_signals
 from rlhf_jax.feedback import labelers
 from rlhf_jax.models.transformer import Transformer
 
@@ -170,3 +170,39 @@ def from_spec(spec: str, *, tokenizer, mesh, with_prompt: bool, max_len: int | N
     scorer = pretrained.RewardModelScorer(workdir, mesh, _loaded=loaded)
     return HostReward(scorer=scorer, tokenizer=tokenizer, with_prompt=with_prompt)
   return HostReward(scorer=labelers.get_scorer(spec), tokenizer=tokenizer, with_prompt=with_prompt)
+
+
+@flax.struct.dataclass
+class SignalReward:
+  """A reward signal of `rlhf_jax.reward_signals` from a predicted and a human (or gold) score of
+  the same samples: "consistency", sign(h - s) (0 within `tolerance`), or "correlation",
+  z(h) z(s) standardized over the batch (its batch mean is Pearson's rho).
+
+  Both scores come from rewards on tokens, so the signal is one too: a simulated human (a lexicon,
+  a gold reward model) through the host, a predictor on the device or the host. Each row's
+  correlation share depends on its batch (the standardization), as the signal is defined; under
+  vmapped runs the batch is each run's own. `reward_signals`' "discounted" kind is per token, not
+  a sequence score: PPO's `ppo.gamma` discounts the last-token reward the same way.
+  """
+  predicted: Any  # a Reward
+  human: Any  # a Reward
+  kind: str = flax.struct.field(pytree_node=False, default="consistency")
+  tolerance: float = flax.struct.field(pytree_node=False, default=0.0)
+
+  def __post_init__(self):
+    if self.kind not in SIGNALS:
+      raise ValueError(f"reward signal: expected one of {SIGNALS}, got {self.kind!r}")
+
+  @property
+  def name(self) -> str:
+    return f"{self.kind}({self.human.name} vs {self.predicted.name})"
+
+  def score(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> jax.Array:
+    args = (prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN)
+    predicted_B, human_B = self.predicted.score(*args), self.human.score(*args)
+    if self.kind == "consistency":
+      return reward_signals.consistency(human_B, predicted_B, self.tolerance)
+    return reward_signals.correlation_shares(human_B, predicted_B)
+
+
+SIGNALS = ("consistency", "correlation")

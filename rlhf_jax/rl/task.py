@@ -65,11 +65,21 @@ class SentimentConfig:
   reward: str = "vader"  # a lexicon, rm:WORKDIR or py:MODULE:FUNCTION (`rewards.from_spec`)
   reward_with_prompt: bool = False  # the reward reads prompt + response (reward models trained on both)
   gold: str = "vader"  # the labeler whose taste evaluation reports
+  # "score": optimize `reward` itself. "consistency" / "correlation": the reward signal of
+  # `reward_signals` (`rewards.SignalReward`) between `reward` as the prediction and
+  # `signal_human` (any reward spec; a simulated person, reading the response alone) as the human
+  # score of the same samples.
+  reward_signal: str = "score"
+  signal_human: str = "vader"
+  signal_tolerance: float = 0.0  # consistency: |h - s| within it counts 0
 
   def __post_init__(self):
     for name in ("num_prompts", "prompt_len", "max_new_tokens", "eval_prompts"):
       if getattr(self, name) < 1:
         raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
+    if self.reward_signal not in ("score",) + rewards_lib.SIGNALS:
+      raise ValueError(f"task.reward_signal must be one of {('score',) + rewards_lib.SIGNALS}, "
+                       f"got {self.reward_signal!r}")
 
   def smoke(self) -> "SentimentConfig":
     """Fewer prompts and shorter continuations: an experiment's `--smoke` mode."""
@@ -86,8 +96,12 @@ def sentiment_task(config: SentimentConfig, *, tokenizer, mesh, seed: int) -> Ta
   """WordNet openings (split by a hash of the text), continued for `max_new_tokens` tokens."""
   train, test = prompts_lib.split_prompts(prompts_lib.wordnet_openings(config.num_prompts, config.prompt_words, seed),
                                           config.test_fraction)
-  reward = rewards_lib.from_spec(config.reward, tokenizer=tokenizer, mesh=mesh, with_prompt=config.reward_with_prompt,
-                                 max_len=config.prompt_len + config.max_new_tokens)
+  spec = lambda name, with_prompt: rewards_lib.from_spec(  # noqa: E731
+      name, tokenizer=tokenizer, mesh=mesh, with_prompt=with_prompt, max_len=config.prompt_len + config.max_new_tokens)
+  reward = spec(config.reward, config.reward_with_prompt)
+  if config.reward_signal != "score":  # the human reads the response alone, as the gold judge does
+    reward = rewards_lib.SignalReward(predicted=reward, human=spec(config.signal_human, False),
+                                      kind=config.reward_signal, tolerance=config.signal_tolerance)
   return Task(train=Prompts.encode(tokenizer, train, config.prompt_len),
               test=Prompts.encode(tokenizer, test[:config.eval_prompts], config.prompt_len),
               max_new_tokens=config.max_new_tokens, reward=reward, gold=_gold(config.gold, reward),
