@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -101,25 +102,52 @@ def _row(name: str, value, i: int, n: int):
   return array[i]
 
 
+def _read_records(path: Path) -> tuple[list[str], list[dict]]:
+  """The lines and records of a metrics file. A last line cut short (no newline: the process died
+  mid-write, e.g. at a power loss) is dropped with a warning; any other line that is not a JSON
+  record with a step is an error naming the file and line."""
+  text = path.read_text()
+  lines = text.splitlines()
+  lines_out, records = [], []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise ValueError("expected a JSON object with an integer 'step'")
+    except ValueError as e:
+      if number == len(lines) and not text.endswith("\n"):
+        warnings.warn(f"{path}:{number}: dropped a torn last line (a write the process did not finish)")
+        break
+      raise ValueError(f"{path}:{number}: not a metrics record ({e})") from None
+    lines_out.append(line)
+    records.append(record)
+  return lines_out, records
+
+
 def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict]:
   path = Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  _, records = _read_records(path)
   return [r for r in records if split is None or r.get("split") == split]
 
 
-def truncate_metrics(workdir: str | Path, last_step: int) -> None:
-  """Drops records after `last_step`: a resumed run logs those steps again, exactly once.
+def truncate_metrics(workdir: str | Path, last_step: int, *, drop_eval_at: int | None = None) -> None:
+  """Drops records after `last_step` (and a torn last line): a resumed run logs those steps again,
+  exactly once, on a line of its own. `drop_eval_at`: also the evaluation recorded at that step,
+  which the resumed run records again (a run resumed at its last step evaluates it again).
 
   Written to a temporary file and renamed, so a crash here cannot lose the earlier records.
   """
   path = Path(workdir) / METRICS_FILE
   if not path.exists():
     return
-  lines = [line for line in path.read_text().splitlines() if line.strip()]
-  keep = [line for line in lines if json.loads(line)["step"] <= last_step]
-  if len(keep) != len(lines):
+  lines, records = _read_records(path)
+  keep = [line for line, r in zip(lines, records)
+          if r["step"] <= last_step and not (r["step"] == drop_eval_at and r.get("split") == "eval")]
+  if len(keep) != len(lines) or not path.read_text().endswith("\n"):
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rlhf_jax import logs, sharding
-from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.checkpoint import CheckpointError, Checkpointer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,25 @@ class _Pending:
   metrics: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
 
 
+def _restore_latest_good(checkpointer: Checkpointer, abstract: Any, data_iterator) -> tuple[Any, jax.Array, int]:
+  """The newest step that restores intact; a damaged one is reported and the step before it tried
+  (each restore puts the data iterator at its own step). None intact: the error of the newest."""
+  errors = []
+  for step in sorted(checkpointer.all_steps(), reverse=True):
+    print(f"resuming from the checkpoint at step {step} in {checkpointer.directory}", flush=True)
+    try:
+      state, rng = checkpointer.restore(step, abstract_state=abstract, data_iterator=data_iterator)
+    except CheckpointError as e:
+      print(f"warning: {e}; trying the step before it", file=sys.stderr, flush=True)
+      errors.append(e)
+      continue
+    for damaged in errors:  # the resumed run saves these steps again
+      print(f"warning: kept the damaged step as {checkpointer.set_aside(damaged.step)}", file=sys.stderr, flush=True)
+    return state, rng, step
+  raise CheckpointError(errors[0].step, checkpointer.directory,
+                        f"no intact step to resume from ({'; '.join(str(e) for e in errors)})") from errors[0]
+
+
 def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: Callable[[], Any],
                state_shardings: Any, step_fn: Callable, data_iterator: Iterator[dict[str, np.ndarray]],
                hp: Any, rng: jax.Array, mesh: Mesh, tokens_per_step: int,
@@ -119,12 +139,13 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
     state = init_fn()
     start = 0
   else:
-    print(f"resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
-    state, rng = checkpointer.restore(start, abstract_state=abstract_state(init_fn, state_shardings),
-                                      data_iterator=data_iterator)
+    state, rng, start = _restore_latest_good(checkpointer, abstract_state(init_fn, state_shardings), data_iterator)
+    # A run whose last checkpoint is its final step is evaluated again below: it may have stopped
+    # between that checkpoint and its final evaluation (every process decides alike, from the
+    # checkpoint alone); the record of an evaluation that did happen is dropped, not duplicated.
     if jax.process_index() == 0:
       for metrics_dir in run_dirs or [workdir]:
-        logs.truncate_metrics(metrics_dir, start)
+        logs.truncate_metrics(metrics_dir, start, drop_eval_at=start if start >= loop.steps else None)
   # Opened only after the truncation above, which replaces the file: a writer opened before it
   # would append to the replaced (unlinked) file and lose every record of the resumed run. In a
   # multi-host run only the first process writes metrics (they are global values).
@@ -186,7 +207,7 @@ def train_loop(*, workdir: str | Path, loop: LoopConfig, config: dict, init_fn: 
           save(step)
       if step != checkpointer.latest_step():
         save(step)
-      if not stop.is_set() and evaluate is not None and step > start:
+      if not stop.is_set() and evaluate is not None and (step > start or start >= loop.steps > 0):
         writer.write(step, evaluate(state), split="eval")
   finally:
     checkpointer.close()
