@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 
 def last_token_index(mask_BxT: jax.Array) -> jax.Array:
-  """Index of each row's last real token (0 for an all-masked row)."""
+  """Index of each row's last real token; T - 1 for an all-masked row (nothing to point at: its
+  reads are masked out by the callers)."""
   T = mask_BxT.shape[-1]
   return T - 1 - jnp.argmax(mask_BxT[:, ::-1].astype(jnp.int32), axis=-1)
 
@@ -59,7 +60,8 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 
 
 def masked_var(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """Unbiased variance over the masked entries (as in the lm-human-preferences code)."""
+  """Unbiased (n - 1) variance over the masked entries, as TRL's `masked_var` computes it; the
+  lm-human-preferences code whitens with the population (n) variance, a factor n / (n - 1) apart."""
   mask = mask.astype(jnp.float32)
   n = jnp.sum(mask)
   mean = masked_mean(x, mask)

@@ -167,3 +167,11 @@ def test_expected_best_of_n_matches_enumerating_every_subset():
   assert np.all(np.isfinite(best_of_n.expected_best(proxy_PxN, value_PxN, 1000)))
   with pytest.raises(ValueError, match="n: expected 1 <= n <= N = 4096"):
     best_of_n.expected_best(proxy_PxN, value_PxN, 4097)
+
+
+def test_last_token_index_and_masked_variance_do_what_their_docstrings_say():
+  mask = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 0]])
+  np.testing.assert_array_equal(advantages.last_token_index(mask), [1, 3, 3, 2])  # all-masked: T - 1
+  x = jnp.array([[1.0, 2.0, 9.0, 9.0], [3.0, 5.0, 9.0, 9.0]])
+  m = jnp.array([[1, 1, 0, 0], [1, 1, 0, 0]])
+  np.testing.assert_allclose(advantages.masked_var(x, m), np.var([1.0, 2.0, 3.0, 5.0], ddof=1), rtol=1e-6)
