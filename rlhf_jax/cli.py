@@ -272,7 +272,7 @@ def _cmd_label(args) -> int:
 def _cmd_feedback(args) -> int:
   from rlhf_jax.feedback.store import FeedbackError, FeedbackStore
   try:
-    with FeedbackStore(args.store) as feedback:
+    with FeedbackStore(args.store, create=args.feedback_command == "import") as feedback:
       if args.feedback_command == "import":
         print(f"{feedback.import_samples_jsonl(args.file)} new samples imported from {args.file}")
       else:

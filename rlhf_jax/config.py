@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -84,9 +85,12 @@ def _parse(key: str, text: str, annotation: Any) -> Any:
       raise ConfigError(f"{key}: expected an int, got {text!r}") from None
   if annotation is float:
     try:
-      return float(text)
+      value = float(text)
     except ValueError:
       raise ConfigError(f"{key}: expected a float, got {text!r}") from None
+    if math.isnan(value):  # inf can mean something (a noiseless labeler's beta); NaN never does
+      raise ConfigError(f"{key}: expected a number, got {text!r}")
+    return value
   if annotation is str:
     return text
   raise ConfigError(f"{key}: fields of type {annotation} cannot be set from the command line")

@@ -63,3 +63,14 @@ def test_differences_name_changed_keys():
   b = config_lib.to_dict(config_lib.apply_overrides(Outer(), ["steps=11", "inner.sizes=5"]))
   assert config_lib.differences(a, a) == []
   assert config_lib.differences(a, b) == ["inner.sizes: (1, 2) -> (5,)", "steps: 10 -> 11"]
+
+
+def test_nan_is_never_a_config_value_and_a_learning_rate_must_be_finite():
+  for text in ("nan", "NaN"):
+    with pytest.raises(config_lib.ConfigError, match=r"inner.rate: expected a number, got"):
+      config_lib.apply_overrides(Outer(), [f"inner.rate={text}"])
+  assert config_lib.apply_overrides(Outer(), ["inner.rate=inf"]).inner.rate == float("inf")  # e.g. a noiseless beta
+  from rlhf_jax.steps import common
+  for lr in (float("inf"), 0.0):
+    with pytest.raises(ValueError, match="optim.learning_rate must be positive and finite"):
+      common.OptimConfig(learning_rate=lr)

@@ -368,6 +368,10 @@ _GOOD = b'{"prompt": "p", "response": "r2", "model": "m"}'
      r"field 'prompt': expected non-empty"),
     (b'{"prompt": "p", "response": "\\ud800", "model": "m"}', r"field 'response': .*surrogate"),
     (b'["p", "r", "m"]', r"expected a JSON object"),
+    (b'{"prompt": "p", "response": "r", "model": "m", "meta": {"n": ' + b"9" * 5000 + b'}}',
+     r"not a usable JSON record \(Exceeds the limit"),  # Python's int digit limit, not a traceback
+    (b'{"prompt": "p", "response": "r", "model": "m", "meta": ' + b"[" * 100_000 + b"]" * 100_000 + b'}',
+     r"not a usable JSON record \(nested too deeply\)"),
 ])
 def test_import_rejects_bad_line_and_stores_nothing(tmp_path, bad_line, message):
   store_path = tmp_path / "store.db"
@@ -400,3 +404,11 @@ def test_compare_many_stores_a_batch_whole_or_not_at_all(db, tmp_path):
   assert [(j.id, j.outcome) for j in db.judgements(kind="comparison")] == list(zip(got, ["a", "b"]))
   assert [(r["chosen"], r["rejected"]) for r in db.export_preferences()] == [
       ("Knock knock.", "Why did the chicken..."), ("Hello there.", "Hi!")]
+
+
+def test_export_refuses_a_store_that_does_not_exist(tmp_path, capsys):
+  from rlhf_jax import cli
+  missing = tmp_path / "typo.db"
+  code = cli.main(["feedback", "export", "preferences", "--store", str(missing), "--out", str(tmp_path / "p.jsonl")])
+  assert code == 2 and "no feedback store there" in capsys.readouterr().err
+  assert not missing.exists()  # not silently created empty

@@ -306,6 +306,9 @@ def _read_jsonl_records(path: Path) -> list[tuple[str, str, str, str]]:
     except json.JSONDecodeError as e:
       raise FeedbackError(
           f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits; nesting too deep
+      reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+      raise FeedbackError(f"{path}:{lineno}: not a usable JSON record ({reason})") from None
     records.append(parse_record(record, f"{path}:{lineno}"))
   return records
 
@@ -386,11 +389,14 @@ class FeedbackStore:
       lease_seconds: float = 600.0,
       busy_timeout: float = 30.0,
       clock: Callable[[], float] = time.time,
+      create: bool = True,
   ):
     self.path = Path(path).expanduser()
     self.lease_seconds = float(lease_seconds)
     self._clock = clock
     self._lock = threading.RLock()
+    if not create and not self.path.exists():  # a reader: a mistyped path must not become an empty store
+      raise FeedbackError(f"{self.path}: no feedback store there (expected an existing store to read)")
     _check_file(self.path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
     # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), one per write.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from typing import Any, Callable
 
@@ -55,8 +56,10 @@ class OptimConfig:
   lr_mults: tuple[str, ...] = ()
 
   def __post_init__(self):
-    if self.learning_rate <= 0:
-      raise ValueError(f"optim.learning_rate must be positive, got {self.learning_rate}")
+    if not 0 < self.learning_rate < math.inf:
+      raise ValueError(f"optim.learning_rate must be positive and finite, got {self.learning_rate}")
+    if not math.isfinite(self.weight_decay):
+      raise ValueError(f"optim.weight_decay must be finite, got {self.weight_decay}")
     if self.warmup_steps < 0:
       raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
     parse_lr_mults(self.lr_mults)
