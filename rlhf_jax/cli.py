@@ -199,6 +199,7 @@ def _cmd_chat(args, stdin=None, stdout=None) -> int:
   import jax
 
   from rlhf_jax import sampling
+  from rlhf_jax.feedback.display import visible
   from rlhf_jax.models.transformer import Transformer
   stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
   try:
@@ -228,7 +229,9 @@ def _cmd_chat(args, stdin=None, stdout=None) -> int:
         break
       ids.append(token)
       text = tok.decode(ids)
-      stdout.write(text[len(shown):] if text.startswith(shown) else "\n" + text)
+      # Model text, not the program's: escapes and bidi controls are shown, not obeyed (per
+      # character, so a sequence split across tokens is caught too).
+      stdout.write(visible(text[len(shown):] if text.startswith(shown) else "\n" + text))
       stdout.flush()
       shown = text
     stdout.write("\n")
@@ -400,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
   label.add_argument("--store", required=True, help="feedback store (SQLite file; created if missing)")
   label.add_argument("--terminal", action="store_true", help="at a console prompt instead of a web page")
   label.add_argument("--host", default="127.0.0.1",
-                     help="address of the labeling page (default: this machine only; another address warns)")
+                     help="address of the labeling page (default: this machine only; another address warns). "
+                          "Requests must name it (or localhost) with this port in their Host header: "
+                          "open the page by this address, and tunnel to the same port")
   label.add_argument("--port", type=int, default=8765, help="port of the labeling page (0: any free port)")
   label.add_argument("--labeler", required=True,
                      help="your name, stored with every judgement (the web page's default name)")

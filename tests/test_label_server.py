@@ -11,6 +11,8 @@ from rlhf_jax.feedback.store import FeedbackError, FeedbackStore
 
 TOKEN = "test-token"
 AUTH = {"X-Label-Token": TOKEN}
+# Requests go to 127.0.0.1:8765, a name and port the server answers to (the Host check).
+BASE = "http://127.0.0.1:8765"
 SCRIPT = "<script>alert(1)</script>"
 IMG = '<img src=x onerror="alert(2)">'
 
@@ -28,13 +30,13 @@ def store_path(tmp_path):
 
 @pytest.fixture
 def client(store_path):
-  with TestClient(server.create_app(store_path, token=TOKEN, seed=0)) as c:
+  with TestClient(server.create_app(store_path, token=TOKEN, seed=0), base_url=BASE) as c:
     yield c
 
 
 @pytest.fixture
 def rating_client(store_path):
-  with TestClient(server.create_app(store_path, token=TOKEN, rate_scale=3)) as c:
+  with TestClient(server.create_app(store_path, token=TOKEN, rate_scale=3), base_url=BASE) as c:
     yield c
 
 
@@ -142,6 +144,7 @@ def test_oversized_body_is_413_and_stores_nothing(client, store_path):
     ({"labeler": " ", "a": 1, "b": 2, "outcome": "a"}, "labeler: expected a non-empty name"),
     ({"labeler": "alice", "a": 1, "b": 1, "outcome": "a"}, "two different samples"),
     ({"labeler": "alice", "a": 1, "b": 99, "outcome": "a"}, "no sample with id 99"),
+    ({"labeler": "alice", "a": 1, "b": 2 ** 63, "outcome": "a"}, "b: expected a sample id (a positive 64-bit"),
     ({"labeler": "alice", "sample": 1, "value": 2}, "start `rlhf-jax label` with --rate N"),
     ([1, 2], "expected a JSON object"),
 ])
@@ -157,6 +160,10 @@ def test_not_json_is_400_and_wrong_content_type_415(client):
   response = client.post("/api/judge", content=b"labeler=alice",
                          headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
   assert response.status_code == 415
+  # Not a 500: JSON nested past the parser's recursion limit, within the 4 KiB body limit.
+  response = client.post("/api/judge", content=b"[" * 2000 + b"]" * 2000,
+                         headers={**AUTH, "Content-Type": "application/json"})
+  assert response.status_code == 400 and "nested too deeply" in response.json()["error"]
 
 
 def test_ratings(rating_client, store_path):
@@ -190,7 +197,7 @@ def test_two_labelers_get_different_pairs(client):
 
 def test_untrusted_text_is_never_markup(tmp_path):
   path = make_store(tmp_path / "x.db", responses=(SCRIPT, IMG, "plain"))
-  with TestClient(server.create_app(path, token=TOKEN)) as client:
+  with TestClient(server.create_app(path, token=TOKEN), base_url=BASE) as client:
     seen = set()
     for labeler in ("a1", "a2", "a3"):
       response = client.get("/api/task", params={"labeler": labeler}, headers=AUTH)
@@ -208,6 +215,86 @@ def test_untrusted_text_is_never_markup(tmp_path):
   script = (server.STATIC_DIR / "label.js").read_text()
   for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
     assert sink not in script.replace("never innerHTML", "")
+
+
+ESCAPES = {  # model text as stored -> as the page receives it
+    "fine\x1b[2K\x1b[1Agone": "fine<U+001B>[2K<U+001B>[1Agone",  # erase line, cursor up
+    "copy \x1b]52;c;cm0gLXJmIH4=\x07": "copy <U+001B>]52;c;cm0gLXJmIH4=<U+0007>",  # OSC 52
+    "photo\u202egnp.exe a\x7fb\x9bc": "photo<U+202E>gnp.exe a<U+007F>b<U+009B>c",  # RLO, DEL, C1
+    "café 日本\n\tnext line": "café 日本\n\tnext line",  # letters, newline and tab as is
+}
+
+
+@pytest.mark.parametrize("rate_scale", [None, 3])
+def test_control_and_bidi_characters_arrive_written_out(tmp_path, rate_scale):
+  path = tmp_path / "f.db"
+  with FeedbackStore(path) as store:
+    ids = store.add_samples([{"prompt": "Say \u2066hi\u2069\x1b]0;t\x07", "response": r,
+                              "model": "m"} for r in ESCAPES])
+  original = dict(zip(ids, ESCAPES))
+  app = server.create_app(path, token=TOKEN, rate_scale=rate_scale, seed=0)
+  shown = set()
+  with TestClient(app, base_url=BASE) as client:
+    for labeler in ("a1", "a2", "a3", "a4"):  # a pair (or sample) each
+      task = get(client, "/api/task", labeler)
+      assert task["prompt"] == "Say <U+2066>hi<U+2069><U+001B>]0;t<U+0007>"
+      for sample in task["samples"] if rate_scale is None else [task["sample"]]:
+        assert sample["text"] == ESCAPES[original[sample["id"]]]
+        shown.add(sample["id"])
+      # Judged by the ids shown; the store keeps the text as the model wrote it (checked below).
+      if rate_scale is None:
+        left, right = task["samples"]
+        post(client, "/api/judge", {"labeler": labeler, "a": left["id"], "b": right["id"],
+                                    "outcome": "a"})
+        (comparison,) = stored(path, labeler=labeler)
+        assert (comparison.sample_a, comparison.sample_b) == (left["id"], right["id"])
+      else:
+        sample = task["sample"]["id"]
+        post(client, "/api/judge", {"labeler": labeler, "sample": sample, "value": 2})
+        (rating,) = stored(path, labeler=labeler)
+        assert rating.sample_id == sample
+  assert shown == set(ids)
+  with FeedbackStore(path) as store:
+    assert {i: store.sample(i).text for i in ids} == original
+
+
+def test_host_header_must_name_this_server(client, store_path):
+  body = {"labeler": "alice", "a": 1, "b": 2, "outcome": "a"}
+  for host in ("evil.example:8765", "evil.example", "127.0.0.1:9999", "127.0.0.1",
+               "127.0.0.1.evil.example:8765", "localhost.:8765"):
+    headers = {**AUTH, "Host": host}
+    responses = [
+        client.get("/", headers=headers), client.get("/static/label.js", headers=headers),
+        client.get("/api/task", params={"labeler": "alice"}, headers=headers),
+        client.post("/api/judge", json=body, headers=headers),
+        client.request("DELETE", "/api/undo", headers=headers),
+        client.get("/missing", headers=headers),
+    ]
+    for response in responses:
+      assert response.status_code == 421, (host, response.request.url, response.text)
+      assert response.headers["content-type"].startswith("text/plain")
+      assert f"Host {host!r} is not this server" in response.text
+      assert "default-src 'self'" in response.headers["content-security-policy"]
+  assert stored(store_path) == []
+  with FeedbackStore(store_path) as store:
+    assert store.progress().pairs_claimed == 0  # refused before the handler leased anything
+  for host in ("127.0.0.1:8765", "localhost:8765", "LocalHost:8765", "[::1]:8765"):
+    response = client.get("/api/task", params={"labeler": "alice"}, headers={**AUTH, "Host": host})
+    assert response.status_code == 200, (host, response.text)
+    assert client.get("/", headers={"Host": host}).status_code == 200
+
+
+def test_host_check_allows_the_host_the_server_binds(store_path):
+  app = server.create_app(store_path, token=TOKEN, host="192.168.1.5")
+  with TestClient(app, base_url="http://192.168.1.5:8765") as client:
+    assert client.get("/api/config", headers=AUTH).status_code == 200
+    assert client.get("/", headers={"Host": "127.0.0.1:8765"}).status_code == 200
+    assert client.get("/", headers={"Host": "192.168.1.6:8765"}).status_code == 421
+  # Port 80 may be left out of the Host header, as browsers do.
+  app = server.create_app(store_path, token=TOKEN, host="::1")
+  with TestClient(app, base_url="http://[::1]") as client:
+    assert client.get("/api/config", headers=AUTH).status_code == 200
+    assert client.get("/", headers={"Host": "localhost"}).status_code == 200
 
 
 def test_security_headers_on_every_response(client):
@@ -231,7 +318,7 @@ def test_unexpected_errors_are_json_500(store_path):
     raise RuntimeError("disk on fire")
 
   app.state.store.next_pair = broken
-  with TestClient(app, raise_server_exceptions=False) as client:
+  with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
     response = client.get("/api/task", params={"labeler": "alice"}, headers=AUTH)
     assert response.status_code == 500
     assert response.json() == {"error": "internal error in /api/task: RuntimeError: disk on fire"}

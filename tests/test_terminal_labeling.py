@@ -56,3 +56,29 @@ def test_cli_import_label_export(tmp_path):
   bad.write_text('{"prompt": "Q", "response": ""}\n')
   failed = subprocess.run(cli + ["feedback", "import", str(bad), "--store", str(db)], capture_output=True, text=True)
   assert failed.returncode == 2 and "bad.jsonl:1" in failed.stderr
+
+
+ESCAPES = {  # model text that, printed raw, would act on the labeler's terminal
+    "fine\x1b[2K\x1b[1Agone": "fine<U+001B>[2K<U+001B>[1Agone",  # erase line, cursor up
+    "copy \x1b]52;c;cm0gLXJmIH4=\x07 \x1b]0;title\x07": "copy <U+001B>]52;c;cm0gLXJmIH4=<U+0007> "
+                                                       "<U+001B>]0;title<U+0007>",  # OSC 52, 0
+    "photo\u202egnp.exe a\x7fb\x9bc": "photo<U+202E>gnp.exe a<U+007F>b<U+009B>c",  # RLO, DEL, C1
+}
+
+
+def test_terminal_escapes_and_bidi_are_shown_not_obeyed(tmp_path):
+  path, responses = tmp_path / "f.db", [*ESCAPES, "café 日本\n\tnext line"]
+  with FeedbackStore(path) as store:
+    ids = store.add_samples([{"prompt": "Say \x1b[31mhi\u2066", "response": r, "model": "m"}
+                             for r in responses])
+  out = io.StringIO()
+  assert terminal.run(str(path), "alice", rate_scale=2, stdin=io.StringIO("1\n" * 4), stdout=out) == 4
+  text = out.getvalue()
+  for raw in ("\x1b", "\x07", "\x7f", "\x9b", "\u202e", "\u2066"):
+    assert raw not in text, f"{raw!r} reached the terminal"
+  for shown in [*ESCAPES.values(), "Say <U+001B>[31mhi<U+2066>"]:
+    assert shown in text
+  assert "  café 日本\n          next line\n" in text  # newline kept; the tab expanded, as before
+  with FeedbackStore(path) as store:  # judged against the original samples, text untouched
+    assert sorted(r.sample_id for r in store.judgements(kind="rating")) == sorted(ids)
+    assert [store.sample(i).text for i in ids] == responses

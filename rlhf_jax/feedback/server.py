@@ -16,14 +16,25 @@ and the store leases each task to one labeler, so two pages never get the same p
 Security, because model text is untrusted and the port is reachable by every local user and by
 any web page the labeler has open:
   * the server binds 127.0.0.1 unless asked otherwise (and then warns);
-  * every /api request, reads included, needs the start-up token in the `X-Label-Token` header:
-    reads hand out leases (they change the queue) and show model text and labeler names, and a
-    custom header cannot be sent by another site's page without a CORS preflight we never answer,
-    so neither cross-site requests nor DNS rebinding get through;
+  * the Host allow-list stops DNS rebinding: a request whose Host header is not one of this
+    server's names (127.0.0.1, localhost, [::1] and the `--host` name) with its port is refused
+    with 421 before any other handling, whatever the method and path. A rebinding page (a site
+    whose name the attacker re-points to 127.0.0.1) is same-origin with the server, so it could
+    send any header and read every response, page and static files included; what it cannot
+    change is the Host its browser sends, which still names the attacker's site;
+  * the token stops other local users and processes (which can connect with any Host they like)
+    and other sites' pages: every /api request, reads included, needs the start-up token in the
+    `X-Label-Token` header (reads hand out leases, which change the queue, and show model text
+    and labeler names). The token is printed once, in the URL for the labeler, and never logged
+    (no access log; `Referrer-Policy: no-referrer`); a cross-site page also could not send a
+    custom header without a CORS preflight, which is never answered;
   * the page is a static file (no data is ever interpolated into HTML); the script puts model
     text in the page only through `textContent`; the API serves JSON with `<`, `>` and `&`
     escaped as `\\u003c`..., and every response carries a Content-Security-Policy with
     `default-src 'self'` and no inline script, plus `nosniff` and `frame-ancestors 'none'`;
+  * model text is sent through `display.visible`, so control characters and bidi or zero-width
+    characters arrive written out as `<U+XXXX>` (U+202E cannot show "gnp.exe" as "exe.png"); the
+    ids sent with it, and so the judgements stored, are the original samples';
   * request bodies are size-limited (413) and checked field by field (400 with the field named).
 """
 
@@ -45,11 +56,12 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rlhf_jax.feedback.display import visible
 from rlhf_jax.feedback.store import OUTCOMES, FeedbackError, FeedbackStore
 
 _log = logging.getLogger(__name__)
@@ -116,6 +128,47 @@ class SecurityHeaders:
     await self.app(scope, receive, send_with_headers)
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def host_name(host: str) -> str:
+  """`host` as a Host header writes it: IPv6 addresses in brackets; lower case, as compared."""
+  return f"[{host.lower()}]" if ":" in host else host.lower()
+
+
+class HostCheck:
+  """ASGI middleware answering only requests whose Host header is one of `names` with the port;
+  any other gets 421 Misdirected Request (RFC 9110: not a name this server answers for).
+
+  Not Starlette's TrustedHostMiddleware: it compares the name only, never the port. The port is
+  the one the connection came in on (the ASGI scope's `server`), which is the bound port, also
+  when port 0 let the system pick it after the app was made.
+  """
+
+  def __init__(self, app: ASGIApp, names: tuple[str, ...]):
+    self.app = app
+    self.names = tuple(dict.fromkeys(names))
+
+  def allowed(self, port: int | None) -> list[str]:
+    with_port = [f"{name}:{port}" for name in self.names]
+    return with_port + list(self.names) if port == 80 else with_port  # :80 may be left out
+
+  async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":  # lifespan; no websocket route exists
+      await self.app(scope, receive, send)
+      return
+    given = [value.decode("latin-1") for name, value in scope["headers"] if name == b"host"]
+    allowed = self.allowed((scope.get("server") or (None, None))[1])
+    if len(given) == 1 and given[0].lower() in allowed:
+      await self.app(scope, receive, send)
+      return
+    shown = repr(given[0]) if len(given) == 1 else f"{len(given)} Host headers"
+    reason = (f"misdirected request: Host {shown} is not this server; it answers to "
+              f"{', '.join(allowed)} only (start `rlhf-jax label` with --host NAME to serve "
+              "under another name)\n")
+    await PlainTextResponse(reason, status_code=421)(scope, receive, send)
+
+
 # ---------------------------------------------------------------------------------------------
 # Request checks: each returns the checked value or raises ApiError naming the field.
 
@@ -141,8 +194,10 @@ def _check_labeler(value: Any) -> str:
 
 def _check_id(body: Mapping[str, Any], field: str) -> int:
   value = body.get(field)
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ApiError(400, f"{field}: expected a sample id (a positive int), got {value!r}")
+  # SQLite integers are 64-bit: a larger id is no sample's (and would overflow in the driver).
+  if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2 ** 63:
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    raise ApiError(400, f"{field}: expected a sample id (a positive 64-bit int), got {shown}")
   return value
 
 
@@ -172,6 +227,8 @@ async def _read_json_object(request: Request, limit: int = MAX_BODY_BYTES) -> di
     value = json.loads(body.decode("utf-8"))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ApiError(400, f"body: not valid JSON ({e})") from None
+  except RecursionError:  # a few KiB of "[[[[..." reach Python's recursion limit
+    raise ApiError(400, "body: JSON nested too deeply") from None
   if not isinstance(value, dict):
     raise ApiError(400, f"body: expected a JSON object, got {type(value).__name__}")
   return value
@@ -182,7 +239,7 @@ async def _read_json_object(request: Request, limit: int = MAX_BODY_BYTES) -> di
 
 
 def _sample_json(sample: Any) -> dict[str, Any]:
-  return {"id": sample.id, "text": sample.text}
+  return {"id": sample.id, "text": visible(sample.text)}
 
 
 def _task_json(store: FeedbackStore, labeler: str, rate_scale: int | None,
@@ -194,12 +251,12 @@ def _task_json(store: FeedbackStore, labeler: str, rate_scale: int | None,
     if task is None:
       return {"kind": "pair", "done": True}
     shown = [task.a, task.b] if rng.random() < 0.5 else [task.b, task.a]
-    return {"kind": "pair", "done": False, "prompt": task.prompt.text,
+    return {"kind": "pair", "done": False, "prompt": visible(task.prompt.text),
             "samples": [_sample_json(s) for s in shown], "lease_until": task.lease_until}
   task = store.next_sample_to_rate(labeler)
   if task is None:
     return {"kind": "rating", "done": True, "scale": rate_scale}
-  return {"kind": "rating", "done": False, "prompt": task.prompt.text,
+  return {"kind": "rating", "done": False, "prompt": visible(task.prompt.text),
           "sample": _sample_json(task.sample), "scale": rate_scale,
           "lease_until": task.lease_until}
 
@@ -272,12 +329,14 @@ def _api(token: str, handler: Handler) -> Callable[[Request], Awaitable[Response
 
 
 def create_app(store_path: str | Path, *, token: str, rate_scale: int | None = None,
-               labeler: str | None = None, seed: int | None = None) -> Starlette:
+               labeler: str | None = None, seed: int | None = None,
+               host: str = "127.0.0.1") -> Starlette:
   """The ASGI app on the store at `store_path` (opened now, so a bad file fails before serving).
 
-  `token` guards every /api request; `rate_scale` N switches from pairs to ratings 1..N;
-  `labeler` is the name the page uses when neither the URL nor the browser gives one; `seed`
-  fixes the left/right order of pairs (tests).
+  `token` guards every /api request; `host` is the address the server binds (`--host`): every
+  request's Host header must name it or a loopback name, with the port; `rate_scale` N switches
+  from pairs to ratings 1..N; `labeler` is the name the page uses when neither the URL nor the
+  browser gives one; `seed` fixes the left/right order of pairs (tests).
   """
   if not token:
     raise ValueError("token: expected a non-empty secret (see secrets.token_urlsafe)")
@@ -351,7 +410,8 @@ def create_app(store_path: str | Path, *, token: str, rate_scale: int | None = N
   ]
   app = Starlette(routes=routes, lifespan=lifespan,
                   exception_handlers={HTTPException: http_error, Exception: server_error})
-  app.add_middleware(SecurityHeaders)
+  app.add_middleware(HostCheck, names=(*LOOPBACK_NAMES, host_name(host)))
+  app.add_middleware(SecurityHeaders)  # added last, so outermost: a Host refusal gets it too
   app.state.store = store
   return app
 
@@ -406,7 +466,7 @@ def serve(store_path: str | Path, *, host: str = "127.0.0.1", port: int = 8765,
   before anything is printed.
   """
   token = token or secrets.token_urlsafe(32)
-  app = create_app(store_path, token=token, rate_scale=rate_scale, labeler=labeler)
+  app = create_app(store_path, token=token, rate_scale=rate_scale, labeler=labeler, host=host)
   sock = bind(host, port)
   try:
     if not is_loopback(host):

@@ -7,6 +7,10 @@ Every answer is written to the store before the next task is shown, so quitting 
 nothing that was answered. Keys: pairs `a` / `b` / `t` (tie) / `s` (skip); ratings `1`..`N`;
 both `u` (undo the last judgement) and `q` (quit). The order of the two responses is randomised
 (and recorded as shown), so a labeler cannot learn that one side is, say, the newer model.
+
+Model text is shown through `display.visible`: terminal escapes (cursor moves, erase-line, OSC
+window-title and clipboard writes), other control characters and bidi/zero-width characters are
+printed as `<U+XXXX>` instead of reaching the terminal.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ import random
 import textwrap
 from typing import Callable, TextIO
 
+from rlhf_jax.feedback.display import visible
 from rlhf_jax.feedback.store import FeedbackStore
 
 _PAIR_KEYS = {"a": "a", "b": "b", "t": "tie", "s": "skip"}
 
 
 def _block(title: str, text: str, width: int = 88) -> str:
+  # Written out before splitting, so that \r, \x0b, \x0c, \x1c..\x1e and \x85 show as what the
+  # model wrote instead of being taken as line breaks by splitlines().
   body = "\n".join(textwrap.fill(line, width, initial_indent="  ", subsequent_indent="  ") if line else ""
-                   for line in text.splitlines() or [""])
+                   for line in visible(text).splitlines() or [""])
   return f"{title}\n{body}"
 
 
