@@ -45,7 +45,17 @@ def _cmd_run(args) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"workdir: {workdir.absolute()}", flush=True)
-  module.main(config, workdir)
+  from rlhf_jax.checkpoint import CheckpointError
+  from rlhf_jax.feedback.store import FeedbackError
+  from rlhf_jax.loop import NonFiniteLossError
+  try:
+    module.main(config, workdir)
+  except (NonFiniteLossError, CheckpointError, FeedbackError, FileNotFoundError) as e:
+    # A run that cannot go on for a reason its message fully states (which step diverged, which
+    # checkpoint or file is bad): no traceback, exit 1 (a sweep retries it). Any other exception
+    # is a bug or an unforeseen case, and keeps its traceback.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   return finish_run(workdir)
 
 

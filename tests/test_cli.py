@@ -2,6 +2,8 @@
 
 import argparse
 
+import pytest
+
 from rlhf_jax import cli
 
 
@@ -13,3 +15,35 @@ def test_help_of_the_cli_and_of_every_subcommand_renders():
       pages += [sub.format_help() for sub in action.choices.values()]
       assert {"run", "sweep", "report", "eval"} <= set(action.choices)
   assert len(pages) > 5 and "95% CI" in pages[0]  # a bare % in a help string broke `rlhf-jax --help`
+
+
+TOY = """
+import dataclasses
+from rlhf_jax import loop
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  fail: str = "nan"
+
+def get_config(smoke=False):
+  return Config()
+
+def main(config, workdir):
+  if config.fail == "nan":
+    raise loop.NonFiniteLossError("loss is nan at step 3; stopping")
+  if config.fail == "missing":
+    raise FileNotFoundError("policy.init_from: workdirs/nope does not exist")
+  raise ValueError("a bug")
+"""
+
+
+def test_a_run_that_cannot_go_on_is_one_error_line_and_a_bug_keeps_its_traceback(tmp_path, capsys):
+  experiment = tmp_path / "toy.py"
+  experiment.write_text(TOY)
+  for fail, message in (("nan", "error: loss is nan at step 3"), ("missing", "error: policy.init_from")):
+    assert cli.main(["run", str(experiment), "--workdir", str(tmp_path / fail), "--set", f"fail={fail}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err
+    assert not (tmp_path / fail / "done.json").exists()
+  with pytest.raises(ValueError, match="a bug"):
+    cli.main(["run", str(experiment), "--workdir", str(tmp_path / "bug"), "--set", "fail=bug"])
