@@ -31,7 +31,7 @@ from rlhf_jax.runs import (check_resumable, finish_run, load_experiment, prepare
 
 # Errors whose message is the whole story (a bad path, key, value or corpus name): printed
 # without a traceback, exit status 2.
-USER_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError, AttributeError)
+USER_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError)
 
 
 def _cmd_run(args) -> int:

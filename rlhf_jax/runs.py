@@ -32,7 +32,7 @@ def load_experiment(path: str | Path) -> ModuleType:
   spec.loader.exec_module(module)
   for name in ("get_config", "main"):
     if not callable(getattr(module, name, None)):
-      raise AttributeError(f"experiment file {str(path)!r} must define {name}()")
+      raise config_lib.ConfigError(f"experiment file {str(path)!r} must define {name}()")
   return module
 
 

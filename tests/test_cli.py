@@ -47,3 +47,14 @@ def test_a_run_that_cannot_go_on_is_one_error_line_and_a_bug_keeps_its_traceback
     assert not (tmp_path / fail / "done.json").exists()
   with pytest.raises(ValueError, match="a bug"):
     cli.main(["run", str(experiment), "--workdir", str(tmp_path / "bug"), "--set", "fail=bug"])
+
+
+def test_an_experiment_without_main_is_a_user_error_and_a_bug_in_get_config_a_traceback(tmp_path, capsys):
+  no_main = tmp_path / "no_main.py"
+  no_main.write_text("def get_config(smoke=False):\n  return None\n")
+  assert cli.main(["run", str(no_main), "--workdir", str(tmp_path / "a")]) == 2
+  assert "must define main()" in capsys.readouterr().err
+  buggy = tmp_path / "buggy.py"
+  buggy.write_text("def get_config(smoke=False):\n  return {}.learning_rate\n\ndef main(config, workdir):\n  pass\n")
+  with pytest.raises(AttributeError, match="learning_rate"):  # not "error: 'dict' object has no attribute"
+    cli.main(["run", str(buggy), "--workdir", str(tmp_path / "b")])
