@@ -9,7 +9,7 @@
   rlhf-jax chat workdirs/quickstart/ppo --temperature 0.8
   rlhf-jax data prepare brown austen
   rlhf-jax feedback import samples.jsonl --store feedback.db
-  rlhf-jax label --store feedback.db --labeler alice [--rate 3]            # web page on 127.0.0.1
+  rlhf-jax label --store feedback.db --labeler alice [--labeler bob] [--rate 3]   # web page: one URL each
   rlhf-jax label --terminal --store feedback.db --labeler alice [--rate 3]
   rlhf-jax feedback export preferences --store feedback.db --out prefs.jsonl
 """
@@ -266,14 +266,17 @@ def _cmd_label(args) -> int:
   if not args.terminal:
     from rlhf_jax.feedback import server
     try:
-      server.serve(args.store, host=args.host, port=args.port, rate_scale=args.rate, labeler=args.labeler)
+      server.serve(args.store, labelers=args.labeler, host=args.host, port=args.port, rate_scale=args.rate)
     except (store.FeedbackError, OSError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
     return 0
   from rlhf_jax.feedback import terminal
+  if len(args.labeler) != 1:  # one console is one person
+    print(f"error: --terminal labels as one labeler; got --labeler {len(args.labeler)} times", file=sys.stderr)
+    return 2
   try:
-    n = terminal.run(args.store, args.labeler, rate_scale=args.rate, stdin=sys.stdin, stdout=sys.stdout,
+    n = terminal.run(args.store, args.labeler[0], rate_scale=args.rate, stdin=sys.stdin, stdout=sys.stdout,
                      seed=args.seed)
   except store.FeedbackError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -417,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "Requests must name it (or localhost) with this port in their Host header: "
                           "open the page by this address, and tunnel to the same port")
   label.add_argument("--port", type=int, default=8765, help="port of the labeling page (0: any free port)")
-  label.add_argument("--labeler", required=True,
-                     help="your name, stored with every judgement (the web page's default name)")
+  label.add_argument("--labeler", required=True, action="append",
+                     help="a labeler's name, stored with their every judgement; repeat it for several people: "
+                          "the web page prints one URL per labeler, whose token is that labeler's identity")
   label.add_argument("--rate", type=int, default=None, metavar="N",
                      help="rate single samples from 1 to N instead of comparing pairs")
   label.add_argument("--seed", type=int, default=0, help="seed of the left/right order of pairs")

@@ -253,6 +253,33 @@ def test_leases_expire_and_labelers_never_get_a_judged_pair(tmp_path, clock):
   bob.close()
 
 
+def test_a_task_leased_to_another_labeler_is_refused_until_the_lease_expires(db, clock, tmp_path):
+  pair = db.next_pair("bob")
+  sample = db.next_sample_to_rate("bob").sample.id
+  free = db.next_pair("carol")
+  before = _dump(tmp_path / "feedback.db")
+  for a, b in ((pair.a.id, pair.b.id), (pair.b.id, pair.a.id)):  # either order names the pair
+    with pytest.raises(store_lib.LeaseHeldError, match="leased to labeler 'bob'") as refused:
+      db.compare(a, b, "a", labeler="alice")
+    assert refused.value.holder == "bob" and refused.value.until == pair.lease_until
+  with pytest.raises(store_lib.LeaseHeldError):
+    # A batch with one held pair is refused whole; the pair carol holds is free to carol only.
+    db.compare_many([(free.a.id, free.b.id, "a"), (pair.a.id, pair.b.id, "b")], labeler="carol")
+  with pytest.raises(store_lib.LeaseHeldError, match=f"sample {sample} is leased to labeler 'bob'"):
+    db.rate(sample, 2, scale=3, labeler="alice")
+  assert db.judgements(include_retracted=True) == []
+  assert _dump(tmp_path / "feedback.db") == before  # no row written, no lease moved
+
+  clock.advance(60)  # bob's leases run out at exactly lease_until
+  db.compare(pair.a.id, pair.b.id, "a", labeler="alice")
+  db.rate(sample, 2, scale=3, labeler="alice")
+  # The holder judges the task it holds, as before.
+  held = db.next_pair("bob")
+  db.compare(held.a.id, held.b.id, "b", labeler="bob")
+  assert sorted((j.labeler, type(j).__name__) for j in db.judgements()) == [
+      ("alice", "Comparison"), ("alice", "Rating"), ("bob", "Comparison")]
+
+
 # --- undo -----------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The labeling page in a real headless Chromium: keys, undo, reload, escaping, CSP.
+"""The labeling page in a real headless Chromium: keys, undo, reload, escaping, CSP, identity.
 
 Needs Debian's Chromium (`apt-get install -y chromium`, as .ci/run does) and Playwright for Python
 as the driver only: the browser is never downloaded (`playwright install` is not used).
@@ -80,18 +80,16 @@ def test_label_pairs_with_keys_undo_and_reload(tmp_path):
   text_of = dict(zip(("hello there", "hey", SCRIPT), ids))
   dialogs, problems = [], []
 
-  with (running_server(server.create_app(path, token=TOKEN)) as base,
+  with (running_server(server.create_app(path, token=TOKEN, labeler="alice")) as base,
         browser_page(tmp_path, problems) as page):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     progress = page.locator("#progress")
 
-    # No name in the URL, none stored: the page asks once and keeps it in localStorage.
+    # The URL holds alice's token; the page shows whose it is and asks for no name.
     page.goto(f"{base}/?token={TOKEN}")
-    expect(page.locator("#status")).to_contain_text("enter your labeler name")
-    page.fill("#labeler", "alice")
-    page.press("#labeler", "Enter")
+    expect(page.locator("#labeler")).to_have_text("alice")
     expect(progress).to_have_text("0 labeled / 3 queued")
-    assert page.evaluate("localStorage.getItem('rlhf_jax.labeler')") == "alice"
+    assert page.locator("input").count() == 0
 
     seen_texts, shown = set(), []
 
@@ -142,9 +140,10 @@ def test_rate_with_number_keys(tmp_path):
   with FeedbackStore(path) as store:
     ids = store.add_samples([{"prompt": "Q", "response": r, "model": "m"} for r in ("x", "y")])
   problems = []
-  app = server.create_app(path, token=TOKEN, rate_scale=3, labeler="default-name")
+  app = server.create_app(path, tokens={TOKEN: "bob", "carols-token": "carol"}, rate_scale=3)
   with running_server(app) as base, browser_page(tmp_path, problems) as page:
-    page.goto(f"{base}/?token={TOKEN}&labeler=bob")  # the URL's name wins over the default
+    page.goto(f"{base}/?token={TOKEN}&labeler=carol")  # a name in the URL changes nothing
+    expect(page.locator("#labeler")).to_have_text("bob")
     progress = page.locator("#progress")
     expect(progress).to_have_text("0 labeled / 2 queued")
     expect(page.locator("#values button")).to_have_count(3)
@@ -166,3 +165,28 @@ def test_rate_with_number_keys(tmp_path):
   sample_of = dict(zip(("x", "y"), ids))
   assert [(r.sample_id, r.value, r.scale, r.labeler) for r in live] == [
       (sample_of[first], 2, 3, "bob"), (sample_of[({"x", "y"} - {first}).pop()], 1, 3, "bob")]
+
+
+@requires_chromium
+def test_a_pair_taken_over_by_another_labeler_is_refused_and_the_page_moves_on(tmp_path):
+  from playwright.sync_api import expect
+
+  path = tmp_path / "f.db"
+  with FeedbackStore(path) as store:
+    store.add_samples([{"prompt": "Q", "response": r, "model": "m"} for r in ("x", "y")])
+  problems = []
+  app = server.create_app(path, tokens={TOKEN: "alice", "bobs-token": "bob"})
+  with running_server(app) as base, browser_page(tmp_path, problems) as page:
+    page.goto(f"{base}/?token={TOKEN}")
+    expect(page.locator("#progress")).to_have_text("0 labeled / 1 queued")
+    # Alice's lease runs out while the page is open (a store whose clock is 20 minutes ahead
+    # sees it expired) and bob takes the pair.
+    with FeedbackStore(path, clock=lambda: time.time() + 1200) as ahead:
+      assert ahead.next_pair("bob") is not None
+    page.keyboard.press("a")
+    expect(page.locator("#status")).to_contain_text("leased to labeler 'bob'")
+    expect(page.locator("#done")).to_be_visible()  # refreshed: nothing left that alice may judge
+  problems = [p for p in problems if "409" not in p]  # the refused POST, logged by Chromium
+  assert problems == []
+  with FeedbackStore(path) as store:
+    assert store.judgements(include_retracted=True) == []

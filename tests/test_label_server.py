@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 
 import pytest
 from starlette.testclient import TestClient
@@ -9,7 +10,7 @@ from starlette.testclient import TestClient
 from rlhf_jax.feedback import server
 from rlhf_jax.feedback.store import FeedbackError, FeedbackStore
 
-TOKEN = "test-token"
+TOKEN = "test-token"  # alice's, in the one-labeler apps
 AUTH = {"X-Label-Token": TOKEN}
 # Requests go to 127.0.0.1:8765, a name and port the server answers to (the Host check).
 BASE = "http://127.0.0.1:8765"
@@ -28,26 +29,46 @@ def store_path(tmp_path):
   return make_store(tmp_path / "f.db")
 
 
+def token_of(labeler):
+  return f"token-of-{labeler}"
+
+
+def team_app(path, *labelers, **kwargs):
+  """One server for several labelers, each with their own token (as `rlhf-jax label` makes)."""
+  return server.create_app(path, tokens={token_of(name): name for name in labelers}, **kwargs)
+
+
 @pytest.fixture
 def client(store_path):
-  with TestClient(server.create_app(store_path, token=TOKEN, seed=0), base_url=BASE) as c:
+  with TestClient(server.create_app(store_path, token=TOKEN, labeler="alice", seed=0),
+                  base_url=BASE) as c:
+    yield c
+
+
+@pytest.fixture
+def team(store_path):
+  with TestClient(team_app(store_path, "alice", "bob", "carol", seed=0), base_url=BASE) as c:
     yield c
 
 
 @pytest.fixture
 def rating_client(store_path):
-  with TestClient(server.create_app(store_path, token=TOKEN, rate_scale=3), base_url=BASE) as c:
+  with TestClient(server.create_app(store_path, token=TOKEN, labeler="bob", rate_scale=3),
+                  base_url=BASE) as c:
     yield c
 
 
-def get(client, path, labeler="alice"):
-  response = client.get(path, params={"labeler": labeler}, headers=AUTH)
+def get(client, path, labeler=None):
+  """GET as `labeler` (their token, in a team app), else with the one-labeler app's token."""
+  headers = AUTH if labeler is None else {"X-Label-Token": token_of(labeler)}
+  response = client.get(path, headers=headers)
   assert response.status_code == 200, response.text
   return response.json()
 
 
-def post(client, path, body, status=200):
-  response = client.post(path, json=body, headers=AUTH)
+def post(client, path, body, status=200, labeler=None):
+  headers = AUTH if labeler is None else {"X-Label-Token": token_of(labeler)}
+  response = client.post(path, json=body, headers=headers)
   assert response.status_code == status, response.text
   return response.json()
 
@@ -57,23 +78,23 @@ def stored(store_path, **kwargs):
     return store.judgements(include_retracted=True, **kwargs)
 
 
-def test_task_judge_progress(client, store_path):
-  assert get(client, "/api/progress") == {
+def test_task_judge_progress(team, store_path):
+  assert get(team, "/api/progress", "alice") == {
       "kind": "pair", "labeled": 0, "queued": 3,
       "everyone": {"labeled": 0, "queued": 3, "judgements": 0}}
-  task = get(client, "/api/task")
+  task = get(team, "/api/task", "alice")
   assert task["kind"] == "pair" and not task["done"] and task["prompt"] == "Say hi"
   left, right = task["samples"]
-  assert post(client, "/api/judge", {"labeler": "alice", "a": left["id"], "b": right["id"],
-                                     "outcome": "b"})["kind"] == "comparison"
-  progress = get(client, "/api/progress")
+  assert post(team, "/api/judge", {"a": left["id"], "b": right["id"], "outcome": "b"},
+              labeler="alice")["kind"] == "comparison"
+  progress = get(team, "/api/progress", "alice")
   assert (progress["labeled"], progress["queued"]) == (1, 2)
   (comparison,) = stored(store_path)
   # The ids are stored in the order the page showed them: "b" means the right-hand text won.
   assert (comparison.sample_a, comparison.sample_b, comparison.outcome, comparison.labeler) == (
       left["id"], right["id"], "b", "alice")
-  assert get(client, "/api/progress", "bob")["labeled"] == 0  # per labeler; "everyone" counts all
-  assert get(client, "/api/progress", "bob")["everyone"]["labeled"] == 1
+  assert get(team, "/api/progress", "bob")["labeled"] == 0  # per labeler; "everyone" counts all
+  assert get(team, "/api/progress", "bob")["everyone"]["labeled"] == 1
 
 
 def test_pairs_until_done_and_order_is_randomised(client, store_path):
@@ -169,7 +190,7 @@ def test_not_json_is_400_and_wrong_content_type_415(client):
 def test_ratings(rating_client, store_path):
   config = rating_client.get("/api/config", headers=AUTH).json()
   assert config["kind"] == "rating" and config["scale"] == 3
-  task = get(rating_client, "/api/task", "bob")
+  task = get(rating_client, "/api/task")
   assert task["kind"] == "rating" and task["scale"] == 3
   sample = task["sample"]["id"]
   for value in (0, 4, 2.5, "2", True):
@@ -181,26 +202,26 @@ def test_ratings(rating_client, store_path):
   post(rating_client, "/api/judge", {"labeler": "bob", "sample": sample, "value": 3})
   again = {"labeler": "bob", "sample": sample, "value": 1}
   assert "already rated" in post(rating_client, "/api/judge", again, status=400)["error"]
-  assert get(rating_client, "/api/progress", "bob")["labeled"] == 1
+  assert get(rating_client, "/api/progress")["labeled"] == 1
   (rating,) = stored(store_path)
   assert (rating.sample_id, rating.value, rating.scale, rating.labeler) == (sample, 3, 3, "bob")
 
 
-def test_two_labelers_get_different_pairs(client):
-  alice = {s["id"] for s in get(client, "/api/task", "alice")["samples"]}
-  bob = {s["id"] for s in get(client, "/api/task", "bob")["samples"]}
-  carol = {s["id"] for s in get(client, "/api/task", "carol")["samples"]}
+def test_two_labelers_get_different_pairs(team):
+  alice = {s["id"] for s in get(team, "/api/task", "alice")["samples"]}
+  bob = {s["id"] for s in get(team, "/api/task", "bob")["samples"]}
+  carol = {s["id"] for s in get(team, "/api/task", "carol")["samples"]}
   assert len({frozenset(alice), frozenset(bob), frozenset(carol)}) == 3
   # A reload keeps the leased pair instead of skipping it.
-  assert {s["id"] for s in get(client, "/api/task", "alice")["samples"]} == alice
+  assert {s["id"] for s in get(team, "/api/task", "alice")["samples"]} == alice
 
 
 def test_untrusted_text_is_never_markup(tmp_path):
   path = make_store(tmp_path / "x.db", responses=(SCRIPT, IMG, "plain"))
-  with TestClient(server.create_app(path, token=TOKEN), base_url=BASE) as client:
+  with TestClient(team_app(path, "a1", "a2", "a3"), base_url=BASE) as client:
     seen = set()
     for labeler in ("a1", "a2", "a3"):
-      response = client.get("/api/task", params={"labeler": labeler}, headers=AUTH)
+      response = client.get("/api/task", headers={"X-Label-Token": token_of(labeler)})
       assert response.headers["content-type"] == "application/json"
       assert "<" not in response.text and ">" not in response.text  # escaped as \u003c, \u003e
       seen |= {s["text"] for s in json.loads(response.text)["samples"]}
@@ -232,7 +253,7 @@ def test_control_and_bidi_characters_arrive_written_out(tmp_path, rate_scale):
     ids = store.add_samples([{"prompt": "Say \u2066hi\u2069\x1b]0;t\x07", "response": r,
                               "model": "m"} for r in ESCAPES])
   original = dict(zip(ids, ESCAPES))
-  app = server.create_app(path, token=TOKEN, rate_scale=rate_scale, seed=0)
+  app = team_app(path, "a1", "a2", "a3", "a4", rate_scale=rate_scale, seed=0)
   shown = set()
   with TestClient(app, base_url=BASE) as client:
     for labeler in ("a1", "a2", "a3", "a4"):  # a pair (or sample) each
@@ -245,12 +266,13 @@ def test_control_and_bidi_characters_arrive_written_out(tmp_path, rate_scale):
       if rate_scale is None:
         left, right = task["samples"]
         post(client, "/api/judge", {"labeler": labeler, "a": left["id"], "b": right["id"],
-                                    "outcome": "a"})
+                                    "outcome": "a"}, labeler=labeler)
         (comparison,) = stored(path, labeler=labeler)
         assert (comparison.sample_a, comparison.sample_b) == (left["id"], right["id"])
       else:
         sample = task["sample"]["id"]
-        post(client, "/api/judge", {"labeler": labeler, "sample": sample, "value": 2})
+        post(client, "/api/judge", {"labeler": labeler, "sample": sample, "value": 2},
+             labeler=labeler)
         (rating,) = stored(path, labeler=labeler)
         assert rating.sample_id == sample
   assert shown == set(ids)
@@ -285,13 +307,13 @@ def test_host_header_must_name_this_server(client, store_path):
 
 
 def test_host_check_allows_the_host_the_server_binds(store_path):
-  app = server.create_app(store_path, token=TOKEN, host="192.168.1.5")
+  app = server.create_app(store_path, token=TOKEN, labeler="alice", host="192.168.1.5")
   with TestClient(app, base_url="http://192.168.1.5:8765") as client:
     assert client.get("/api/config", headers=AUTH).status_code == 200
     assert client.get("/", headers={"Host": "127.0.0.1:8765"}).status_code == 200
     assert client.get("/", headers={"Host": "192.168.1.6:8765"}).status_code == 421
   # Port 80 may be left out of the Host header, as browsers do.
-  app = server.create_app(store_path, token=TOKEN, host="::1")
+  app = server.create_app(store_path, token=TOKEN, labeler="alice", host="::1")
   with TestClient(app, base_url="http://[::1]") as client:
     assert client.get("/api/config", headers=AUTH).status_code == 200
     assert client.get("/", headers={"Host": "localhost"}).status_code == 200
@@ -312,7 +334,7 @@ def test_security_headers_on_every_response(client):
 
 
 def test_unexpected_errors_are_json_500(store_path):
-  app = server.create_app(store_path, token=TOKEN)
+  app = server.create_app(store_path, token=TOKEN, labeler="alice")
 
   def broken(labeler):
     raise RuntimeError("disk on fire")
@@ -329,28 +351,117 @@ def test_unexpected_errors_are_json_500(store_path):
 
 def test_create_app_refuses_bad_arguments(tmp_path):
   with pytest.raises(FeedbackError, match="rate_scale"):
-    server.create_app(tmp_path / "f.db", token=TOKEN, rate_scale=1)
+    server.create_app(tmp_path / "f.db", token=TOKEN, labeler="alice", rate_scale=1)
   with pytest.raises(ValueError, match="token"):
     server.create_app(tmp_path / "f.db", token="")
   (tmp_path / "notes.txt").write_text("not a store")
   with pytest.raises(FeedbackError, match="not an SQLite file"):
-    server.create_app(tmp_path / "notes.txt", token=TOKEN)
+    server.create_app(tmp_path / "notes.txt", token=TOKEN, labeler="alice")
+  # A token is always some labeler's: there is no token that may judge as anyone.
+  with pytest.raises(FeedbackError, match="labeler: a token needs the name"):
+    server.create_app(tmp_path / "f.db", token=TOKEN)
+  with pytest.raises(FeedbackError, match="'alice' given twice"):
+    server.create_app(tmp_path / "f.db", tokens={"t1": "alice", "t2": "alice"})
+  with pytest.raises(FeedbackError, match="not both"):
+    server.create_app(tmp_path / "f.db", tokens={"t1": "alice"}, token="t2", labeler="bob")
+  for tokens, message in (({}, "at least one"), ({"": "alice"}, "non-empty secret"),
+                          ({"t1": " "}, "labeler: expected a non-empty name")):
+    with pytest.raises(FeedbackError, match=message):
+      server.create_app(tmp_path / "f.db", tokens=tokens)
 
 
-def test_serve_prints_the_url_and_warns_off_loopback(store_path, monkeypatch, capsys):
-  ports = []
-  monkeypatch.setattr(server, "_run_uvicorn", lambda app, sock: ports.append(sock.getsockname()[1]))
-  server.serve(store_path, port=0, labeler="alice")
+def test_serve_prints_a_url_per_labeler_and_warns_off_loopback(store_path, monkeypatch, capsys):
+  apps, ports = [], []
+
+  def run(app, sock):
+    apps.append(app)
+    ports.append(sock.getsockname()[1])
+
+  monkeypatch.setattr(server, "_run_uvicorn", run)
+  server.serve(store_path, labelers=["alice", "bob"], port=0)
   out, err = capsys.readouterr()
-  match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]+)&labeler=alice", out)
-  assert int(match.group(1)) == ports[-1] > 0 and len(match.group(2)) >= 40 and err == ""
-  server.serve(store_path, host="0.0.0.0", port=0, token="given")
+  urls = dict(re.findall(r"^  (\w+) +(http://127\.0\.0\.1:\d+/\?token=[\w-]+)$", out, re.M))
+  assert list(urls) == ["alice", "bob"] and err == ""
+  tokens = {url.split("token=")[1]: name for name, url in urls.items()}
+  assert len(tokens) == 2 and all(len(token) >= 40 for token in tokens)  # one fresh secret each
+  assert all(f":{ports[-1]}/" in url for url in urls.values()) and ports[-1] > 0
+  # Each printed URL's token judges as its own labeler, on the one server.
+  with TestClient(apps[-1], base_url=f"http://127.0.0.1:{ports[-1]}") as client:
+    for token, name in tokens.items():
+      task = client.get("/api/task", headers={"X-Label-Token": token}).json()
+      left, right = task["samples"]
+      response = client.post("/api/judge", json={"a": left["id"], "b": right["id"],
+                                                 "outcome": "a"}, headers={"X-Label-Token": token})
+      assert response.status_code == 200, response.text
+      assert client.get("/api/config", headers={"X-Label-Token": token}).json()["labeler"] == name
+  assert sorted(c.labeler for c in stored(store_path)) == ["alice", "bob"]
+
+  server.serve(store_path, host="0.0.0.0", port=0, tokens={"given": "carol"})
   out, err = capsys.readouterr()
-  assert f"http://0.0.0.0:{ports[-1]}/?token=given" in out and "warning: serving on 0.0.0.0" in err
+  assert f"carol  http://0.0.0.0:{ports[-1]}/?token=given" in out
+  assert "warning: serving on 0.0.0.0" in err
   with server.bind("127.0.0.1", 0) as busy:  # a port in use fails before any URL is printed
     with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
-      server.serve(store_path, port=busy.getsockname()[1])
+      server.serve(store_path, labelers=["alice"], port=busy.getsockname()[1])
+  with pytest.raises(FeedbackError, match="at least one"):
+    server.serve(store_path, labelers=[], port=0)
   assert capsys.readouterr().out == ""
   assert server.is_loopback("localhost") and server.is_loopback("::1")
   assert not server.is_loopback("192.168.1.5") and not server.is_loopback("example.org")
   assert server.page_url("::1", 80, "t") == "http://[::1]:80/?token=t"
+
+
+# --- identity: the token says who judges -----------------------------------------------------
+
+
+def test_config_says_who_the_token_belongs_to(team):
+  for name in ("alice", "bob"):
+    assert get(team, "/api/config", name)["labeler"] == name
+
+
+@pytest.mark.parametrize("rate_scale", [None, 3])
+def test_a_task_leased_to_bob_is_409_for_alice_until_the_lease_expires(tmp_path, rate_scale):
+  path = make_store(tmp_path / "f.db", responses=("hello",) if rate_scale else ("hello", "hey"))
+  with TestClient(team_app(path, "alice", "bob", rate_scale=rate_scale), base_url=BASE) as client:
+    task = get(client, "/api/task", "bob")  # bob's page holds the only task
+    assert get(client, "/api/task", "alice")["done"]
+    body = ({"a": task["samples"][0]["id"], "b": task["samples"][1]["id"], "outcome": "a"}
+            if rate_scale is None else {"sample": task["sample"]["id"], "value": 1})
+    error = post(client, "/api/judge", body, status=409, labeler="alice")["error"]
+    assert "leased to labeler 'bob'" in error and "after that lease expires" in error
+    assert stored(path) == []
+    # Bob's lease, renewed by a store whose clock runs an hour behind, has expired by now.
+    with FeedbackStore(path, clock=lambda: time.time() - 3600) as behind:
+      held = behind.next_pair("bob") if rate_scale is None else behind.next_sample_to_rate("bob")
+    assert held.lease_until < time.time()
+    post(client, "/api/judge", body, labeler="alice")
+  (judgement,) = stored(path)
+  assert judgement.labeler == "alice"
+
+
+def test_alice_cannot_undo_bobs_judgement(team, store_path):
+  left, right = get(team, "/api/task", "bob")["samples"]
+  bobs = post(team, "/api/judge", {"a": left["id"], "b": right["id"], "outcome": "a"},
+              labeler="bob")["id"]
+  error = post(team, "/api/undo", {"labeler": "bob"}, status=403, labeler="alice")["error"]
+  assert "belongs to labeler 'alice', not 'bob'" in error
+  assert post(team, "/api/undo", {}, labeler="alice") == {"undone": None}  # alice has none
+  (comparison,) = stored(store_path)
+  assert (comparison.id, comparison.labeler, comparison.retracted_at) == (bobs, "bob", None)
+  assert post(team, "/api/undo", {}, labeler="bob")["undone"]["id"] == bobs  # bob's own: yes
+
+
+def test_naming_another_labeler_than_the_tokens_is_403(team, store_path):
+  left, right = get(team, "/api/task", "alice")["samples"]
+  body = {"labeler": "bob", "a": left["id"], "b": right["id"], "outcome": "a"}
+  assert "not 'bob'" in post(team, "/api/judge", body, status=403, labeler="alice")["error"]
+  for path in ("/api/task", "/api/progress", "/api/config"):
+    response = team.get(path, params={"labeler": "bob"},
+                        headers={"X-Label-Token": token_of("alice")})
+    assert response.status_code == 403 and "not 'bob'" in response.json()["error"]
+  assert stored(store_path) == []
+  with FeedbackStore(store_path) as store:
+    assert store.progress().pairs_claimed == 1  # alice's lease; none was taken for bob
+  # Naming oneself is allowed (older pages sent it), and the token decides in any case.
+  post(team, "/api/judge", {**body, "labeler": "alice"}, labeler="alice")
+  assert [c.labeler for c in stored(store_path)] == ["alice"]

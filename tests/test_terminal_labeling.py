@@ -82,3 +82,17 @@ def test_terminal_escapes_and_bidi_are_shown_not_obeyed(tmp_path):
   with FeedbackStore(path) as store:  # judged against the original samples, text untouched
     assert sorted(r.sample_id for r in store.judgements(kind="rating")) == sorted(ids)
     assert [store.sample(i).text for i in ids] == responses
+
+
+def test_cli_label_gives_each_labeler_a_url_and_the_terminal_one_labeler(tmp_path, monkeypatch, capsys):
+  from rlhf_jax import cli
+  from rlhf_jax.feedback import server
+
+  path = make_store(tmp_path / "f.db")
+  apps = []
+  monkeypatch.setattr(server, "_run_uvicorn", lambda app, sock: apps.append(app))
+  assert cli.main(["label", "--store", str(path), "--port", "0", "--labeler", "alice", "--labeler", "bob"]) == 0
+  out = capsys.readouterr().out
+  assert "  alice  http://127.0.0.1:" in out and "  bob    http://127.0.0.1:" in out and len(apps) == 1
+  assert cli.main(["label", "--terminal", "--store", str(path), "--labeler", "a", "--labeler", "b"]) == 2
+  assert "--terminal labels as one labeler" in capsys.readouterr().err

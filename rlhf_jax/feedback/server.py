@@ -1,17 +1,23 @@
 """Judge samples in a web page on this machine: compare two responses, or rate one from 1 to N.
 
   rlhf-jax label --store feedback.db --labeler alice            # pairs, in the browser
+  rlhf-jax label --store feedback.db --labeler alice --labeler bob   # one server, a URL each
   rlhf-jax label --store feedback.db --labeler alice --rate 3   # "rate this text 1-3"
 
 The same judgements as `terminal.py`, in a page that is easier on the eyes for long texts. The
-command prints a URL with a secret token (`http://127.0.0.1:8765/?token=...&labeler=alice`);
-open it, then keys: pairs `a` / `b` / `t` (tie) / `s` (skip) or the arrow keys (left, right,
-down, up); ratings `1`..`N`; `u` undoes the last judgement. Every answer is written to the store
-(and committed) before the page shows the next task, so closing the tab loses nothing answered.
+command prints one URL per labeler, each with that labeler's own secret token
+(`http://127.0.0.1:8765/?token=...`); open yours, then keys: pairs `a` / `b` / `t` (tie) /
+`s` (skip) or the arrow keys (left, right, down, up); ratings `1`..`N`; `u` undoes the last
+judgement. Every answer is written to the store (and committed) before the page shows the next
+task, so closing the tab loses nothing answered.
 
-Several people can label at once: each page sends its labeler name (from `?labeler=`, else the
-name typed on the page and kept in the browser's localStorage, else the command's `--labeler`),
-and the store leases each task to one labeler, so two pages never get the same pair.
+Several people can label at once, each through their own URL. Identity is the token: the server
+maps each token to one labeler name (`tokens={token: name}`), takes the labeler of every request
+from its token, and the page only shows that name. A request that names a labeler anyway (a
+body's `labeler`, a query's `?labeler=`) must name the token's own, else 403; so whoever holds
+one labeler's URL cannot judge or undo as another. The store leases each task to one labeler:
+two pages never get the same pair, a judgement of a task leased to someone else is refused with
+409 until that lease expires, and undo retracts only the token's labeler's judgements.
 
 Security, because model text is untrusted and the port is reachable by every local user and by
 any web page the labeler has open:
@@ -22,10 +28,10 @@ any web page the labeler has open:
     whose name the attacker re-points to 127.0.0.1) is same-origin with the server, so it could
     send any header and read every response, page and static files included; what it cannot
     change is the Host its browser sends, which still names the attacker's site;
-  * the token stops other local users and processes (which can connect with any Host they like)
-    and other sites' pages: every /api request, reads included, needs the start-up token in the
-    `X-Label-Token` header (reads hand out leases, which change the queue, and show model text
-    and labeler names). The token is printed once, in the URL for the labeler, and never logged
+  * the tokens stop other local users and processes (which can connect with any Host they like)
+    and other sites' pages: every /api request, reads included, needs a labeler's start-up token
+    in the `X-Label-Token` header (reads hand out leases, which change the queue, and show model
+    text). A token is printed once, in its labeler's URL, and never logged
     (no access log; `Referrer-Policy: no-referrer`); a cross-site page also could not send a
     custom header without a CORS preflight, which is never answered;
   * the page is a static file (no data is ever interpolated into HTML); the script puts model
@@ -49,7 +55,7 @@ import secrets
 import socket
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
@@ -62,7 +68,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlhf_jax.feedback.display import visible
-from rlhf_jax.feedback.store import OUTCOMES, FeedbackError, FeedbackStore
+from rlhf_jax.feedback.store import OUTCOMES, FeedbackError, FeedbackStore, LeaseHeldError
 
 _log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -173,14 +179,20 @@ class HostCheck:
 # Request checks: each returns the checked value or raises ApiError naming the field.
 
 
-def _check_token(request: Request, token: str) -> None:
+def _labeler_of(request: Request, tokens: Mapping[str, str]) -> str:
+  """The labeler whose token the request carries: the only source of who is judging."""
   given = request.headers.get(TOKEN_HEADER)
   if not given:
     raise ApiError(401, f"missing {TOKEN_HEADER} header; open the URL that `rlhf-jax label` "
-                   "printed (it ends in ?token=...)")
-  if not secrets.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
-    raise ApiError(403, f"wrong {TOKEN_HEADER}; the token changes each time `rlhf-jax label` "
-                   "starts: open the URL it printed this time")
+                   "printed for you (it ends in ?token=...)")
+  labeler = None
+  for token, name in tokens.items():  # compare with every token: the time taken tells nothing
+    if secrets.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+      labeler = name
+  if labeler is None:
+    raise ApiError(403, f"wrong {TOKEN_HEADER}; the tokens change each time `rlhf-jax label` "
+                   "starts: open the URL it printed for you this time")
+  return labeler
 
 
 def _check_labeler(value: Any) -> str:
@@ -190,6 +202,20 @@ def _check_labeler(value: Any) -> str:
     raise ApiError(400, f"labeler: expected at most {MAX_LABELER_CHARS} characters, "
                    f"got {len(value)}")
   return value
+
+
+def _check_same_labeler(value: Any, labeler: str) -> None:
+  """A labeler a request names must be its token's: naming another is how one would act as them."""
+  if _check_labeler(value) != labeler:
+    raise ApiError(403, f"labeler: this URL's token belongs to labeler {labeler!r}, not "
+                   f"{value!r}; each labeler opens the URL `rlhf-jax label` printed for them")
+
+
+def _without_labeler(body: Mapping[str, Any], labeler: str) -> dict[str, Any]:
+  """`body` less its optional `labeler` field, once that field is checked to name `labeler`."""
+  if "labeler" in body:
+    _check_same_labeler(body["labeler"], labeler)
+  return {key: value for key, value in body.items() if key != "labeler"}
 
 
 def _check_id(body: Mapping[str, Any], field: str) -> int:
@@ -273,14 +299,16 @@ def _progress_json(store: FeedbackStore, labeler: str, rate_scale: int | None) -
                        "judgements": everyone.ratings}}
 
 
-def _judge(store: FeedbackStore, body: Mapping[str, Any], rate_scale: int | None) -> dict[str, Any]:
-  """Checks a judgement body for this server's mode and stores it."""
+def _judge(store: FeedbackStore, labeler: str, body: Mapping[str, Any],
+           rate_scale: int | None) -> dict[str, Any]:
+  """Checks a judgement body for this server's mode and stores it as `labeler`'s."""
+  body = _without_labeler(body, labeler)
   if rate_scale is None:
     if "value" in body or "sample" in body:
       raise ApiError(400, "this server collects pair comparisons, not ratings; start "
                      "`rlhf-jax label` with --rate N to rate single samples")
-    _check_fields(body, ("labeler", "a", "b", "outcome"))
-    labeler, a, b = _check_labeler(body["labeler"]), _check_id(body, "a"), _check_id(body, "b")
+    _check_fields(body, ("a", "b", "outcome"))
+    a, b = _check_id(body, "a"), _check_id(body, "b")
     outcome = body["outcome"]
     if outcome not in OUTCOMES:
       raise ApiError(400, f"outcome: expected one of {list(OUTCOMES)}, got {outcome!r}")
@@ -288,17 +316,18 @@ def _judge(store: FeedbackStore, body: Mapping[str, Any], rate_scale: int | None
   if "outcome" in body or "a" in body or "b" in body:
     raise ApiError(400, f"this server collects ratings 1..{rate_scale}, not pair comparisons; "
                    "start `rlhf-jax label` without --rate to compare pairs")
-  _check_fields(body, ("labeler", "sample", "value"))
-  labeler, sample = _check_labeler(body["labeler"]), _check_id(body, "sample")
+  _check_fields(body, ("sample", "value"))
+  sample = _check_id(body, "sample")
   value = body["value"]
   if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= rate_scale:
     raise ApiError(400, f"value: expected an int in 1..{rate_scale}, got {value!r}")
   return {"kind": "rating", "id": store.rate(sample, value, scale=rate_scale, labeler=labeler)}
 
 
-def _undo(store: FeedbackStore, body: Mapping[str, Any]) -> dict[str, Any]:
-  _check_fields(body, ("labeler",))
-  undone = store.undo_last(_check_labeler(body["labeler"]))
+def _undo(store: FeedbackStore, labeler: str, body: Mapping[str, Any]) -> dict[str, Any]:
+  """Retracts the last judgement of `labeler` (the token's), never anyone else's."""
+  _check_fields(_without_labeler(body, labeler), ())
+  undone = store.undo_last(labeler)
   if undone is None:
     return {"undone": None}
   return {"undone": {"kind": type(undone).__name__.lower(), "id": undone.id}}
@@ -307,18 +336,23 @@ def _undo(store: FeedbackStore, body: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # The app.
 
-Handler = Callable[[Request], Awaitable[Any]]
+Handler = Callable[[Request, str], Awaitable[Any]]
 
 
-def _api(token: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-  """Wraps an endpoint: token first, then the handler; ApiError and FeedbackError become JSON."""
+def _api(tokens: Mapping[str, str], handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+  """Wraps an endpoint: the token first, then `handler(request, labeler)` with the token's
+  labeler; ApiError and FeedbackError become JSON."""
 
   async def endpoint(request: Request) -> Response:
     try:
-      _check_token(request, token)
-      return SafeJSONResponse(await handler(request))
+      labeler = _labeler_of(request, tokens)
+      if "labeler" in request.query_params:
+        _check_same_labeler(request.query_params["labeler"], labeler)
+      return SafeJSONResponse(await handler(request, labeler))
     except ApiError as e:
       return _error(e.status, e.message)
+    except LeaseHeldError as e:  # not a bad request: the task is someone else's for now
+      return _error(409, str(e))
     except FeedbackError as e:  # the store names the field and what it expected
       return _error(400, str(e))
     except Exception as e:  # caught here, not by Starlette's outermost handler, to keep the CSP
@@ -328,51 +362,70 @@ def _api(token: str, handler: Handler) -> Callable[[Request], Awaitable[Response
   return endpoint
 
 
-def create_app(store_path: str | Path, *, token: str, rate_scale: int | None = None,
-               labeler: str | None = None, seed: int | None = None,
+def _check_tokens(tokens: Mapping[str, str] | None, token: str | None,
+                  labeler: str | None) -> dict[str, str]:
+  """{token: labeler} from `tokens`, or from the one-labeler shorthand `token` and `labeler`."""
+  if tokens is None:
+    if not token:
+      raise FeedbackError("token: expected a non-empty secret (see secrets.token_urlsafe)")
+    if labeler is None:
+      raise FeedbackError("labeler: a token needs the name of the labeler it belongs to")
+    tokens = {token: labeler}
+  elif token is not None or labeler is not None:
+    raise FeedbackError("tokens: pass tokens={token: labeler}, or token= with labeler=, not both")
+  if not tokens:
+    raise FeedbackError("tokens: expected at least one {token: labeler}")
+  seen = set()
+  for secret, name in tokens.items():
+    if not isinstance(secret, str) or not secret:
+      raise FeedbackError("token: expected a non-empty secret (see secrets.token_urlsafe)")
+    try:
+      _check_labeler(name)
+    except ApiError as e:
+      raise FeedbackError(e.message) from None
+    if name in seen:  # two URLs for one name would be two people's judgements under one name
+      raise FeedbackError(f"labeler: {name!r} given twice; expected one token per labeler")
+    seen.add(name)
+  return dict(tokens)
+
+
+def create_app(store_path: str | Path, *, tokens: Mapping[str, str] | None = None,
+               token: str | None = None, labeler: str | None = None,
+               rate_scale: int | None = None, seed: int | None = None,
                host: str = "127.0.0.1") -> Starlette:
   """The ASGI app on the store at `store_path` (opened now, so a bad file fails before serving).
 
-  `token` guards every /api request; `host` is the address the server binds (`--host`): every
-  request's Host header must name it or a loopback name, with the port; `rate_scale` N switches
-  from pairs to ratings 1..N; `labeler` is the name the page uses when neither the URL nor the
-  browser gives one; `seed` fixes the left/right order of pairs (tests).
+  `tokens` maps each labeler's secret token to their name: a request with a token judges as that
+  labeler and no other; `token=` with `labeler=` is the one-labeler form. `host` is the address
+  the server binds (`--host`): every request's Host header must name it or a loopback name, with
+  the port; `rate_scale` N switches from pairs to ratings 1..N; `seed` fixes the left/right
+  order of pairs (tests).
   """
-  if not token:
-    raise ValueError("token: expected a non-empty secret (see secrets.token_urlsafe)")
+  tokens = _check_tokens(tokens, token, labeler)
   if rate_scale is not None and (isinstance(rate_scale, bool) or not isinstance(rate_scale, int)
                                  or rate_scale < 2):
     raise FeedbackError(f"rate_scale: expected an int >= 2 (--rate N), got {rate_scale!r}")
-  if labeler is not None:
-    try:
-      _check_labeler(labeler)
-    except ApiError as e:
-      raise FeedbackError(e.message) from None
   store = FeedbackStore(store_path)
   rng = random.Random(seed)
 
-  def query_labeler(request: Request) -> str:
-    return _check_labeler(request.query_params.get("labeler"))
-
-  async def task(request: Request) -> dict[str, Any]:
-    who = query_labeler(request)
+  async def task(request: Request, who: str) -> dict[str, Any]:
     return await run_in_threadpool(_task_json, store, who, rate_scale, rng)
 
-  async def progress(request: Request) -> dict[str, Any]:
-    who = query_labeler(request)
+  async def progress(request: Request, who: str) -> dict[str, Any]:
     return await run_in_threadpool(_progress_json, store, who, rate_scale)
 
-  async def judge(request: Request) -> dict[str, Any]:
+  async def judge(request: Request, who: str) -> dict[str, Any]:
     body = await _read_json_object(request)
-    return await run_in_threadpool(_judge, store, body, rate_scale)
+    return await run_in_threadpool(_judge, store, who, body, rate_scale)
 
-  async def undo(request: Request) -> dict[str, Any]:
+  async def undo(request: Request, who: str) -> dict[str, Any]:
     body = await _read_json_object(request)
-    return await run_in_threadpool(_undo, store, body)
+    return await run_in_threadpool(_undo, store, who, body)
 
-  async def config(request: Request) -> dict[str, Any]:
+  async def config(request: Request, who: str) -> dict[str, Any]:
+    # "labeler" is who this page judges as: the page shows it and has no way to change it.
     return {"kind": "pair" if rate_scale is None else "rating", "scale": rate_scale,
-            "default_labeler": labeler, "outcomes": list(OUTCOMES)}
+            "labeler": who, "outcomes": list(OUTCOMES)}
 
   async def page(request: Request) -> Response:
     # A file, not a template: nothing from the store or the request is ever put into HTML.
@@ -401,11 +454,11 @@ def create_app(store_path: str | Path, *, token: str, rate_scale: int | None = N
   routes = [
       Route("/", page, methods=["GET"]),
       Route("/favicon.ico", favicon, methods=["GET"]),
-      Route("/api/config", _api(token, config), methods=["GET"]),
-      Route("/api/task", _api(token, task), methods=["GET"]),
-      Route("/api/progress", _api(token, progress), methods=["GET"]),
-      Route("/api/judge", _api(token, judge), methods=["POST"]),
-      Route("/api/undo", _api(token, undo), methods=["POST"]),
+      Route("/api/config", _api(tokens, config), methods=["GET"]),
+      Route("/api/task", _api(tokens, task), methods=["GET"]),
+      Route("/api/progress", _api(tokens, progress), methods=["GET"]),
+      Route("/api/judge", _api(tokens, judge), methods=["POST"]),
+      Route("/api/undo", _api(tokens, undo), methods=["POST"]),
       Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
   ]
   app = Starlette(routes=routes, lifespan=lifespan,
@@ -426,11 +479,10 @@ def is_loopback(host: str) -> bool:
     return False
 
 
-def page_url(host: str, port: int, token: str, labeler: str | None = None) -> str:
+def page_url(host: str, port: int, token: str) -> str:
   """The URL to open: the token travels in the query and the page moves it into a header."""
   shown = f"[{host}]" if ":" in host else host
-  query = {"token": token} | ({"labeler": labeler} if labeler else {})
-  return f"http://{shown}:{port}/?{urlencode(query)}"
+  return f"http://{shown}:{port}/?{urlencode({'token': token})}"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -457,16 +509,22 @@ def _run_uvicorn(app: ASGIApp, sock: socket.socket) -> None:
   uvicorn.Server(config).run(sockets=[sock])
 
 
-def serve(store_path: str | Path, *, host: str = "127.0.0.1", port: int = 8765,
-          rate_scale: int | None = None, token: str | None = None,
-          labeler: str | None = None) -> None:
-  """Serves the labeling page until Ctrl-C; prints the URL (with a fresh token) to open.
+def serve(store_path: str | Path, *, labelers: Sequence[str] = (),
+          tokens: Mapping[str, str] | None = None, host: str = "127.0.0.1", port: int = 8765,
+          rate_scale: int | None = None) -> None:
+  """Serves the labeling page until Ctrl-C; prints one URL per labeler to open.
 
-  Raises FeedbackError for a bad store or argument and OSError when the port cannot be had, both
-  before anything is printed.
+  Each of `labelers` gets a fresh token of their own; `tokens` ({token: labeler}) is used as
+  given instead (tests). Raises FeedbackError for a bad store or argument and OSError when the
+  port cannot be had, both before anything is printed.
   """
-  token = token or secrets.token_urlsafe(32)
-  app = create_app(store_path, token=token, rate_scale=rate_scale, labeler=labeler, host=host)
+  if tokens is None:
+    tokens = {secrets.token_urlsafe(32): name for name in labelers}
+    if len(tokens) < len(labelers):  # astronomically unlikely; refuse rather than drop a labeler
+      raise FeedbackError("labelers: two fresh tokens collided; start again")
+  elif labelers:
+    raise FeedbackError("labelers: pass labelers (fresh tokens) or tokens, not both")
+  app = create_app(store_path, tokens=tokens, rate_scale=rate_scale, host=host)
   sock = bind(host, port)
   try:
     if not is_loopback(host):
@@ -474,9 +532,12 @@ def serve(store_path: str | Path, *, host: str = "127.0.0.1", port: int = 8765,
             "sees the URL below can read the samples and write judgements, and the traffic "
             "(token included) is plain, unencrypted HTTP", file=sys.stderr)
     what = "pairs to compare" if rate_scale is None else f"samples to rate 1..{rate_scale}"
-    url = page_url(host, sock.getsockname()[1], token, labeler)
-    print(f"labeling {what} in {store_path}\nopen this URL (it holds a secret token):\n\n  "
-          f"{url}\n\nCtrl-C stops the server; every answer is already saved.", flush=True)
+    width = max(len(name) for name in tokens.values())
+    urls = "\n".join(f"  {name:<{width}}  {page_url(host, sock.getsockname()[1], token)}"
+                     for token, name in tokens.items())
+    print(f"labeling {what} in {store_path}\neach labeler opens their own URL (it holds their "
+          "secret token, and every judgement made through it is stored under their name):\n\n"
+          f"{urls}\n\nCtrl-C stops the server; every answer is already saved.", flush=True)
     _run_uvicorn(app, sock)
   finally:
     sock.close()

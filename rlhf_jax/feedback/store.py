@@ -11,7 +11,10 @@ file (or threads sharing one, which a lock serializes). Writers take the databas
 (`BEGIN IMMEDIATE`) and wait up to `busy_timeout` seconds for each other. The work queue hands out
 short leases: `next_pair(labeler)` claims a pair of samples of one prompt that this labeler has not
 judged and nobody else holds, so two people never see the same pair at once, and a pair whose
-labeler walked away comes back when the lease expires.
+labeler walked away comes back when the lease expires. A lease binds the judgement too: `compare`
+and `rate` refuse (`LeaseHeldError`) a pair or sample leased to another labeler until that lease
+expires, so one labeler cannot answer the task another is looking at. A task nobody holds can be
+judged without a lease (simulated labelers write whole batches that way).
 
 Schema (version 1; times are Unix seconds as REAL):
 
@@ -130,6 +133,20 @@ class FeedbackError(ValueError):
 
   The message names the file (and line and field) or the argument, and what was expected.
   """
+
+
+class LeaseHeldError(FeedbackError):
+  """A judgement of a pair or sample that another labeler holds a live lease on.
+
+  Nothing was stored; the task is free to judge once `until` (Unix seconds) has passed, or once
+  `holder` has judged it or moved on.
+  """
+
+  def __init__(self, what: str, holder: str, until: float, labeler: str):
+    super().__init__(f"{what} is leased to labeler {holder!r} until {until:.0f} (Unix seconds); "
+                     f"labeler {labeler!r} may judge it after that lease expires")
+    self.holder = holder
+    self.until = until
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,7 +578,10 @@ class FeedbackStore:
   # --- judgements -------------------------------------------------------------------------
 
   def rate(self, sample_id: int, value: int, *, scale: int, labeler: str) -> int:
-    """Records `labeler`'s rating `value` in 1..`scale` of a sample; returns the rating id."""
+    """Records `labeler`'s rating `value` in 1..`scale` of a sample; returns the rating id.
+
+    LeaseHeldError (nothing stored) while another labeler holds the sample's lease.
+    """
     _check_labeler(labeler)
     _check_int(scale, "scale")
     if scale < 2:
@@ -570,6 +590,7 @@ class FeedbackStore:
       raise FeedbackError(f"value: expected an int in 1..{scale}, got {value}")
     with self._write() as c:
       self._sample_row(c, sample_id)
+      self._check_lease(c, "samples", sample_id, f"sample {sample_id}", labeler)
       row = c.execute("SELECT id FROM ratings WHERE sample_id = ? AND labeler = ? AND "
                       "retracted_at IS NULL", (sample_id, labeler)).fetchone()
       if row:
@@ -587,6 +608,7 @@ class FeedbackStore:
 
     `outcome` is "a" (sample_a is better), "b", "tie" or "skip" (seen, not judged). Pass the
     samples in the order the labeler saw them; exports turn "a"/"b" into chosen/rejected.
+    LeaseHeldError (nothing stored) while another labeler holds the pair's lease.
     """
     return self.compare_many([(sample_a, sample_b, outcome)], labeler=labeler)[0]
 
@@ -617,6 +639,7 @@ class FeedbackStore:
               (a.prompt_id, low, high))  # every pair exists already unless added by hand
     (pair_id,) = c.execute("SELECT id FROM pairs WHERE sample_a = ? AND sample_b = ?",
                            (low, high)).fetchone()
+    self._check_lease(c, "pairs", pair_id, f"the pair of samples {low} and {high}", labeler)
     row = c.execute("SELECT id FROM comparisons WHERE pair_id = ? AND labeler = ? AND "
                     "retracted_at IS NULL", (pair_id, labeler)).fetchone()
     if row:
@@ -629,6 +652,18 @@ class FeedbackStore:
     c.execute("UPDATE pairs SET claimed_by = NULL, claimed_until = NULL "
               "WHERE id = ? AND claimed_by = ?", (pair_id, labeler))
     return comparison_id
+
+  def _check_lease(self, c: sqlite3.Connection, table: Literal["pairs", "samples"], row_id: int,
+                   what: str, labeler: str) -> None:
+    """Raises LeaseHeldError when someone other than `labeler` holds a live lease on the row.
+
+    Read inside the caller's write transaction, so no lease can be taken between this check and
+    the insert; the raise rolls the whole transaction back.
+    """
+    holder, until = c.execute(f"SELECT claimed_by, claimed_until FROM {table} WHERE id = ?",
+                              (row_id,)).fetchone()
+    if holder is not None and holder != labeler and until is not None and until > self._clock():
+      raise LeaseHeldError(what, holder, until, labeler)
 
   def undo_last(self, labeler: str) -> Judgement | None:
     """Retracts `labeler`'s most recent live judgement (rating or comparison) and returns it.

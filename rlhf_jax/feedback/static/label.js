@@ -4,7 +4,6 @@
 "use strict";
 
 (() => {
-  const LABELER_KEY = "rlhf_jax.labeler";
   const PAIR_KEYS = {a: "a", arrowleft: "a", b: "b", arrowright: "b",
                      t: "tie", arrowdown: "tie", s: "skip", arrowup: "skip"};
   const params = new URLSearchParams(location.search);
@@ -37,10 +36,6 @@
     $("prompt-box").hidden = sectionId === "done" || sectionId === null;
   }
 
-  function withLabeler(path) {
-    return `${path}?${new URLSearchParams({labeler: state.labeler})}`;
-  }
-
   function render(task, progress) {
     state.task = task.done ? null : task;
     const p = progress;
@@ -63,28 +58,32 @@
     }
   }
 
+  // The server knows the labeler from the token: no request names one.
   async function refresh() {
-    const [task, progress] = await Promise.all([
-        api("GET", withLabeler("/api/task")), api("GET", withLabeler("/api/progress"))]);
+    const [task, progress] = await Promise.all([api("GET", "/api/task"),
+                                                api("GET", "/api/progress")]);
     render(task, progress);
   }
 
   // One request at a time: a key held down or pressed twice must not judge the next task unseen.
   async function act(action) {
     if (state.busy) return;
-    if (!state.labeler) {
-      showStatus("enter your labeler name first");
-      return;
-    }
     state.busy = true;
     document.body.classList.add("busy");
     for (const button of document.querySelectorAll("main button")) button.disabled = true;
+    let problem = "";
     try {
       if (action) await action();
-      await refresh();
-      showStatus("");
     } catch (e) {
-      showStatus(e.message);
+      problem = e.message;
+    }
+    try {
+      // Also after a refused judgement (409: the lease ran out and another labeler holds the
+      // task now), so the page moves on instead of offering the same task again.
+      await refresh();
+      showStatus(problem);
+    } catch (e) {
+      showStatus(problem || e.message);
     } finally {
       state.busy = false;
       document.body.classList.remove("busy");
@@ -96,26 +95,25 @@
     const task = state.task;
     if (!task || task.kind !== "pair") return;
     // The ids go back in the order shown: "a" always means the left text.
-    act(() => api("POST", "/api/judge", {labeler: state.labeler, a: task.samples[0].id,
-                                         b: task.samples[1].id, outcome}));
+    act(() => api("POST", "/api/judge", {a: task.samples[0].id, b: task.samples[1].id,
+                                         outcome}));
   }
 
   function rate(value) {
     const task = state.task;
     if (!task || task.kind !== "rating") return;
-    act(() => api("POST", "/api/judge", {labeler: state.labeler, sample: task.sample.id, value}));
+    act(() => api("POST", "/api/judge", {sample: task.sample.id, value}));
   }
 
   function undo() {
     act(async () => {
-      const result = await api("POST", "/api/undo", {labeler: state.labeler});
+      const result = await api("POST", "/api/undo", {});
       if (!result.undone) throw new Error("nothing to undo");
     });
   }
 
   function onKey(event) {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
-    if (event.target instanceof HTMLInputElement) return;  // typing a name is not a judgement
     const key = event.key.toLowerCase();
     if (key === "u") {
       undo();
@@ -153,16 +151,6 @@
            "u = undo the last judgement";
   }
 
-  function useLabeler(name) {
-    state.labeler = name.trim();
-    $("labeler").value = state.labeler;
-    if (!state.labeler) return false;
-    // Keep it in the URL too, so a reload of this tab keeps this name even if the URL had another.
-    params.set("labeler", state.labeler);
-    history.replaceState(null, "", `?${params}`);
-    return true;
-  }
-
   async function start() {
     if (!token) {
       showStatus("this URL has no token: open the URL that `rlhf-jax label` printed " +
@@ -182,23 +170,11 @@
     }
     $("undo").addEventListener("click", undo);
     document.addEventListener("keydown", onKey);
-    $("who").addEventListener("submit", (event) => {
-      event.preventDefault();
-      if (useLabeler($("labeler").value)) {
-        localStorage.setItem(LABELER_KEY, state.labeler);
-        $("labeler").blur();
-        act(null);
-      }
-    });
-    const name = params.get("labeler") || localStorage.getItem(LABELER_KEY) ||
-                 state.config.default_labeler || "";
-    if (useLabeler(name)) {
-      act(null);
-    } else {
-      $("progress").textContent = "";
-      showStatus("enter your labeler name (it is stored with every judgement)");
-      $("labeler").focus();
-    }
+    // Shown, not chosen: the token in this URL is this labeler's, and the server stores every
+    // judgement from it under this name.
+    state.labeler = state.config.labeler;
+    $("labeler").textContent = state.labeler;
+    act(null);
   }
 
   start();
