@@ -60,22 +60,21 @@ def test_vmapped_lm_steps_match_runs_trained_alone():
   assert len({float(loss) for loss in stacked_losses[-1]}) == 3  # the runs did differ
 
 
-def test_vmapped_pretraining_slices_equal_single_runs_load_and_resume(tmp_path, cache_dir):
-  """Two learning rates in one program; run 1 equals pretrain_tiny at that rate, every run
-  directory is a loadable LM run with its own metrics, and a stopped sweep resumes every run."""
-  overrides = ["vmap.learning_rates=1e-3,3e-3", "vmap.seeds=0", "loop.steps=6", "loop.checkpoint_every=3",
-               "loop.log_every=3"]
+def test_vmapped_pretraining_slices_equal_single_runs_load_and_resume(tmp_path, smoke_lm):
+  """Two learning rates in one program; run 1 equals pretrain_tiny at that rate (the shared
+  `smoke_lm` run: pretrain_tiny --smoke, 5 steps at its 3e-3; checkpoint and log cadence change no
+  number), every run directory is a loadable LM run with its own metrics, and a stopped sweep
+  resumes every run."""
+  overrides = ["vmap.learning_rates=1e-3,3e-3", "vmap.seeds=0", "loop.steps=5", "loop.checkpoint_every=2",
+               "loop.log_every=2"]
   cli.run_experiment(ROOT / "experiments" / "pretrain_sweep.py", smoke=True, workdir=tmp_path / "sweep",
                      overrides=overrides)
   runs = sorted(p.name for p in (tmp_path / "sweep" / "runs").iterdir())
   assert runs == ["optim.learning_rate=0.001,seed=0", "optim.learning_rate=0.003,seed=0"]
-  alone = tmp_path / "alone"
-  cli.run_experiment(ROOT / "experiments" / "pretrain_tiny.py", smoke=True, workdir=alone,
-                     overrides=["optim.learning_rate=3e-3", "loop.steps=6", "loop.checkpoint_every=3",
-                                "loop.log_every=3"])
+  alone = smoke_lm
   run_dir = tmp_path / "sweep" / "runs" / runs[1]
   got, want = logs.read_metrics(run_dir, "train"), logs.read_metrics(alone, "train")
-  assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 7))
+  assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 6))
   for a, b in zip(got, want):
     for name in ("loss", "grad_norm", "learning_rate"):
       assert a[name] == pytest.approx(b[name], rel=1e-5), name
@@ -84,21 +83,21 @@ def test_vmapped_pretraining_slices_equal_single_runs_load_and_resume(tmp_path, 
   assert logs.read_metrics(tmp_path / "sweep" / "runs" / runs[0], "train")[-1]["loss"] != got[-1]["loss"]
   mesh = sharding.make_mesh()
   loaded, single = pretrained.load(run_dir, mesh), pretrained.load(alone, mesh)
-  assert loaded.step == single.step == 6
+  assert loaded.step == single.step == 5
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
                jax.device_get(loaded.params), jax.device_get(single.params))
 
-  # As if stopped after step 3: the rerun resumes both runs from the stacked checkpoint.
+  # As if stopped after step 4: the rerun resumes both runs from the stacked checkpoint.
   sweep_dir = tmp_path / "sweep"
   before = {n: logs.read_metrics(sweep_dir / "runs" / n) for n in runs}
-  shutil.rmtree(sweep_dir / "checkpoints" / "6")
+  shutil.rmtree(sweep_dir / "checkpoints" / "5")
   for n in runs:
     shutil.rmtree(sweep_dir / "runs" / n / "checkpoints")
   cli.run_experiment(ROOT / "experiments" / "pretrain_sweep.py", smoke=True, workdir=sweep_dir, overrides=overrides)
   for n in runs:
     after = logs.read_metrics(sweep_dir / "runs" / n)
     assert [r for r in after if r["split"] != "perf"] == [r for r in before[n] if r["split"] != "perf"], n
-    assert pretrained.load(sweep_dir / "runs" / n, mesh).step == 6
+    assert pretrained.load(sweep_dir / "runs" / n, mesh).step == 5
 
 
 def test_vmapped_dpo_betas_match_runs_trained_alone():
