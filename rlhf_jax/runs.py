@@ -57,6 +57,44 @@ def check_resumable(workdir: Path, config) -> None:
         + "; ".join(diffs) + "): rerun with the same settings to resume, or choose a new --workdir")
 
 
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_paths(config) -> None:
+  """Settings that name something on disk name something that is there, checked before a run
+  writes anything: an `init_from` workdir (an LM or reward-model run, with its config.json), a
+  reward model `rm:DIR`, a feedback store `store:PATH`, a corpus or prompt file (`file:PATH`, also
+  inside a "+"-joined corpus spec, and a task's `path`). Raises ConfigError naming the key."""
+  for key, value in _flat(config_lib.to_dict(config)).items():
+    if not isinstance(value, str) or not value:
+      continue
+    name = key.rsplit(".", 1)[-1]
+    missing = None
+    if name == "init_from" and not value.startswith("hf:"):
+      if not (Path(value) / "config.json").is_file():
+        missing = f"{value}/config.json not found: expected the workdir of a finished or running run"
+    elif value.startswith("rm:") and not Path(value[3:]).is_dir():
+      missing = f"{value[3:]} is not a directory: expected a reward model's workdir"
+    elif value.startswith("store:") and not Path(value[6:]).is_file():
+      missing = f"{value[6:]} not found: expected a feedback store (feedback.db)"
+    elif name == "path" and key.startswith("task.") and not Path(value).is_file():
+      missing = f"{value} not found: expected a prompt file"
+    else:
+      files = [part[5:] for part in value.split("+") if part.startswith("file:")]
+      absent = [f for f in files if not Path(f).is_file()]
+      if absent:
+        missing = f"{absent[0]} not found: expected a text file"
+    if missing:
+      raise config_lib.ConfigError(f"{key}: {missing}")
+
+
 def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
                 overrides: Sequence[str] = ()) -> tuple[ModuleType, Any, Path]:
   """Loads the experiment, resolves and checks its config, and saves it in the workdir.
@@ -69,6 +107,7 @@ def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | 
     workdir = Path("workdirs") / (Path(path).stem + ("_smoke" if smoke else ""))
   workdir = Path(workdir)
   check_resumable(workdir, config)
+  check_paths(config)  # before config.json and run.json: a mistyped path leaves no half-started run
   workdir.mkdir(parents=True, exist_ok=True)
   import jax  # here, not at the top: `rlhf-jax label` and friends start without JAX
   if jax.process_index() == 0:  # one writer in a multi-host run

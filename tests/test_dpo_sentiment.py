@@ -47,11 +47,11 @@ def test_online_dpo_smoke_ranks_fresh_pairs_and_evaluates(smoke_lm, tmp_path):
 def test_data_source_errors_name_the_setting_or_the_file(tmp_path):
   with pytest.raises((ConfigError, ValueError), match="data.source: expected 'online', 'store:PATH' or 'fine_foods'"):
     runs.resolve_config(runs.load_experiment(EXPERIMENT), True, ["data.source=people"])
-  # A missing store fails before any work (no policy is pretrained, no prompts are read).
-  with pytest.raises(FileNotFoundError, match=r"data.source store .*nope.db not found: expected a feedback store"):
+  # A missing store fails before anything is written (no config.json, no policy, no prompts).
+  with pytest.raises(ConfigError, match=r"data.source: .*nope.db not found: expected a feedback store"):
     runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "run",
                         overrides=[f"data.source=store:{tmp_path / 'nope.db'}"])
-  assert not (tmp_path / "run" / "policy").exists()
+  assert not (tmp_path / "run").exists()
 
 
 def _store(path: Path, pairs: int) -> Path:

@@ -52,6 +52,44 @@ def test_run_unless_done_runs_a_stage_once(experiment, tmp_path):
   assert (workdir / "starts").read_text() == "xx"
 
 
+PATHS = '''
+import dataclasses
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  init_from: str = ""
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  policy: Policy = Policy()
+  reward: str = "vader"
+  corpus: str = "brown"
+
+def get_config(smoke=False):
+  return Config()
+
+def main(config, workdir):
+  return "ran"
+'''
+
+
+def test_settings_that_name_paths_are_checked_before_the_run_writes_anything(tmp_path):
+  experiment = tmp_path / "paths.py"
+  experiment.write_text(PATHS)
+  lm = tmp_path / "lm"
+  lm.mkdir()
+  (lm / "config.json").write_text("{}")
+  (tmp_path / "corpus.txt").write_text("text")
+  for override, message in ((f"policy.init_from={tmp_path / 'nope'}", r"policy.init_from: .*nope/config.json not found"),
+                            (f"reward=rm:{tmp_path / 'nope'}", r"reward: .*nope is not a directory"),
+                            (f"corpus=file:{tmp_path / 'nope.txt'}", r"corpus: .*nope.txt not found")):
+    with pytest.raises(config_lib.ConfigError, match=message):
+      runs.run_experiment(experiment, workdir=tmp_path / "w", overrides=[override])
+    assert not (tmp_path / "w").exists()  # no config.json, no run.json
+  assert runs.run_experiment(experiment, workdir=tmp_path / "w", overrides=[
+      f"policy.init_from={lm}", f"reward=rm:{lm}", f"corpus=file:{tmp_path / 'corpus.txt'}"]) == "ran"
+
+
 def _stages(experiment: Path, root: Path) -> list[runs.Stage]:
   return [runs.Stage(experiment, root / "a", tuple(sweep.plan([{"seed": 0}, {"seed": 1}]))),
           runs.Stage(experiment, root / "b", (sweep.Run.of("one", {"seed": 2}),), base=("fail=false",), label="bee")]
