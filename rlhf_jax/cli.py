@@ -24,14 +24,16 @@ from pathlib import Path
 
 from rlhf_jax import config as config_lib
 from rlhf_jax import sweep
+from rlhf_jax.errors import UserError
 # The run API lives in `rlhf_jax.runs`; these names stay importable from here for old callers.
 from rlhf_jax.runs import (check_resumable, finish_run, load_experiment, prepare_run, resolve_config,  # noqa: F401
                            run_experiment)
 
 
 # Errors whose message is the whole story (a bad path, key, value or corpus name): printed
-# without a traceback, exit status 2.
-USER_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError)
+# without a traceback, exit status 2. Only the project's own `UserError` (ConfigError and
+# FeedbackError are ones) and a missing file: any other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _cmd_run(args) -> int:
@@ -46,14 +48,13 @@ def _cmd_run(args) -> int:
     return 2
   print(f"workdir: {workdir.absolute()}", flush=True)
   from rlhf_jax.checkpoint import CheckpointError
-  from rlhf_jax.feedback.store import FeedbackError
   from rlhf_jax.loop import NonFiniteLossError
   try:
     module.main(config, workdir)
-  except (NonFiniteLossError, CheckpointError, FeedbackError, FileNotFoundError) as e:
+  except (NonFiniteLossError, CheckpointError, UserError, FileNotFoundError) as e:
     # A run that cannot go on for a reason its message fully states (which step diverged, which
-    # checkpoint or file is bad): no traceback, exit 1 (a sweep retries it). Any other exception
-    # is a bug or an unforeseen case, and keeps its traceback.
+    # checkpoint, file or setting is bad): no traceback, exit 1 (a sweep retries it). Any other
+    # exception is a bug or an unforeseen case, and keeps its traceback.
     print(f"error: {e}", file=sys.stderr)
     return 1
   return finish_run(workdir)
@@ -142,10 +143,10 @@ def _cmd_report(args) -> int:
   frontier = names(args.frontier)
   try:
     if frontier is not None and len(frontier) != 2:
-      raise ValueError(f"--frontier: expected X,Y (two metric names), got {args.frontier!r}")
+      raise UserError(f"--frontier: expected X,Y (two metric names), got {args.frontier!r}")
     out = Path(args.out or args.paths[0]) if len(args.paths) == 1 or args.out else None
     if out is None:
-      raise ValueError("--out is needed with more than one path")
+      raise UserError("--out is needed with more than one path")
     result = report.write_report(args.paths, out, split=args.split, metrics=names(args.metrics),
                                  over=names(args.over) or [], curve_metrics=names(args.curves),
                                  frontier=tuple(frontier) if frontier else None)
@@ -189,7 +190,7 @@ def _cmd_sample(args) -> int:
         raise FileNotFoundError(f"--prompts-file {path} not found")
       prompts += [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
-      raise ValueError("give --prompt TEXT (repeatable) or --prompts-file FILE")
+      raise UserError("give --prompt TEXT (repeatable) or --prompts-file FILE")
     policy = _load_for_sampling(args.workdir)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)

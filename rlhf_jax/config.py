@@ -18,10 +18,12 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+from rlhf_jax.errors import UserError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A config key or value that is not valid; the message names the key."""
 
 
@@ -126,7 +128,12 @@ def apply_overrides(config: C, assignments: Sequence[str]) -> C:
     key = key.strip()
     if not sep or not key:
       raise ConfigError(f"override {assignment!r} is not of the form key=value")
-    config = _set(config, key.split("."), text.strip(), key, all_keys)
+    try:
+      config = _set(config, key.split("."), text.strip(), key, all_keys)
+    except ConfigError:
+      raise
+    except ValueError as e:  # a dataclass's own validation (`__post_init__`) refused the value
+      raise ConfigError(f"{key}={text.strip()}: {e}") from None
   return config
 
 

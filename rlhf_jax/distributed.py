@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import jax
 
+from rlhf_jax.errors import UserError
+
 
 def initialize(*, coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
                auto: bool = False) -> bool:
@@ -21,10 +23,10 @@ def initialize(*, coordinator: str | None = None, num_processes: int | None = No
   if all(v is None for v in explicit) and not auto:
     return False
   if not auto and any(v is None for v in explicit):
-    raise ValueError("a multi-host run needs all of --coordinator, --num-processes and --process-id "
+    raise UserError("a multi-host run needs all of --coordinator, --num-processes and --process-id "
                      "(or --distributed to detect them from the cluster)")
   if num_processes is not None and not 0 <= (process_id or 0) < num_processes:
-    raise ValueError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+    raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
   return True

@@ -29,6 +29,7 @@ from rlhf_jax import sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import rows
 from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax.errors import UserError
 from rlhf_jax.loop import abstract_state
 from rlhf_jax.models import gpt2
 from rlhf_jax.models.transformer import ModelConfig, Transformer
@@ -57,7 +58,7 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None) -> Pretrained
     config["model"] = json.loads(model_file.read_text())
   for section in ("model", "optim"):
     if section not in config:
-      raise ValueError(f"{saved} has no {section!r} section: expected the config of a model run")
+      raise UserError(f"{saved} has no {section!r} section: expected the config of a model run")
   model_config = config_lib.from_dict(ModelConfig, config["model"])
   optim = config_lib.from_dict(common.OptimConfig, config["optim"])
   checkpointer = Checkpointer(workdir / "checkpoints")
@@ -99,7 +100,7 @@ def load_trained_policy(workdir: str | Path, mesh: Mesh, step: int | None = None
   model_data = (json.loads(model_file.read_text()) if model_file.is_file()
                 else json.loads(saved.read_text()).get("model"))
   if model_data is None:
-    raise ValueError(f"{workdir} has neither model.json nor a 'model' section in config.json: "
+    raise UserError(f"{workdir} has neither model.json nor a 'model' section in config.json: "
                      "expected the workdir of a model run")
   model_config = config_lib.from_dict(ModelConfig, model_data)
   if not (workdir / "tokenizer.model").is_file():
@@ -120,7 +121,7 @@ def load_trained_policy(workdir: str | Path, mesh: Mesh, step: int | None = None
   for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
     name = sharding.path_str(path)
     if got.get(name) != leaf.shape:
-      raise ValueError(f"{checkpointer.directory}/{step}: parameter {name} is "
+      raise UserError(f"{checkpointer.directory}/{step}: parameter {name} is "
                        f"{'missing' if name not in got else got[name]}, expected {leaf.shape} for the model in "
                        f"{model_file if model_file.is_file() else saved}")
   return Pretrained(model=model_config, params=params, tokenizer=SentencePieceTokenizer.load(workdir / "tokenizer.model"),
@@ -164,10 +165,10 @@ class RewardModelScorer:
     self.mesh = mesh if mesh is not None else sharding.make_mesh(sharding.MeshConfig())
     self.loaded = _loaded or load(workdir, self.mesh, step)
     if not self.loaded.model.scalar_head:
-      raise ValueError(f"{workdir}: expected a reward model (a model with scalar_head=True), got a language model")
+      raise UserError(f"{workdir}: expected a reward model (a model with scalar_head=True), got a language model")
     self.seq_len = seq_len or self.loaded.model.max_len
     if self.seq_len > self.loaded.model.max_len:
-      raise ValueError(f"seq_len={self.seq_len} exceeds the reward model's max_len={self.loaded.model.max_len}")
+      raise UserError(f"seq_len={self.seq_len} exceeds the reward model's max_len={self.loaded.model.max_len}")
     self.batch_size = batch_size
     self._score = jax.jit(functools.partial(reward.rewards, model=Transformer(self.loaded.model)))
 

@@ -24,6 +24,7 @@ from scipy import stats
 
 from rlhf_jax import config as config_lib
 from rlhf_jax import logs
+from rlhf_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,7 @@ def summarize(groups: dict[str, list[RunRecords]], split: str = "eval",
     known = {m for rows in finals.values() for row in rows for m in row}
     missing = [m for m in names if m not in known]
     if missing:
-      raise ValueError(f"--metrics: no run has {missing} in its final {split!r} record; "
+      raise UserError(f"--metrics: no run has {missing} in its final {split!r} record; "
                        f"available: {sorted(known)}")
   out = {}
   for group, rows in finals.items():
@@ -198,7 +199,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, *, split: str = "
   summary = summarize(groups, split, metrics)
   names = list(next(iter(summary.values())).keys())
   if not names:
-    raise ValueError(f"no run has a {split!r} record with numbers: try --split train")
+    raise UserError(f"no run has a {split!r} record with numbers: try --split train")
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   if frontier is None and {"kl", "gold_score"} <= set(names):
@@ -208,7 +209,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, *, split: str = "
   if frontier is not None:
     missing = [m for m in frontier if m not in names]
     if missing:
-      raise ValueError(f"--frontier: {missing} not among the {split!r} metrics {names}")
+      raise UserError(f"--frontier: {missing} not among the {split!r} metrics {names}")
     plot_frontier(groups, split, *frontier, out / "frontier.png")
     files.append("frontier.png")
   result = {"split": split, "over": list(over), "runs": {g: [str(r.path) for r in rs] for g, rs in groups.items()},

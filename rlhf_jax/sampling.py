@@ -42,6 +42,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import KVCache, Transformer
 
 # Arguments of `generate` that select the compiled program. Everything else may be traced,
@@ -61,11 +62,11 @@ class SampleOutput:
 def _check_settings(temperature, top_k: int, top_p: float) -> None:
   # Only a concrete temperature can be checked; a traced one is the caller's responsibility.
   if isinstance(temperature, (int, float)) and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}; use top_k=1 for greedy decoding")
+    raise UserError(f"temperature must be > 0, got {temperature}; use top_k=1 for greedy decoding")
   if top_k < 0:
-    raise ValueError(f"top_k must be >= 0 (0 turns it off), got {top_k}")
+    raise UserError(f"top_k must be >= 0 (0 turns it off), got {top_k}")
   if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p must be in (0, 1] (1.0 turns it off), got {top_p}")
+    raise UserError(f"top_p must be in (0, 1] (1.0 turns it off), got {top_p}")
 
 
 def _scale(logits: jax.Array, temperature) -> jax.Array:
@@ -209,9 +210,9 @@ def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax
   N = max_new_tokens
   max_len = model.config.max_len
   if N < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {N}")
+    raise UserError(f"max_new_tokens must be >= 1, got {N}")
   if P + N > max_len:
-    raise ValueError(f"prompt length {P} + max_new_tokens {N} = {P + N} exceeds model.max_len={max_len} "
+    raise UserError(f"prompt length {P} + max_new_tokens {N} = {P + N} exceeds model.max_len={max_len} "
                      f"(the number of learned positions); lower max_new_tokens or truncate the prompts")
   _check_settings(temperature, top_k, top_p)
   prompt_BxP = prompt_BxP.astype(jnp.int32)
@@ -349,7 +350,7 @@ def stream(params, prompt_ids, key: jax.Array, *, model: Transformer, max_new_to
   _check_settings(temperature, top_k, top_p)
   P = model.config.max_len - max_new_tokens if prompt_len is None else prompt_len
   if P < 1 or P + max_new_tokens > model.config.max_len:
-    raise ValueError(f"prompt_len {P} + max_new_tokens {max_new_tokens} must fit model.max_len="
+    raise UserError(f"prompt_len {P} + max_new_tokens {max_new_tokens} must fit model.max_len="
                      f"{model.config.max_len}, with room for at least one prompt token")
   ids = list(prompt_ids)[-P:] or [eos_id]
   prompt_1xP = jnp.asarray([[pad_id] * (P - len(ids)) + ids], jnp.int32)

@@ -87,3 +87,28 @@ def test_chat_shows_escape_sequences_in_model_text_instead_of_sending_them(monke
   text = out.getvalue()
   assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
   assert "hi <U+001B>]52;c;ZXZpbA==<U+0007> <U+202E>gnp.exe" in text
+
+
+def test_only_the_projects_user_errors_are_one_line_errors_and_a_bug_keeps_its_traceback(tmp_path, capsys,
+                                                                                         monkeypatch):
+  from rlhf_jax import report
+  from rlhf_jax.errors import UserError
+
+  def broken(*args, **kwargs):
+    raise ValueError("a bug deep inside report")
+  monkeypatch.setattr(report, "write_report", broken)
+  with pytest.raises(ValueError, match="a bug deep inside report"):  # not "error: ..." and exit 2
+    cli.main(["report", str(tmp_path)])
+
+  def refused(*args, **kwargs):
+    raise UserError("--metrics: no run has gold in its final 'eval' record")
+  monkeypatch.setattr(report, "write_report", refused)
+  assert cli.main(["report", str(tmp_path)]) == 2
+  assert capsys.readouterr().err == "error: --metrics: no run has gold in its final 'eval' record\n"
+
+
+def test_a_value_a_config_dataclass_refuses_is_a_config_error_naming_the_override():
+  from rlhf_jax import config as config_lib
+  from rlhf_jax.eval import harness
+  with pytest.raises(config_lib.ConfigError, match=r"num_prompts=0: eval.num_prompts must be positive"):
+    config_lib.apply_overrides(harness.HarnessConfig(), ["num_prompts=0"])

@@ -40,6 +40,7 @@ from rlhf_jax.advantages import sequence_kl
 from rlhf_jax.data import lm as lm_data
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax.errors import UserError
 from rlhf_jax.eval import diversity, head_to_head
 from rlhf_jax.eval import lm as lm_eval
 from rlhf_jax.eval.policy import PolicySampler
@@ -67,10 +68,10 @@ def load_prompts(name: str) -> list[str]:
       raise FileNotFoundError(f"prompts: {path} not found (file:PATH needs a text file, one prompt a line)")
     prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
-      raise ValueError(f"prompts: {path} has no non-empty lines")
+      raise UserError(f"prompts: {path} has no non-empty lines")
     return prompts
   if name not in PROMPT_SETS:
-    raise ValueError(f"prompts: expected one of {sorted(PROMPT_SETS)} or file:PATH, got {name!r}")
+    raise UserError(f"prompts: expected one of {sorted(PROMPT_SETS)} or file:PATH, got {name!r}")
   return PROMPT_SETS[name]()
 
 
@@ -96,9 +97,9 @@ class HarnessConfig:
   def __post_init__(self):
     for name in ("num_prompts", "prompt_len", "max_new_tokens", "batch_size"):
       if getattr(self, name) <= 0:
-        raise ValueError(f"eval.{name} must be positive, got {getattr(self, name)}")
+        raise UserError(f"eval.{name} must be positive, got {getattr(self, name)}")
     if self.labeler_beta < 0:
-      raise ValueError(f"eval.labeler_beta must be >= 0, got {self.labeler_beta}")
+      raise UserError(f"eval.labeler_beta must be >= 0, got {self.labeler_beta}")
 
 
 @dataclasses.dataclass
@@ -128,7 +129,7 @@ def sample_run(policy, ref, hc: HarnessConfig, prompts: list[str], mesh) -> dict
   """Responses, KL to `ref`, lengths and EOS of `policy` on `prompts`, batch i with key fold_in(seed, i)."""
   tok = policy.tokenizer
   if hc.prompt_len + hc.max_new_tokens > policy.model.max_len:
-    raise ValueError(f"eval.prompt_len + eval.max_new_tokens = {hc.prompt_len + hc.max_new_tokens} exceeds the "
+    raise UserError(f"eval.prompt_len + eval.max_new_tokens = {hc.prompt_len + hc.max_new_tokens} exceeds the "
                      f"model's max_len={policy.model.max_len}")
   roll = jax.jit(functools.partial(rollout_lib.rollout, policy_model=Transformer(policy.model), value_model=None,
                                    max_new_tokens=hc.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id))
@@ -163,10 +164,10 @@ def evaluate_run(workdir: str | Path, hc: HarnessConfig, mesh, prompts: list[str
   ref_path = reference_dir(workdir, hc)
   ref = policy if ref_path.resolve() == workdir.resolve() else pretrained.load_trained_policy(ref_path, mesh)
   if ref.model != policy.model:
-    raise ValueError(f"reference {ref_path}: its model differs from {workdir}'s; KL needs the same architecture "
+    raise UserError(f"reference {ref_path}: its model differs from {workdir}'s; KL needs the same architecture "
                      "(set eval.reference to the LM this run started from)")
   if ref.tokenizer.fingerprint != policy.tokenizer.fingerprint:
-    raise ValueError(f"reference {ref_path}: its tokenizer differs from {workdir}'s")
+    raise UserError(f"reference {ref_path}: its tokenizer differs from {workdir}'s")
   s = sample_run(policy, ref, hc, prompts, mesh)
   result: dict[str, Any] = {
       "run": str(workdir), "step": policy.step, "reference": str(ref_path),
@@ -214,7 +215,7 @@ def compare_runs(a: RunSamples, b: RunSamples, hc: HarnessConfig, judges: dict[s
 def evaluate(workdirs: Sequence[str | Path], hc: HarnessConfig, out: str | Path, mesh=None) -> dict[str, Any]:
   """Evaluates every run, plays the first against the others, writes eval.json/md/png to `out`."""
   if not workdirs:
-    raise ValueError("expected at least one run's workdir")
+    raise UserError("expected at least one run's workdir")
   mesh = mesh if mesh is not None else sharding.make_mesh()
   sharding.check_batch_divisible(hc.batch_size, mesh, "eval.batch_size")
   prompts = load_prompts(hc.prompts)[:hc.num_prompts]

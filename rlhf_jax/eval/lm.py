@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rlhf_jax import sharding
+from rlhf_jax.errors import UserError
 
 
 def perplexity(eval_step: Callable, params, batches: Iterable[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, float]:
@@ -22,7 +23,7 @@ def perplexity(eval_step: Callable, params, batches: Iterable[dict[str, np.ndarr
     loss_sum += float(out["loss_sum"])
     count += float(out["count"])
   if count == 0:
-    raise ValueError("the validation set has no tokens: lower data.seq_len or raise data.val_fraction")
+    raise UserError("the validation set has no tokens: lower data.seq_len or raise data.val_fraction")
   loss = loss_sum / count
   return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax.errors import UserError
 
 APP_NAME = "rlhf_jax.feedback"
 SCHEMA_VERSION = 1
@@ -128,7 +129,7 @@ _SCHEMA = (
 _TABLES = frozenset({"meta", "prompts", "samples", "pairs", "ratings", "comparisons"})
 
 
-class FeedbackError(ValueError):
+class FeedbackError(UserError):
   """A file that is not a usable feedback store, or a judgement or record that cannot be stored.
 
   The message names the file (and line and field) or the argument, and what was expected.

@@ -22,6 +22,7 @@ import numpy as np
 import safetensors.numpy
 
 from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import ModelConfig
 
 _LAYER_PARAMS = {  # HF suffix -> (our module path inside h_i, leaf)
@@ -41,19 +42,19 @@ _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 def config_from_hf(hf: Mapping[str, Any], *, where: str = "config.json") -> ModelConfig:
   """Our `ModelConfig` for a Hugging Face `GPT2Config` dict; anything we cannot represent is an error."""
   if hf.get("model_type", "gpt2") != "gpt2":
-    raise ValueError(f"{where}: model_type must be 'gpt2', got {hf.get('model_type')!r}")
+    raise UserError(f"{where}: model_type must be 'gpt2', got {hf.get('model_type')!r}")
   activation = hf.get("activation_function", "gelu_new")
   if activation not in ("gelu_new", "gelu_pytorch_tanh"):
-    raise ValueError(f"{where}: activation_function {activation!r} is not supported (the model uses GELU's "
+    raise UserError(f"{where}: activation_function {activation!r} is not supported (the model uses GELU's "
                      "tanh approximation, GPT-2's 'gelu_new')")
   for key, expected in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                         ("reorder_and_upcast_attn", False), ("tie_word_embeddings", True)):
     if hf.get(key, expected) != expected:
-      raise ValueError(f"{where}: {key}={hf[key]!r} is not supported (expected {expected!r})")
+      raise UserError(f"{where}: {key}={hf[key]!r} is not supported (expected {expected!r})")
   n_inner = hf.get("n_inner")
   d_model = int(hf["n_embd"])
   if n_inner is not None and n_inner % d_model:
-    raise ValueError(f"{where}: n_inner={n_inner} must be a multiple of n_embd={d_model}")
+    raise UserError(f"{where}: n_inner={n_inner} must be a multiple of n_embd={d_model}")
   try:
     return ModelConfig(vocab_size=int(hf["vocab_size"]), max_len=int(hf["n_positions"]), d_model=d_model,
                        n_layers=int(hf["n_layer"]), n_heads=int(hf["n_head"]),
@@ -61,14 +62,14 @@ def config_from_hf(hf: Mapping[str, Any], *, where: str = "config.json") -> Mode
                        layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
                        init_std=float(hf.get("initializer_range", 0.02)))
   except KeyError as e:
-    raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
+    raise UserError(f"{where}: missing field {e.args[0]!r}") from None
 
 
 def config_to_hf(config: ModelConfig, *, eos_token_id: int | None = None) -> dict[str, Any]:
   """A `GPT2Config` dict for our config (the fields GPT2LMHeadModel needs); `eos_token_id` is the
   tokenizer's (GPT-2's own 50256 would be wrong for a sentencepiece vocabulary)."""
   if config.scalar_head or config.n_preferences:
-    raise ValueError("only a plain language model exports to GPT-2 (no scalar head, no preference embedding)")
+    raise UserError("only a plain language model exports to GPT-2 (no scalar head, no preference embedding)")
   return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": config.vocab_size,
           "n_positions": config.max_len, "n_embd": config.d_model, "n_layer": config.n_layers,
           "n_head": config.n_heads, "n_inner": config.mlp_ratio * config.d_model,
@@ -102,16 +103,16 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: ModelConfig, *, wh
   missing = sorted(set(expected) - set(names))
   unexpected = sorted(set(names) - set(expected))
   if missing or unexpected:
-    raise ValueError(f"{where}: tensors do not match the config ({config.n_layers} layers): "
+    raise UserError(f"{where}: tensors do not match the config ({config.n_layers} layers): "
                      f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                      f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
   for name, shape in expected.items():
     if tuple(names[name].shape) != shape:
-      raise ValueError(f"{where}: {name} has shape {tuple(names[name].shape)}, expected {shape}")
+      raise UserError(f"{where}: {name} has shape {tuple(names[name].shape)}, expected {shape}")
   if "lm_head.weight" in {n.removeprefix("transformer.") for n in tensors}:
     head = next(v for n, v in tensors.items() if n.removeprefix("transformer.") == "lm_head.weight")
     if not np.array_equal(head, names["wte.weight"]):
-      raise ValueError(f"{where}: lm_head.weight differs from wte.weight; only tied output embeddings are supported")
+      raise UserError(f"{where}: lm_head.weight differs from wte.weight; only tied output embeddings are supported")
 
   params: dict = {}
 
@@ -154,7 +155,7 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict]:
   try:
     hf = json.loads((directory / "config.json").read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f"{directory / 'config.json'}: not valid JSON ({e})") from None
+    raise UserError(f"{directory / 'config.json'}: not valid JSON ({e})") from None
   config = config_from_hf(hf, where=str(directory / "config.json"))
   tensors = safetensors.numpy.load_file(str(directory / "model.safetensors"))
   return config, params_from_hf(tensors, config, where=str(directory / "model.safetensors"))
