@@ -49,6 +49,17 @@ def _files(step_dir: Path) -> list[Path]:
   return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
+def _unreadable_json(step_dir: Path) -> list[Path]:
+  """The JSON files of a step (the data iterator's position, metadata) that do not parse."""
+  bad = []
+  for path in sorted(step_dir.rglob("*.json")):
+    try:
+      json.loads(path.read_text())
+    except (ValueError, OSError):
+      bad.append(path)
+  return bad
+
+
 def write_manifest(step_dir: Path) -> None:
   """Sizes and CRC-32s of every file of a finished step, written atomically (temp file + rename)."""
   entries = {str(p.relative_to(step_dir)): {"size": p.stat().st_size, "crc32": _crc32(p)} for p in _files(step_dir)}
@@ -154,7 +165,10 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # TensorStore, JSON, shape errors: which step is broken is what matters
       first_line = (str(e).strip().splitlines() or [""])[0][:300]
-      raise CheckpointError(step, self.directory, f"restoring it failed ({type(e).__name__}: {first_line})") from e
+      unreadable = [str(f.relative_to(self.directory)) for f in _unreadable_json(self.directory / str(step))]
+      where = f"; unreadable: {', '.join(unreadable)}" if unreadable else ""
+      raise CheckpointError(step, self.directory,
+                            f"restoring it failed ({type(e).__name__}: {first_line}){where}") from e
     state = restored["state"]
     if not _all_finite(state):
       raise CheckpointError(step, self.directory, "its state holds non-finite values")

@@ -135,7 +135,8 @@ def test_a_checkpoint_that_cannot_be_restored_is_an_error_naming_its_step(tmp_pa
   step_dir = tmp_path / "checkpoints" / "3"
   (step_dir / "manifest.json").unlink()  # as if saved before manifests, or stopped before writing one
   next(step_dir.glob("data/*.json")).write_text("")  # an emptied data-iterator file
-  with pytest.raises(CheckpointError, match=r"step 3 .*no intact step.*restoring it failed \(JSONDecodeError"):
+  with pytest.raises(CheckpointError, match=r"step 3 .*no intact step.*restoring it failed \(JSONDecodeError.*"
+                                            r"unreadable: 3/data/process_0-of-1.json"):
     run(tmp_path, 6)
 
 
