@@ -102,10 +102,10 @@ def _row(name: str, value, i: int, n: int):
   return array[i]
 
 
-def _read_records(path: Path) -> tuple[list[str], list[dict]]:
-  """The lines and records of a metrics file. A last line cut short (no newline: the process died
-  mid-write, e.g. at a power loss) is dropped with a warning; any other line that is not a JSON
-  record with a step is an error naming the file and line."""
+def _read_records(path: Path) -> tuple[list[str], list[dict], bool]:
+  """The lines and records of a metrics file, and whether it ends on a whole line. A last line cut
+  short (no newline: the process died mid-write, e.g. at a power loss) is dropped with a warning;
+  any other line that is not a JSON record with a step is an error naming the file and line."""
   text = path.read_text()
   lines = text.splitlines()
   lines_out, records = [], []
@@ -123,14 +123,14 @@ def _read_records(path: Path) -> tuple[list[str], list[dict]]:
       raise ValueError(f"{path}:{number}: not a metrics record ({e})") from None
     lines_out.append(line)
     records.append(record)
-  return lines_out, records
+  return lines_out, records, not text or text.endswith("\n")
 
 
 def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict]:
   path = Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  _, records = _read_records(path)
+  _, records, _ = _read_records(path)
   return [r for r in records if split is None or r.get("split") == split]
 
 
@@ -144,10 +144,10 @@ def truncate_metrics(workdir: str | Path, last_step: int, *, drop_eval_at: int |
   path = Path(workdir) / METRICS_FILE
   if not path.exists():
     return
-  lines, records = _read_records(path)
+  lines, records, whole = _read_records(path)
   keep = [line for line, r in zip(lines, records)
           if r["step"] <= last_step and not (r["step"] == drop_eval_at and r.get("split") == "eval")]
-  if len(keep) != len(lines) or not path.read_text().endswith("\n"):
+  if len(keep) != len(lines) or not whole:
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)

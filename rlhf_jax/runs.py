@@ -57,22 +57,12 @@ def check_resumable(workdir: Path, config) -> None:
         + "; ".join(diffs) + "): rerun with the same settings to resume, or choose a new --workdir")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def check_paths(config) -> None:
   """Settings that name something on disk name something that is there, checked before a run
   writes anything: an `init_from` workdir (an LM or reward-model run, with its config.json), a
   reward model `rm:DIR`, a feedback store `store:PATH`, a corpus or prompt file (`file:PATH`, also
   inside a "+"-joined corpus spec, and a task's `path`). Raises ConfigError naming the key."""
-  for key, value in _flat(config_lib.to_dict(config)).items():
+  for key, value in config_lib.flatten(config_lib.to_dict(config)).items():
     if not isinstance(value, str) or not value:
       continue
     name = key.rsplit(".", 1)[-1]
