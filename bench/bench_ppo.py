@@ -26,14 +26,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from hardware import SHAPES  # bench/hardware.py (this script's folder)
 
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax import sharding
 from rlhf_jax.models.transformer import ModelConfig, Transformer, init_params
 from rlhf_jax.steps import common, ppo
 from rlhf_jax.steps import reward as reward_step
-
-from hardware import SHAPES  # bench/hardware.py (this script's folder)
 
 
 def main() -> None:
@@ -63,8 +62,8 @@ def main() -> None:
   ppo_config = ppo.PPOConfig(epochs=args.epochs, minibatches=args.minibatches, penalize_no_eos=False)
   optim = common.OptimConfig(learning_rate=1e-5, warmup_steps=0, weight_decay=0.0)
   tx = common.make_optimizer(optim)
-  init, state_shardings = common.jit_sharded(functools.partial(ppo.init_state, tx=tx, kl_coef=ppo_config.kl_coef),
-                                             mesh, "replicated", policy_params, value_params)
+  init, state_shardings = common.sharded_init(functools.partial(ppo.init_state, tx=tx, kl_coef=ppo_config.kl_coef),
+                                              mesh, "replicated", policy_params, value_params)
   state = init(policy_params, value_params)
   roll = jax.jit(functools.partial(rollout_lib.rollout, policy_model=policy_model, value_model=value_model,
                                    max_new_tokens=args.new_tokens, eos_id=-1, pad_id=0))

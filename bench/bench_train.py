@@ -10,16 +10,16 @@ it only indexes a token array). Prints numbers; it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
 import numpy as np
+from hardware import PEAK_FLOPS, SHAPES, lookup  # bench/hardware.py (this script's folder)
 
 from rlhf_jax import sharding
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, lm
-
-from hardware import PEAK_FLOPS, SHAPES, lookup  # bench/hardware.py (this script's folder)
 
 
 def main() -> None:
@@ -44,7 +44,9 @@ def main() -> None:
   model = Transformer(config)
   optim = common.OptimConfig(warmup_steps=1)
   tx = common.make_optimizer(optim)
-  state = common.jit_init(mesh, jax.random.key(0), model=model, tx=tx)()
+  init, _ = common.sharded_init(functools.partial(common.init_state, model=model, tx=tx), mesh, "replicated",
+                                jax.random.key(0))
+  state = init(jax.random.key(0))
   step = lm.jit_train_step(mesh, model=model, tx=tx, optim=optim, total_steps=1000,
                            num_microbatches=args.microbatches)
   rng = np.random.default_rng(0)

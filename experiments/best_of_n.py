@@ -25,8 +25,7 @@ import functools
 import json
 from pathlib import Path
 
-from rlhf_jax import logs, rl, runs, sharding
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import files, logs, rl, runs
 from rlhf_jax.loop import LoopConfig
 from rlhf_jax.steps import common, rsft
 
@@ -52,18 +51,17 @@ def get_config(smoke: bool = False) -> Config:
 
 
 def main(config: Config, workdir: Path) -> dict:
-  workdir, mesh = Path(workdir), sharding.make_mesh(config.mesh)
-  policy = rl.start_policy(config.policy, workdir, mesh, pretrain=functools.partial(
+  workdir = Path(workdir)
+  mesh, policy, task = rl.start_sentiment(config, workdir, pretrain=functools.partial(
       runs.run_experiment, PRETRAIN, smoke=config.policy.pretrain_smoke))
-  task = rl.sentiment_task(config.task, tokenizer=policy.tokenizer, mesh=mesh, seed=config.seed)
   table = rl.evaluate_best_of_n(config, config.bon, task, policy, workdir, mesh, temperature=config.rsft.temperature)
   result = {"reward": config.task.reward, "gold": config.task.gold, "best_of_n": table}
   if config.fine_tune:
     rl.train(config, task, policy, workdir / "rsft", mesh)
     result["rsft"] = logs.read_metrics(workdir / "rsft", "eval")[-1]
-  atomic_write_bytes(workdir / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+  files.atomic_write_bytes(workdir / "results.json", (json.dumps(result, indent=2) + "\n").encode())
   rows = [(f"best-of-{r['n']}", r) for r in table] + [(f"RSFT, best of {config.rsft.n}", result.get("rsft"))]
-  atomic_write_bytes(workdir / "results.md", ("| method | gold | proxy | KL |\n|---|---|---|---|\n" + "".join(
+  files.atomic_write_bytes(workdir / "results.md", ("| method | gold | proxy | KL |\n|---|---|---|---|\n" + "".join(
       f"| {name} | {r.get('gold_score', float('nan')):.3f} | {r['proxy_score']:.3f} | {r['kl']:.2f} |\n"
       for name, r in rows if r) + "\nKL: best-of-n's bound log n - (n-1)/n; RSFT's measured on fresh samples.\n").encode())
   return result

@@ -31,12 +31,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlhf_jax import pretrained, sharding
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import files, sharding
 from rlhf_jax.data import fine_foods, rows
-from rlhf_jax.eval import reward as reward_eval
+from rlhf_jax.eval import reward_metrics
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import ModelConfig
+from rlhf_jax.rewards import reward_model
 from rlhf_jax.steps import common, reward
 
 
@@ -100,62 +100,64 @@ def select_for_review(logits_N: np.ndarray, candidates_N: np.ndarray, n: int, ho
 
 def main(config: Config, workdir: Path):
   workdir = Path(workdir)
-  cc = config.classify
+  classify = config.classify
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_divisible(cc.batch_size, mesh, "classify.batch_size")
-  sharding.check_batch_divisible(cc.eval_batch_size, mesh, "classify.eval_batch_size")
+  sharding.check_batch_divisible(classify.batch_size, mesh, "classify.batch_size")
+  sharding.check_batch_divisible(classify.eval_batch_size, mesh, "classify.eval_batch_size")
   pool, test = fine_foods.load("train"), fine_foods.load("test")
-  if cc.initial_labels < cc.batch_size:
-    raise ValueError(f"classify.initial_labels={cc.initial_labels} is below one batch (classify.batch_size="
-                     f"{cc.batch_size})")
+  if classify.initial_labels < classify.batch_size:
+    raise ValueError(f"classify.initial_labels={classify.initial_labels} is below one batch (classify.batch_size="
+                     f"{classify.batch_size})")
 
   key = jax.random.key(config.seed)
   tx = common.make_optimizer(config.optim)
-  start = pretrained.start_scalar_model(workdir, init_from=cc.init_from, fallback=config.model,
-                                        texts=[r.text for r in pool], mesh=mesh, tx=tx, key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
+  start = reward_model.start_scalar_model(workdir, init_from=classify.init_from, fallback=config.model,
+                                          texts=[r.text for r in pool], mesh=mesh, tx=tx,
+                                          key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
   model, tok = start.model, start.tokenizer
-  if cc.seq_len > model.config.max_len:
-    raise ValueError(f"classify.seq_len={cc.seq_len} exceeds the model's max_len={model.config.max_len}")
-  pool_tokens, pool_mask = rows.pad_rows(tok.encode_batch([r.text for r in pool]), cc.seq_len, tok.pad_id)
+  if classify.seq_len > model.config.max_len:
+    raise ValueError(f"classify.seq_len={classify.seq_len} exceeds the model's max_len={model.config.max_len}")
+  pool_tokens, pool_mask = rows.pad_rows(tok.encode_batch([r.text for r in pool]), classify.seq_len, tok.pad_id)
   pool_labels = np.array([r.great for r in pool], np.int32)
-  test_tokens, test_mask = rows.pad_rows(tok.encode_batch([r.text for r in test]), cc.seq_len, tok.pad_id)
+  test_tokens, test_mask = rows.pad_rows(tok.encode_batch([r.text for r in test]), classify.seq_len, tok.pad_id)
   test_labels = np.array([r.great for r in test], np.int32)
   score_fn = jax.jit(functools.partial(reward.rewards, model=model))
   step_fn = common.jit_step(functools.partial(
       reward.train_step, model=model, tx=tx, kind="rating", warmup_steps=config.optim.warmup_steps,
-      total_steps=cc.steps_per_round, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
+      total_steps=classify.steps_per_round, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
 
   rng = np.random.default_rng(config.seed)
   labeled = np.zeros(len(pool), bool)
-  labeled[rng.permutation(len(pool))[:cc.initial_labels]] = True
-  loop = dataclasses.replace(config.loop, steps=cc.steps_per_round)
+  labeled[rng.permutation(len(pool))[:classify.initial_labels]] = True
+  loop = dataclasses.replace(config.loop, steps=classify.steps_per_round)
   stop = threading.Event()
   state, results = None, []
-  for round_ in range(cc.rounds + 1):
+  for round_ in range(classify.rounds + 1):
     round_dir = workdir / f"round_{round_}"
     round_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
       init_fn = start.init_fn
     else:  # fine-tune again from the last round's weights, with a fresh optimizer and schedule
-      init_fn = jax.jit(functools.partial(pretrained.restart_state, tx=tx), out_shardings=start.state_shardings)
+      init_fn = jax.jit(functools.partial(common.restart_state, tx=tx), out_shardings=start.state_shardings)
       init_fn = functools.partial(init_fn, state.params)
     index = np.flatnonzero(labeled)
     dataset = rows.rows_dataset({"tokens": pool_tokens[index], "mask": pool_mask[index], "label": pool_labels[index]},
-                                cc.batch_size, seed=config.seed + round_)
+                                classify.batch_size, seed=config.seed + round_)
     state = train_loop(workdir=round_dir, loop=loop, config=dataclasses.asdict(config), init_fn=init_fn,
                        state_shardings=start.state_shardings, step_fn=step_fn, data_iterator=iter(dataset),
                        hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1 + round_), mesh=mesh,
-                       tokens_per_step=cc.batch_size * cc.seq_len, stop=stop)
+                       tokens_per_step=classify.batch_size * classify.seq_len, stop=stop)
     if stop.is_set():
       return state
 
-    test_logits = reward_eval.score_all(score_fn, state.params, test_tokens, test_mask, cc.eval_batch_size, mesh)
+    test_logits = reward_metrics.score_all(score_fn, state.params, test_tokens, test_mask, classify.eval_batch_size,
+                                           mesh)
     result = {"round": round_, "labeled": int(labeled.sum()),
               "test_accuracy": float(np.mean((test_logits > 0) == test_labels)),
-              "test_auc": reward_eval.roc_auc(test_logits, test_labels)}
-    if round_ < cc.rounds:
+              "test_auc": reward_metrics.roc_auc(test_logits, test_labels)}
+    if round_ < classify.rounds:
       corrections = _corrections(round_dir / "corrections.jsonl", state.params, score_fn, pool, pool_tokens,
-                                 pool_mask, labeled, cc, mesh, rng)
+                                 pool_mask, labeled, classify, mesh, rng)
       for c in corrections:
         labeled[c["index"]] = True
       shown = len(corrections)
@@ -167,11 +169,11 @@ def main(config: Config, workdir: Path):
                f"AUC {result['test_auc']:.3f}"
                + (f"; labeler corrected {result['mistakes_found']} of {result['shown']} shown predictions"
                   if "shown" in result else ""))
-  atomic_write_bytes(workdir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in results).encode())
+  files.atomic_write_bytes(workdir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in results).encode())
   return state
 
 
-def _corrections(path: Path, params, score_fn, pool, pool_tokens, pool_mask, labeled, cc: ClassifyConfig, mesh,
+def _corrections(path: Path, params, score_fn, pool, pool_tokens, pool_mask, labeled, classify: ClassifyConfig, mesh,
                  rng: np.random.Generator) -> list[dict]:
   """The reviews shown to the labeler after a round, with the model's prediction and the true label.
 
@@ -182,10 +184,10 @@ def _corrections(path: Path, params, score_fn, pool, pool_tokens, pool_mask, lab
   draw = np.random.default_rng(rng.integers(2**63))
   if path.exists():
     return [json.loads(line) for line in path.read_text().splitlines()]
-  logits = reward_eval.score_all(score_fn, params, pool_tokens, pool_mask, cc.eval_batch_size, mesh)
-  chosen = select_for_review(logits, ~labeled, cc.reviews_per_round, cc.select, draw)
+  logits = reward_metrics.score_all(score_fn, params, pool_tokens, pool_mask, classify.eval_batch_size, mesh)
+  chosen = select_for_review(logits, ~labeled, classify.reviews_per_round, classify.select, draw)
   # The labeler (simulated from the real human rating) sees the prediction and gives the label.
   records = [{"index": int(i), "text": pool[i].text, "prediction": int(logits[i] > 0), "logit": float(logits[i]),
               "label": int(pool[i].great)} for i in chosen]
-  atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+  files.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
   return records

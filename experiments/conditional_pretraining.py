@@ -39,14 +39,12 @@ import numpy as np
 from tqdm import tqdm
 
 from rlhf_jax import config as config_lib
-from rlhf_jax import logs, pretrained, sampling, sharding
-from rlhf_jax.data import conditional
-from rlhf_jax.data import lm as lm_data
-from rlhf_jax.data.corpora import atomic_write_bytes
-from rlhf_jax.eval import lm as lm_eval
-from rlhf_jax.feedback import labelers
+from rlhf_jax import files, logs, sampling, sharding, trained
+from rlhf_jax.data import conditional, lm_pipeline
+from rlhf_jax.eval import perplexity
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.rewards import scorers
 from rlhf_jax.steps import common, lm
 
 CONDITIONINGS = {"good": conditional.GOOD, "none": conditional.NONE, "bad": conditional.BAD}
@@ -85,7 +83,7 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
-  data: lm_data.LMDataConfig = lm_data.LMDataConfig()
+  data: lm_pipeline.LMDataConfig = lm_pipeline.LMDataConfig()
   model: ModelConfig = ModelConfig()
   optim: common.OptimConfig = common.OptimConfig()
   loop: LoopConfig = LoopConfig()
@@ -106,7 +104,7 @@ class Config:
 def get_config(smoke: bool = False) -> Config:
   vocab = 2048  # pretrain_tiny's model and data at 400 steps per mode
   config = Config(
-      data=lm_data.LMDataConfig(corpus="brown", vocab_size=vocab, seq_len=128, batch_size=32),
+      data=lm_pipeline.LMDataConfig(corpus="brown", vocab_size=vocab, seq_len=128, batch_size=32),
       model=ModelConfig(vocab_size=vocab, max_len=128, d_model=128, n_layers=4, n_heads=4),
       optim=common.OptimConfig(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1),
       loop=LoopConfig(steps=400, log_every=20, eval_every=200, checkpoint_every=200),
@@ -142,45 +140,47 @@ def score_segments(docs, scorer, tokenizer, threshold: float, unconditioned_frac
 
 def main(config: Config, workdir: Path) -> dict:
   workdir = Path(workdir)
-  cc, ec = config.condition, config.eval
-  tokenizer = lm_data.prepare_tokenizer(config.data, workdir / "tokenizer.model",
-                                        user_defined_symbols=conditional.CONTROL_TOKENS)
+  condition, evaluation = config.condition, config.eval
+  tokenizer = lm_pipeline.prepare_tokenizer(config.data, workdir / "tokenizer.model",
+                                            user_defined_symbols=conditional.CONTROL_TOKENS)
   control_ids = tuple(tokenizer.piece_to_id(p) for p in conditional.CONTROL_TOKENS)
-  scorer = labelers.get_scorer(cc.scorer)
-  train_docs, val_docs = lm_data.split_corpus(config.data.corpus, config.data.val_fraction)
-  train_docs, val_docs = train_docs[:cc.max_documents or None], val_docs[:cc.max_val_documents or None]
-  train_ids, train_scores, train_tags = score_segments(train_docs, scorer, tokenizer, cc.threshold,
-                                                       cc.unconditioned_fraction, config.seed)
+  scorer = scorers.get_scorer(condition.scorer)
+  train_docs, val_docs = lm_pipeline.split_corpus(config.data.corpus, config.data.val_fraction)
+  train_docs, val_docs = train_docs[:condition.max_documents or None], val_docs[:condition.max_val_documents or None]
+  train_ids, train_scores, train_tags = score_segments(train_docs, scorer, tokenizer, condition.threshold,
+                                                       condition.unconditioned_fraction, config.seed)
   # Validation keeps every tag: "perplexity given the labeler's tags" conditions every sentence.
-  val_ids, _, val_tags = score_segments(val_docs, scorer, tokenizer, cc.threshold, 0.0, config.seed)
-  bad_fraction = float(np.mean(np.concatenate(train_scores) < cc.threshold))
-  print(f"{sum(map(len, train_ids)):,} training sentences, {bad_fraction:.1%} scored < {cc.threshold} by "
-        f"{cc.scorer}", flush=True)
+  val_ids, _, val_tags = score_segments(val_docs, scorer, tokenizer, condition.threshold, 0.0, config.seed)
+  bad_fraction = float(np.mean(np.concatenate(train_scores) < condition.threshold))
+  print(f"{sum(map(len, train_ids)):,} training sentences, {bad_fraction:.1%} scored < {condition.threshold} by "
+        f"{condition.scorer}", flush=True)
 
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
   sharding.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-  sharding.check_batch_divisible(ec.batch_size, mesh, "eval.batch_size")
+  sharding.check_batch_divisible(evaluation.batch_size, mesh, "eval.batch_size")
   stream = functools.partial(conditional.build_stream, control_ids=control_ids, eos_id=tokenizer.eos_id)
   val_plain = stream(val_ids, val_tags, mode="plain")
-  eval_batches = functools.partial(lm_data.eval_batches, seq_len=config.data.seq_len,
+  eval_batches = functools.partial(lm_pipeline.eval_batches, seq_len=config.data.seq_len,
                                    batch_size=config.data.eval_batch_size, pad_id=tokenizer.pad_id)
   plain_batches = eval_batches(val_plain.tokens_N)
   key = jax.random.key(config.seed)
-  results = {"scorer": cc.scorer, "threshold": cc.threshold, "bad_fraction_train": bad_fraction, "modes": {}}
+  results = {"scorer": condition.scorer, "threshold": condition.threshold, "bad_fraction_train": bad_fraction,
+             "modes": {}}
   # Modes with the same model and loss (plain, filter, token) share their compiled programs.
   programs, generators = {}, {}
-  for method in cc.modes:
+  for method in condition.modes:
     mode = "embedding" if method == "contrastive" else method
     train = stream(train_ids, train_tags, mode=mode)
     model_config = dataclasses.replace(config.model, n_preferences=conditional.N_PREFERENCES if mode == "embedding"
                                        else 0)
     model = Transformer(model_config)
-    contrastive_weight = cc.contrastive_weight if method == "contrastive" else 0.0
+    contrastive_weight = condition.contrastive_weight if method == "contrastive" else 0.0
     if (model_config, contrastive_weight) not in programs:
       tx = common.make_optimizer(config.optim)
-      init_fn, state_shardings = common.sharded_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx,
-                                                     rules=config.mesh.rules)
+      init, state_shardings = common.sharded_init(functools.partial(common.init_state, model=model, tx=tx), mesh,
+                                                  config.mesh.rules, jax.random.fold_in(key, 0))
+      init_fn = functools.partial(init, jax.random.fold_in(key, 0))
       programs[model_config, contrastive_weight] = (init_fn, state_shardings, lm.jit_eval_step(
           mesh, model=model, param_shardings=state_shardings.params), lm.jit_train_step(
               mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
@@ -198,15 +198,15 @@ def main(config: Config, workdir: Path) -> dict:
 
     evaluate = functools.partial(perplexities, eval_step=eval_step, plain_batches=plain_batches, tagged=tagged,
                                  mesh=mesh)
-    dataset = lm_data.lm_dataset(train.tokens_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
-                                 seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
-                                 preference_N=train.preference_N if mode == "embedding" else None)
-    # Each method's directory is a loadable model run (`pretrained.load`, `rlhf-jax export`) whose
+    dataset = lm_pipeline.lm_dataset(train.tokens_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
+                                     seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                     preference_N=train.preference_N if mode == "embedding" else None)
+    # Each method's directory is a loadable model run (`trained.load`, `rlhf-jax export`) whose
     # config names its method alone, so `rlhf-jax report` tells the methods apart.
     (workdir / method).mkdir(parents=True, exist_ok=True)
-    config_lib.save(dataclasses.replace(config, condition=dataclasses.replace(cc, modes=(method,))),
+    config_lib.save(dataclasses.replace(config, condition=dataclasses.replace(condition, modes=(method,))),
                     workdir / method / "config.json")
-    pretrained.save_model_config(workdir / method, model_config)
+    trained.save_model_config(workdir / method, model_config)
     shutil.copyfile(workdir / "tokenizer.model", workdir / method / "tokenizer.model")
     tqdm.write(f"[{method}] {train.tokens_N.size:,} training tokens ({int(train.control_N.sum()):,} control tokens)")
     state = train_loop(
@@ -220,10 +220,10 @@ def main(config: Config, workdir: Path) -> dict:
     for name, pref in CONDITIONINGS.items():
       if name != "none" and method not in CONDITIONED:
         continue
-      texts = sample(state.params, model, tokenizer, mode, pref, control_ids, ec,
+      texts = sample(state.params, model, tokenizer, mode, pref, control_ids, evaluation,
                      jax.random.fold_in(jax.random.fold_in(key, 2), pref), mesh, generators)
       scores = np.asarray(scorer.score(texts), np.float64)
-      out[f"undesirable_{name}"] = float(np.mean(scores < cc.threshold))
+      out[f"undesirable_{name}"] = float(np.mean(scores < condition.threshold))
       out[f"score_{name}"] = float(np.mean(scores))
       with open(workdir / method / f"samples_{name}.jsonl", "w") as f:
         f.writelines(json.dumps({"text": t, "score": float(s)}) + "\n" for t, s in zip(texts, scores))
@@ -233,8 +233,8 @@ def main(config: Config, workdir: Path) -> dict:
     writer.write(config.loop.steps, out, split="eval")
     writer.close()
     tqdm.write(f"[{method}] " + ", ".join(f"{k} {v:.3f}" for k, v in out.items() if isinstance(v, float)))
-  atomic_write_bytes(workdir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
-  atomic_write_bytes(workdir / "results.md", results_table(results).encode())
+  files.atomic_write_bytes(workdir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+  files.atomic_write_bytes(workdir / "results.md", results_table(results).encode())
   print(results_table(results), flush=True)
   return results
 
@@ -242,37 +242,37 @@ def main(config: Config, workdir: Path) -> dict:
 def perplexities(state, *, eval_step, plain_batches, tagged: dict, mesh) -> dict[str, float]:
   """Validation perplexity without conditioning, and `perplexity_<name>` for each of `tagged`'s
   batch lists (the labeler's tags, the flipped tags)."""
-  metrics = {"perplexity": lm_eval.perplexity(eval_step, state.params, plain_batches, mesh)["perplexity"]}
+  metrics = {"perplexity": perplexity.perplexity(eval_step, state.params, plain_batches, mesh)["perplexity"]}
   for name, batches in tagged.items():
-    metrics[f"perplexity_{name}"] = lm_eval.perplexity(eval_step, state.params, batches, mesh)["perplexity"]
+    metrics[f"perplexity_{name}"] = perplexity.perplexity(eval_step, state.params, batches, mesh)["perplexity"]
   return metrics
 
 
 def sample(params, model: Transformer, tokenizer, mode: str, pref: int, control_ids: tuple[int, int],
-           ec: EvalConfig, key: jax.Array, mesh, generators: dict) -> list[str]:
-  """`ec.samples` continuations of a document start under conditioning `pref`, as text without
+           evaluation: EvalConfig, key: jax.Array, mesh, generators: dict) -> list[str]:
+  """`evaluation.samples` continuations of a document start under conditioning `pref`, as text without
   control tokens. Token mode puts the control token after the EOS and suppresses the opposite one.
   `generators` keeps the jitted samplers (one compile per model and suppressed token)."""
   prompt = [tokenizer.eos_id] + ([control_ids[pref - 1]] if mode == "token" and pref else [])
   suppress = (control_ids[2 - pref],) if mode == "token" and pref else ()
   if (model.config, suppress) not in generators:
     generators[model.config, suppress] = jax.jit(functools.partial(
-        sampling.generate, model=model, max_new_tokens=ec.max_new_tokens, temperature=ec.temperature,
+        sampling.generate, model=model, max_new_tokens=evaluation.max_new_tokens, temperature=evaluation.temperature,
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, suppress_ids=suppress))
   generate = generators[model.config, suppress]
-  prompt_BxP = np.tile(np.asarray(prompt, np.int32), (ec.batch_size, 1))
+  prompt_BxP = np.tile(np.asarray(prompt, np.int32), (evaluation.batch_size, 1))
   batch = {"prompt": prompt_BxP, "mask": np.ones_like(prompt_BxP)}
   if mode == "embedding":
-    batch["preference"] = np.full([ec.batch_size], pref, np.int32)
+    batch["preference"] = np.full([evaluation.batch_size], pref, np.int32)
   batch = sharding.put_batch(batch, mesh)
   texts = []
-  for b in range(-(-ec.samples // ec.batch_size)):
+  for b in range(-(-evaluation.samples // evaluation.batch_size)):
     out = jax.device_get(generate(params, batch["prompt"], batch["mask"], jax.random.fold_in(key, b),
                                   preference_B=batch.get("preference")))
     for row, mask in zip(out.tokens_BxN, out.mask_BxN):
       ids = [int(t) for t, m in zip(row, mask) if m and t != tokenizer.eos_id]
       texts.append(conditional.strip_control(tokenizer.decode(ids)))
-  return texts[:ec.samples]
+  return texts[:evaluation.samples]
 
 
 def results_table(results: dict) -> str:

@@ -14,7 +14,7 @@ its labels, and optimizing a proxy is judged by the gold.
    in `rm_sizes` (d_model; n_layers = d_model / 32; a size that is not the LM's pretrains its own);
 3. against every proxy and seed: best-of-n (`best_of_n`, n up to `bon_max`, KL = log n - (n-1)/n)
    and PPO (`sentiment_ppo`, fixed beta `ppo_kl_coef`), the gold judging the held-out prompts;
-4. fits (`eval.overoptimization`), per proxy over the seeds: the gold reward gained over the
+4. fits (`eval.overoptimization_fits`), per proxy over the seeds: the gold reward gained over the
    initial policy against d = sqrt(KL), R_bon(d) = d (alpha - beta d) for best-of-n and
    R_RL(d) = d (alpha - beta log d) for PPO's evaluations along training.
 
@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 
 from rlhf_jax import runs, sweep
-from rlhf_jax.eval import overoptimization
+from rlhf_jax.eval import overoptimization_fits
 
 HERE = Path(__file__).parent
 
@@ -111,8 +111,8 @@ def main(config: Config, workdir: Path) -> dict:
     return {"interrupted": interrupted}  # `rlhf-jax run` exits 128 + signal; rerun to resume
   entries = {}
   for name, seeds in proxies.items():  # each proxy's runs, and the runs against them of each method
-    entries[name] = overoptimization.proxy_entry([workdir / "proxy" / r.name for r in seeds], {
-        m: [workdir / m / r.name for r in seeds] for m in overoptimization.FORMS})
-  result, text = overoptimization.write_report(entries, workdir)
+    entries[name] = overoptimization_fits.proxy_entry([workdir / "proxy" / r.name for r in seeds], {
+        m: [workdir / m / r.name for r in seeds] for m in overoptimization_fits.FORMS})
+  result, text = overoptimization_fits.write_report(entries, workdir)
   print(text, flush=True)
   return result

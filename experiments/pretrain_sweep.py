@@ -27,10 +27,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rlhf_jax import pretrained, runs, sharding, sweep, vmapped
 from rlhf_jax import config as config_lib
+from rlhf_jax import runs, sharding, sweep, trained, vmapped
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.data import lm as lm_data
+from rlhf_jax.data import lm_pipeline
 from rlhf_jax.loop import train_loop
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common, lm
@@ -82,9 +82,9 @@ def run_configs(config: Config) -> dict[str, base.Config]:
 def main(config: Config, workdir: Path):
   workdir = Path(workdir)
   runs = run_configs(config)
-  tokenizer = lm_data.prepare_tokenizer(config.data, workdir / "tokenizer.model")
-  tokens = lm_data.prepare_lm_tokens(config.data.corpus, tokenizer, val_fraction=config.data.val_fraction,
-                                     num_threads=config.data.tokenizer_threads)
+  tokenizer = lm_pipeline.prepare_tokenizer(config.data, workdir / "tokenizer.model")
+  tokens = lm_pipeline.prepare_lm_tokens(config.data.corpus, tokenizer, val_fraction=config.data.val_fraction,
+                                         num_threads=config.data.tokenizer_threads)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
   sharding.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
@@ -96,7 +96,7 @@ def main(config: Config, workdir: Path):
   for run_dir, run_config in zip(run_dirs, runs.values()):
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(run_config, run_dir / "config.json")
-    pretrained.save_model_config(run_dir, config.model)
+    trained.save_model_config(run_dir, config.model)
     shutil.copyfile(workdir / "tokenizer.model", run_dir / "tokenizer.model")
   # Run i's keys are those pretrain_tiny derives from run i's seed.
   seed_keys = [jax.random.key(c.seed) for c in runs.values()]
@@ -106,12 +106,12 @@ def main(config: Config, workdir: Path):
   step_fn = common.jit_step(vmapped.vmap_step(functools.partial(
       lm.train_step, model=model, tx=tx, warmup_steps=config.optim.warmup_steps, total_steps=config.loop.steps,
       min_lr_ratio=config.optim.min_lr_ratio, num_microbatches=config.microbatches)), mesh)
-  dataset = lm_data.lm_dataset(tokens.train_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
-                               seed=config.vmap.data_seed, shard_index=jax.process_index(),
-                               shard_count=jax.process_count())
+  dataset = lm_pipeline.lm_dataset(tokens.train_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
+                                   seed=config.vmap.data_seed, shard_index=jax.process_index(),
+                                   shard_count=jax.process_count())
   eval_step = jax.jit(jax.vmap(functools.partial(lm.eval_step, model=model), in_axes=(0, None)))
-  val_batches = lm_data.eval_batches(tokens.validation_M, config.data.seq_len, config.data.eval_batch_size,
-                                     pad_id=tokenizer.pad_id)
+  val_batches = lm_pipeline.eval_batches(tokens.validation_M, config.data.seq_len, config.data.eval_batch_size,
+                                         pad_id=tokenizer.pad_id)
 
   def evaluate(state) -> dict[str, np.ndarray]:
     sums = [jax.device_get(eval_step(state.params, sharding.put_global_batch(b, mesh))) for b in val_batches]

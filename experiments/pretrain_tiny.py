@@ -20,9 +20,9 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
-from rlhf_jax import sampling, sharding
-from rlhf_jax.data import lm as lm_data
-from rlhf_jax.eval import lm as lm_eval
+from rlhf_jax import logs, sampling, sharding
+from rlhf_jax.data import lm_pipeline
+from rlhf_jax.eval import perplexity
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, lm
@@ -40,7 +40,7 @@ class SampleConfig:
 class Config:
   seed: int = 0
   microbatches: int = 1
-  data: lm_data.LMDataConfig = lm_data.LMDataConfig()
+  data: lm_pipeline.LMDataConfig = lm_pipeline.LMDataConfig()
   model: ModelConfig = ModelConfig()
   optim: common.OptimConfig = common.OptimConfig()
   loop: LoopConfig = LoopConfig()
@@ -60,7 +60,7 @@ def get_config(smoke: bool = False) -> Config:
   # sees more tokens (2.5M, about two passes over Brown) writes better English than a wide one.
   vocab = 2048
   config = Config(
-      data=lm_data.LMDataConfig(corpus="brown", vocab_size=vocab, seq_len=128, batch_size=32),
+      data=lm_pipeline.LMDataConfig(corpus="brown", vocab_size=vocab, seq_len=128, batch_size=32),
       model=ModelConfig(vocab_size=vocab, max_len=128, d_model=128, n_layers=4, n_heads=4),
       optim=common.OptimConfig(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1),
       loop=LoopConfig(steps=600, log_every=20, eval_every=200, checkpoint_every=200),
@@ -79,9 +79,9 @@ def get_config(smoke: bool = False) -> Config:
 
 def main(config: Config, workdir: Path):
   workdir = Path(workdir)
-  tokenizer = lm_data.prepare_tokenizer(config.data, workdir / "tokenizer.model")
-  tokens = lm_data.prepare_lm_tokens(config.data.corpus, tokenizer, val_fraction=config.data.val_fraction,
-                                     num_threads=config.data.tokenizer_threads)
+  tokenizer = lm_pipeline.prepare_tokenizer(config.data, workdir / "tokenizer.model")
+  tokens = lm_pipeline.prepare_lm_tokens(config.data.corpus, tokenizer, val_fraction=config.data.val_fraction,
+                                         num_threads=config.data.tokenizer_threads)
   print(f"tokens: train {tokens.train_N.size:,}, validation {tokens.validation_M.size:,}", flush=True)
 
   mesh = sharding.make_mesh(config.mesh)
@@ -92,17 +92,18 @@ def main(config: Config, workdir: Path):
   key = jax.random.key(config.seed)
   # Parameters and optimizer state are created on their shards (mesh.rules; replicated unless the
   # mesh has fsdp/tensor axes larger than 1).
-  init_fn, state_shardings = common.sharded_init(mesh, jax.random.fold_in(key, 0), model=model, tx=tx,
-                                                 rules=config.mesh.rules)
+  init, state_shardings = common.sharded_init(functools.partial(common.init_state, model=model, tx=tx), mesh,
+                                              config.mesh.rules, jax.random.fold_in(key, 0))
+  init_fn = functools.partial(init, jax.random.fold_in(key, 0))
   step_fn = lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
                               num_microbatches=config.microbatches, state_shardings=state_shardings)
   # Each process loads its own rows of the global batch (one process: all of them).
-  dataset = lm_data.lm_dataset(tokens.train_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
-                               seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
+  dataset = lm_pipeline.lm_dataset(tokens.train_N, config.data.seq_len, config.data.batch_size // jax.process_count(),
+                                   seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
 
   eval_step = lm.jit_eval_step(mesh, model=model, param_shardings=state_shardings.params)
-  val_batches = lm_data.eval_batches(tokens.validation_M, config.data.seq_len, config.data.eval_batch_size,
-                                     pad_id=tokenizer.pad_id)
+  val_batches = lm_pipeline.eval_batches(tokens.validation_M, config.data.seq_len, config.data.eval_batch_size,
+                                         pad_id=tokenizer.pad_id)
   generate = jax.jit(functools.partial(
       sampling.generate, model=model, max_new_tokens=config.sample.max_new_tokens,
       temperature=config.sample.temperature, top_p=config.sample.top_p,
@@ -110,12 +111,12 @@ def main(config: Config, workdir: Path):
   prompts = list(config.sample.prompts)
 
   def evaluate(state) -> dict[str, float]:
-    metrics = lm_eval.perplexity(eval_step, state.params, val_batches, mesh)
+    metrics = perplexity.perplexity(eval_step, state.params, val_batches, mesh)
     step = int(state.step)
-    completions = lm_eval.complete(generate, state.params, tokenizer, prompts,
-                                   jax.random.fold_in(jax.random.fold_in(key, 2), step))
+    completions = sampling.complete(generate, state.params, tokenizer, prompts,
+                                    jax.random.fold_in(jax.random.fold_in(key, 2), step))
     if jax.process_index() == 0:  # in a multi-host run every process has the same samples
-      lm_eval.write_samples(workdir / "samples.jsonl", step, prompts, completions)
+      logs.write_samples(workdir / "samples.jsonl", step, prompts, completions)
     tqdm.write(f"step {step}: validation loss {metrics['loss']:.3f}, perplexity {metrics['perplexity']:.1f}")
     for prompt, completion in zip(prompts, completions):
       tqdm.write(f"  {prompt!r} -> {completion!r}")

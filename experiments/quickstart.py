@@ -61,31 +61,35 @@ def get_config(smoke: bool = False) -> Config:
   return Config()
 
 
-def _checkpoint_every(steps: int) -> int:
-  return max(1, steps // 2)
+def _loop(loop, steps: int, evals: int = 1):
+  """The stage's loop config for `steps` updates, evaluated `evals` times and checkpointed twice."""
+  return dataclasses.replace(loop, steps=steps, eval_every=max(1, steps // evals), checkpoint_every=max(1, steps // 2))
 
 
-def stages(config: Config, workdir: Path) -> list[tuple[str, Path, list[str]]]:
-  """(experiment file, workdir, --set overrides) of each stage, in order."""
+def stages(config: Config, workdir: Path) -> list[tuple[str, Path, runs.Edit]]:
+  """(experiment file, workdir, edit of its config) of each stage, in order."""
   lm, rm, rl = workdir / "lm", workdir / "reward", workdir / "ppo"
-  return [
-      ("pretrain_tiny.py", lm, [f"seed={config.seed}", f"data.corpus={config.lm_corpus}",
-                                f"loop.steps={config.lm_steps}", f"loop.eval_every={config.lm_steps}",
-                                f"loop.checkpoint_every={_checkpoint_every(config.lm_steps)}"]),
-      ("reward_simulated.py", rm, [f"seed={config.seed}", f"labeler.seed={config.seed}", f"policy.init_from={lm}",
-                                   f"policy.num_prompts={config.reward_prompts}",
-                                   f"policy.samples_per_prompt={config.reward_samples_per_prompt}",
-                                   f"labeler.tie_margin={config.reward_tie_margin}",
-                                   f"optim.learning_rate={config.reward_learning_rate}",
-                                   f"loop.steps={config.reward_steps}", f"loop.eval_every={config.reward_steps}",
-                                   f"loop.checkpoint_every={_checkpoint_every(config.reward_steps)}"]),
-      ("sentiment_ppo.py", rl, [f"seed={config.seed}", f"policy.init_from={lm}", f"task.reward=rm:{rm}",
-                                "task.reward_with_prompt=true", "task.gold=vader", f"rl.batch_size={config.ppo_batch_size}",
-                                f"ppo.kl_coef={config.ppo_kl_coef}", f"optim.learning_rate={config.ppo_learning_rate}",
-                                f"loop.steps={config.ppo_steps}",
-                                f"loop.eval_every={max(1, config.ppo_steps // 4)}",
-                                f"loop.checkpoint_every={_checkpoint_every(config.ppo_steps)}"]),
-  ]
+  replace = dataclasses.replace
+
+  def pretrain(c):
+    return replace(c, seed=config.seed, data=replace(c.data, corpus=config.lm_corpus),
+                   loop=_loop(c.loop, config.lm_steps))
+
+  def reward(c):
+    return replace(c, seed=config.seed, optim=replace(c.optim, learning_rate=config.reward_learning_rate),
+                   policy=replace(c.policy, init_from=str(lm), num_prompts=config.reward_prompts,
+                                  samples_per_prompt=config.reward_samples_per_prompt),
+                   labeler=replace(c.labeler, seed=config.seed, tie_margin=config.reward_tie_margin),
+                   loop=_loop(c.loop, config.reward_steps))
+
+  def ppo(c):
+    return replace(c, seed=config.seed, policy=replace(c.policy, init_from=str(lm)),
+                   task=replace(c.task, reward=f"rm:{rm}", reward_with_prompt=True, gold="vader"),
+                   rl=replace(c.rl, batch_size=config.ppo_batch_size), ppo=replace(c.ppo, kl_coef=config.ppo_kl_coef),
+                   optim=replace(c.optim, learning_rate=config.ppo_learning_rate),
+                   loop=_loop(c.loop, config.ppo_steps, evals=4))
+
+  return [("pretrain_tiny.py", lm, pretrain), ("reward_simulated.py", rm, reward), ("sentiment_ppo.py", rl, ppo)]
 
 
 def eval_config(config: Config, workdir: Path) -> harness.HarnessConfig:
@@ -99,9 +103,9 @@ def eval_config(config: Config, workdir: Path) -> harness.HarnessConfig:
 
 def main(config: Config, workdir: Path) -> dict:
   workdir = Path(workdir)
-  for experiment, stage_dir, overrides in stages(config, workdir):
+  for experiment, stage_dir, edit in stages(config, workdir):
     print(f"== {experiment} -> {stage_dir}", flush=True)
-    runs.run_unless_done(HERE / experiment, stage_dir, smoke=config.smoke, overrides=overrides)
+    runs.run_unless_done(HERE / experiment, stage_dir, smoke=config.smoke, edit=edit)
   print(f"== evaluation -> {workdir / 'eval'}", flush=True)
   evaluation = harness.evaluate([workdir / "lm", workdir / "ppo"], eval_config(config, workdir), workdir / "eval")
   result, text = pipeline.write_report(workdir / "lm", workdir / "reward", workdir / "ppo", evaluation, workdir)

@@ -25,12 +25,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlhf_jax import pretrained, sharding
+from rlhf_jax import sharding
 from rlhf_jax.data import fine_foods, rows
-from rlhf_jax.eval import reward as reward_eval
-from rlhf_jax.feedback import labelers
+from rlhf_jax.eval import reward_metrics
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import ModelConfig
+from rlhf_jax.rewards import reward_model, scorers
 from rlhf_jax.steps import common, reward
 
 
@@ -78,47 +78,49 @@ def _tokenize(tokenizer, texts: list[str], seq_len: int) -> tuple[np.ndarray, np
 
 def main(config: Config, workdir: Path):
   workdir = Path(workdir)
-  rc = config.reward
+  reward_cfg = config.reward
   mesh = sharding.make_mesh(config.mesh)
-  for name, size in [("reward.batch_size", rc.batch_size), ("reward.eval_batch_size", rc.eval_batch_size)]:
+  for name, size in [("reward.batch_size", reward_cfg.batch_size),
+                     ("reward.eval_batch_size", reward_cfg.eval_batch_size)]:
     sharding.check_batch_divisible(size, mesh, name)
   train_reviews, test_reviews = fine_foods.load("train"), fine_foods.load("test")
 
   key = jax.random.key(config.seed)
   tx = common.make_optimizer(config.optim)
-  start = pretrained.start_scalar_model(workdir, init_from=rc.init_from, fallback=config.model,
-                                        texts=[r.text for r in train_reviews], mesh=mesh, tx=tx,
-                                        key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
+  start = reward_model.start_scalar_model(workdir, init_from=reward_cfg.init_from, fallback=config.model,
+                                          texts=[r.text for r in train_reviews], mesh=mesh, tx=tx,
+                                          key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
   tokenizer, model, init_fn = start.tokenizer, start.model, start.init_fn
-  if rc.seq_len > model.config.max_len:
-    raise ValueError(f"reward.seq_len={rc.seq_len} exceeds the model's max_len={model.config.max_len}")
+  if reward_cfg.seq_len > model.config.max_len:
+    raise ValueError(f"reward.seq_len={reward_cfg.seq_len} exceeds the model's max_len={model.config.max_len}")
 
-  if rc.kind == "rating":
-    tokens, mask = _tokenize(tokenizer, [r.text for r in train_reviews], rc.seq_len)
+  if reward_cfg.kind == "rating":
+    tokens, mask = _tokenize(tokenizer, [r.text for r in train_reviews], reward_cfg.seq_len)
     train_arrays = {"tokens": tokens, "mask": mask, "label": np.array([r.great for r in train_reviews], np.int32)}
   else:
     pairs = fine_foods.preference_pairs("train", seed=config.seed)
-    chosen, chosen_mask = _tokenize(tokenizer, [p["chosen"] for p in pairs], rc.seq_len)
-    rejected, rejected_mask = _tokenize(tokenizer, [p["rejected"] for p in pairs], rc.seq_len)
+    chosen, chosen_mask = _tokenize(tokenizer, [p["chosen"] for p in pairs], reward_cfg.seq_len)
+    rejected, rejected_mask = _tokenize(tokenizer, [p["rejected"] for p in pairs], reward_cfg.seq_len)
     train_arrays = {"chosen": chosen, "chosen_mask": chosen_mask, "rejected": rejected,
                     "rejected_mask": rejected_mask}
-  dataset = rows.rows_dataset(train_arrays, rc.batch_size // jax.process_count(), seed=config.seed,
+  dataset = rows.rows_dataset(train_arrays, reward_cfg.batch_size // jax.process_count(), seed=config.seed,
                               shard_index=jax.process_index(), shard_count=jax.process_count())
 
-  test_tokens, test_mask = _tokenize(tokenizer, [r.text for r in test_reviews], rc.seq_len)
+  test_tokens, test_mask = _tokenize(tokenizer, [r.text for r in test_reviews], reward_cfg.seq_len)
   test_labels = np.array([r.great for r in test_reviews], np.int32)
   score_fn = jax.jit(functools.partial(reward.rewards, model=model))
-  baselines = {f"{name}_auc": reward_eval.roc_auc(labelers.get_scorer(name).score([r.text for r in test_reviews]),
-                                                  test_labels) for name in rc.baselines}
+  baselines = {f"{name}_auc": reward_metrics.roc_auc(scorers.get_scorer(name).score([r.text for r in test_reviews]),
+                                                     test_labels) for name in reward_cfg.baselines}
 
   def test_scores(params) -> np.ndarray:
-    return reward_eval.score_all(score_fn, params, test_tokens, test_mask, rc.eval_batch_size, mesh)
+    return reward_metrics.score_all(score_fn, params, test_tokens, test_mask, reward_cfg.eval_batch_size, mesh)
 
   def evaluate(state) -> dict[str, float]:
     scores = test_scores(state.params)
     # The rating model's P(great) = sigmoid(reward); calibration says whether to trust it as such.
-    cal = reward_eval.calibration(1 / (1 + np.exp(-scores.astype(np.float64))), test_labels)
-    metrics = {"auc": reward_eval.roc_auc(scores, test_labels), "accuracy": float(np.mean((scores > 0) == test_labels)),
+    cal = reward_metrics.calibration(1 / (1 + np.exp(-scores.astype(np.float64))), test_labels)
+    metrics = {"auc": reward_metrics.roc_auc(scores, test_labels),
+               "accuracy": float(np.mean((scores > 0) == test_labels)),
                "ece": cal["ece"], "brier": cal["brier"],
                "reward_mean": float(scores.mean()), "reward_std": float(scores.std()), **baselines}
     tqdm.write(f"step {int(state.step)}: test ROC AUC {metrics['auc']:.3f} ("
@@ -126,9 +128,9 @@ def main(config: Config, workdir: Path):
     return metrics
 
   step_fn = common.jit_step(functools.partial(
-      reward.train_step, model=model, tx=tx, kind=rc.kind, warmup_steps=config.optim.warmup_steps,
+      reward.train_step, model=model, tx=tx, kind=reward_cfg.kind, warmup_steps=config.optim.warmup_steps,
       total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
                     state_shardings=start.state_shardings, step_fn=step_fn, data_iterator=iter(dataset),
                     hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
-                    tokens_per_step=rc.batch_size * rc.seq_len, evaluate=evaluate)
+                    tokens_per_step=reward_cfg.batch_size * reward_cfg.seq_len, evaluate=evaluate)

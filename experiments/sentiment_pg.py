@@ -16,7 +16,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from rlhf_jax import rl, runs, sharding
+from rlhf_jax import rl, runs
 
 PRETRAIN = Path(__file__).with_name("pretrain_tiny.py")  # the policy when policy.init_from is empty
 
@@ -32,8 +32,6 @@ def get_config(smoke: bool = False) -> Config:
 
 
 def main(config: Config, workdir: Path):
-  mesh = sharding.make_mesh(config.mesh)
-  policy = rl.start_policy(config.policy, workdir, mesh, pretrain=functools.partial(
+  mesh, policy, task = rl.start_sentiment(config, workdir, pretrain=functools.partial(
       runs.run_experiment, PRETRAIN, smoke=config.policy.pretrain_smoke))
-  task = rl.sentiment_task(config.task, tokenizer=policy.tokenizer, mesh=mesh, seed=config.seed)
   return rl.train(config, task, policy, workdir, mesh)

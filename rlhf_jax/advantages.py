@@ -198,3 +198,18 @@ def adaptive_kl_coef(kl_coef: jax.Array, kl: jax.Array, *, target: float, horizo
   """
   error = jnp.clip(kl / target - 1.0, -0.2, 0.2)
   return kl_coef * (1.0 + error * n_steps / horizon)
+
+
+def next_state_values(v_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  """V(s_{t+1}) for each token t: the value at the next real token, 0 after the last one."""
+  mask = mask_BxT.astype(jnp.float32)
+  next_v = jnp.pad(v_BxT[:, 1:] * mask[:, 1:], ((0, 0), (0, 1)))
+  return next_v * mask
+
+
+def q_targets(rewards_BxT: jax.Array, target_v_BxT: jax.Array, mask_BxT: jax.Array,
+              gamma: float | jax.Array) -> jax.Array:
+  """r_t + gamma V_hat(s_{t+1}), the Bellman target of ILQL's Q loss (Snell et al. 2022, eq. 2; no
+  gradient flows into it)."""
+  return jax.lax.stop_gradient((rewards_BxT + gamma * next_state_values(target_v_BxT, mask_BxT))
+                               * mask_BxT.astype(jnp.float32))

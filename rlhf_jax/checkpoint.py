@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from rlhf_jax import files
 
 MANIFEST = "manifest.json"
 
@@ -63,9 +64,7 @@ def _unreadable_json(step_dir: Path) -> list[Path]:
 def write_manifest(step_dir: Path) -> None:
   """Sizes and CRC-32s of every file of a finished step, written atomically (temp file + rename)."""
   entries = {str(p.relative_to(step_dir)): {"size": p.stat().st_size, "crc32": _crc32(p)} for p in _files(step_dir)}
-  tmp = step_dir / f".{MANIFEST}.tmp"
-  tmp.write_text(json.dumps(entries, indent=0, sort_keys=True))
-  tmp.replace(step_dir / MANIFEST)
+  files.atomic_write_text(step_dir / MANIFEST, json.dumps(entries, indent=0, sort_keys=True))
 
 
 def verify_manifest(step_dir: Path) -> list[str]:

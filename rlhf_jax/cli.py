@@ -17,18 +17,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
 from pathlib import Path
 
 from rlhf_jax import config as config_lib
-from rlhf_jax import sweep
+from rlhf_jax import runs, sweep
 from rlhf_jax.errors import UserError
-# The run API lives in `rlhf_jax.runs`; these names stay importable from here for old callers.
-from rlhf_jax.runs import (check_resumable, finish_run, load_experiment, prepare_run, resolve_config,  # noqa: F401
-                           run_experiment)
-
 
 # Errors whose message is the whole story (a bad path, key, value or corpus name): printed
 # without a traceback, exit status 2. Only the project's own `UserError` (ConfigError and
@@ -37,122 +34,71 @@ USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _cmd_run(args) -> int:
-  try:
-    from rlhf_jax import distributed
-    distributed.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
-                           process_id=args.process_id, auto=args.distributed)
-    module, config, workdir = prepare_run(args.experiment, smoke=args.smoke, workdir=args.workdir,
-                                          overrides=args.set)
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  from rlhf_jax import distributed
+  distributed.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
+                         process_id=args.process_id, auto=args.distributed)
+  module, config, workdir = runs.prepare_run(args.experiment, smoke=args.smoke, workdir=args.workdir,
+                                             overrides=args.set)
   print(f"workdir: {workdir.absolute()}", flush=True)
   from rlhf_jax.checkpoint import CheckpointError
   from rlhf_jax.loop import NonFiniteLossError
   try:
     module.main(config, workdir)
-  except (NonFiniteLossError, CheckpointError, UserError, FileNotFoundError) as e:
+  except (NonFiniteLossError, CheckpointError, *USER_ERRORS) as e:
     # A run that cannot go on for a reason its message fully states (which step diverged, which
     # checkpoint, file or setting is bad): no traceback, exit 1 (a sweep retries it). Any other
     # exception is a bug or an unforeseen case, and keeps its traceback.
     print(f"error: {e}", file=sys.stderr)
     return 1
-  return finish_run(workdir)
+  return runs.finish_run(workdir)
 
 
-def _sweep_engine_options(args):
-  """RayOptions / SlurmOptions from the flags (None for local); a flag of another engine is an error."""
-  given = {flag: value for flag, value in (("--max-parallel", args.max_parallel), ("--ray-address", args.ray_address),
-           ("--ray-num-cpus", args.ray_num_cpus), ("--ray-cpus-per-run", args.ray_cpus_per_run),
-           ("--ray-gpus-per-run", args.ray_gpus_per_run), ("--slurm-time", args.slurm_time),
-           ("--slurm-partition", args.slurm_partition), ("--slurm-account", args.slurm_account),
-           ("--slurm-gpus-per-node", args.slurm_gpus_per_node), ("--slurm-cpus-per-task", args.slurm_cpus_per_task),
-           ("--slurm-setup", args.slurm_setup), ("--slurm-param", args.slurm_param)) if value not in (None, [])}
-  if args.print and args.engine != "local":
-    raise config_lib.ConfigError("--print writes the runs' commands instead of running them: it takes no --engine")
-  for flag in given:
-    wanted = ("ray", "slurm") if flag == "--max-parallel" else (flag.split("-")[2],)
-    if args.engine not in wanted:
-      raise config_lib.ConfigError(f"{flag} is for --engine {' or '.join(wanted)}, not --engine {args.engine}")
-  for flag in ("--max-parallel", "--ray-num-cpus", "--ray-cpus-per-run", "--ray-gpus-per-run",
-               "--slurm-gpus-per-node", "--slurm-cpus-per-task"):
-    if flag in given and (given[flag] < 0 if "gpus" in flag else given[flag] <= 0):  # Ray takes CPU fractions
-      raise config_lib.ConfigError(f"{flag}: expected {'0 or more' if 'gpus' in flag else 'a positive number'}, "
-                                   f"got {given[flag]}")
-  if args.engine == "ray":
-    return sweep.RayOptions(address=args.ray_address, num_cpus=args.ray_num_cpus,
-                            cpus_per_run=args.ray_cpus_per_run or 1.0, gpus_per_run=args.ray_gpus_per_run or 0,
-                            max_parallel=args.max_parallel)
-  if args.engine == "slurm":
-    if not args.slurm_time:
-      raise config_lib.ConfigError("--engine slurm needs --slurm-time, every run's time limit (e.g. 4:00:00); "
-                                   "a run that reaches it saves, and its job is requeued")
-    extra = []
-    for item in args.slurm_param:
-      key, sep, value = item.partition("=")
-      if not sep or not key.strip():
-        raise config_lib.ConfigError(f"--slurm-param: expected an sbatch option as KEY=VALUE (e.g. qos=high), "
-                                     f"got {item!r}")
-      extra.append((key.strip().lstrip("-"), value))
-    return sweep.SlurmOptions(time_min=sweep.slurm_minutes(args.slurm_time), partition=args.slurm_partition,
-                              account=args.slurm_account, gpus_per_node=args.slurm_gpus_per_node,
-                              cpus_per_task=args.slurm_cpus_per_task, max_parallel=args.max_parallel,
-                              setup=tuple(args.slurm_setup), extra=tuple(extra))
-  return None
+def _engine_flags(args) -> dict:
+  """The sweep flags given on the command line, by flag name (`sweep.engine_options` checks them)."""
+  names = ("max_parallel", "ray_address", "ray_num_cpus", "ray_cpus_per_run", "ray_gpus_per_run", "slurm_time",
+           "slurm_partition", "slurm_account", "slurm_gpus_per_node", "slurm_cpus_per_task", "slurm_setup",
+           "slurm_param")
+  return {"--" + name.replace("_", "-"): getattr(args, name) for name in names
+          if getattr(args, name) not in (None, [])}
 
 
 def _cmd_sweep(args) -> int:
-  try:
-    options = _sweep_engine_options(args)
-    sweep.require_engine(args.engine)  # before any work: a missing package names its pip extra
-    module = load_experiment(args.experiment)
-    runs = sweep.plan(sweep.grid_points(module, args.grid))
-    sweep.check_configs(module, runs, args.set, args.smoke)
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  options = sweep.engine_options(args.engine, _engine_flags(args), print_only=args.print)
+  sweep.require_engine(args.engine)  # before any work: a missing package names its pip extra
+  module = runs.load_experiment(args.experiment)
+  planned = sweep.plan(sweep.grid_points(module, args.grid))
+  sweep.check_configs(module, planned, args.set, args.smoke)
   root = Path(args.root or Path("sweeps") / Path(args.experiment).stem)
   if args.print:
-    for run in runs:
+    for run in planned:
       if sweep.status(root / run.name) != "done":
         print(shlex.join(sweep.command(args.experiment, root, run, base=args.set, smoke=args.smoke)))
     return 0
   root.mkdir(parents=True, exist_ok=True)
-  kwargs = dict(base=args.set, smoke=args.smoke)
-  try:
-    if args.engine == "ray":
-      outcomes = sweep.run_ray(args.experiment, root, runs, options=options, **kwargs)
-    elif args.engine == "slurm":
-      outcomes = sweep.run_slurm(args.experiment, root, runs, options=options, **kwargs)
-    else:
-      outcomes = sweep.run_all(args.experiment, root, runs, **kwargs)
-  except config_lib.ConfigError as e:  # the cluster refused: a bad --ray-address, partition, account...
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  run_all = {"ray": functools.partial(sweep.run_ray, options=options),
+             "slurm": functools.partial(sweep.run_slurm, options=options)}.get(args.engine, sweep.run_all)
+  outcomes = run_all(args.experiment, root, planned, base=args.set, smoke=args.smoke)
   failed = [name for name, outcome in outcomes.items() if not outcome.startswith(("done", "skipped"))]
-  print(f"{len(outcomes) - len(failed)} of {len(runs)} runs done in {root}"
+  print(f"{len(outcomes) - len(failed)} of {len(planned)} runs done in {root}"
         + (f"; not done: {', '.join(failed)}" if failed else ""))
-  return 1 if failed or len(outcomes) < len(runs) else 0
+  return 1 if failed or len(outcomes) < len(planned) else 0
+
+
+def _names(text: str | None) -> list[str] | None:
+  return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 def _cmd_report(args) -> int:
   from rlhf_jax import report
-
-  def names(text):
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-  frontier = names(args.frontier)
-  try:
-    if frontier is not None and len(frontier) != 2:
-      raise UserError(f"--frontier: expected X,Y (two metric names), got {args.frontier!r}")
-    out = Path(args.out or args.paths[0]) if len(args.paths) == 1 or args.out else None
-    if out is None:
-      raise UserError("--out is needed with more than one path")
-    result = report.write_report(args.paths, out, split=args.split, metrics=names(args.metrics),
-                                 over=names(args.over) or [], curve_metrics=names(args.curves),
-                                 frontier=tuple(frontier) if frontier else None)
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  frontier = _names(args.frontier)
+  if frontier is not None and len(frontier) != 2:
+    raise UserError(f"--frontier: expected X,Y (two metric names), got {args.frontier!r}")
+  if len(args.paths) > 1 and not args.out:
+    raise UserError("--out is needed with more than one path")
+  out = Path(args.out or args.paths[0])
+  result = report.write_report(args.paths, out, split=args.split, metrics=_names(args.metrics),
+                               over=_names(args.over) or [], curve_metrics=_names(args.curves),
+                               frontier=tuple(frontier) if frontier else None)
   print((out / "report.md").read_text())
   print(f"wrote {', '.join(result['files'])} to {out}")
   return 0
@@ -160,94 +106,44 @@ def _cmd_report(args) -> int:
 
 def _cmd_eval(args) -> int:
   from rlhf_jax.eval import harness
-  try:
-    hc = config_lib.apply_overrides(harness.HarnessConfig(), args.set)
-    out = Path(args.out or Path(args.workdirs[0]) / "eval")
-    report = harness.evaluate(args.workdirs, hc, out)
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(harness.markdown(report))
+  settings = config_lib.apply_overrides(harness.HarnessConfig(), args.set)
+  out = Path(args.out or Path(args.workdirs[0]) / "eval")
+  print(harness.markdown(harness.evaluate(args.workdirs, settings, out)))
   print(f"wrote eval.json, eval.md, eval.png to {out}")
   return 0
 
 
-def _load_for_sampling(workdir: str):
-  from rlhf_jax import pretrained, sharding
-  return pretrained.load_trained_policy(workdir, sharding.make_mesh())
+def _load_policy(workdir: str):
+  from rlhf_jax import sharding, trained
+  return trained.load(workdir, sharding.make_mesh())
+
+
+def _sampling_settings(args):
+  from rlhf_jax import chat
+  return chat.SamplingSettings(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                               seed=args.seed)
 
 
 def _cmd_sample(args) -> int:
-  import jax
-
-  from rlhf_jax import sampling
-  from rlhf_jax.models.transformer import Transformer
-  try:
-    prompts = list(args.prompt)
-    if args.prompts_file:
-      path = Path(args.prompts_file)
-      if not path.is_file():
-        raise FileNotFoundError(f"--prompts-file {path} not found")
-      prompts += [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-      raise UserError("give --prompt TEXT (repeatable) or --prompts-file FILE")
-    policy = _load_for_sampling(args.workdir)
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  model, tok = Transformer(policy.model), policy.tokenizer
-  for i, prompt in enumerate(prompts):
-    for k in range(args.num):
-      ids = sampling.stream(policy.params, tok.encode(prompt), jax.random.key(args.seed + 1000 * i + k), model=model,
-                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            eos_id=tok.eos_id, pad_id=tok.pad_id)
-      response = tok.decode([t for t in ids if t != tok.eos_id])
-      print(json.dumps({"prompt": prompt, "response": response, "model": f"{args.workdir}@{policy.step}"}))
+  from rlhf_jax import chat
+  prompts = list(args.prompt)
+  if args.prompts_file:
+    path = Path(args.prompts_file)
+    if not path.is_file():
+      raise FileNotFoundError(f"--prompts-file {path} not found")
+    prompts += [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+  if not prompts:
+    raise UserError("give --prompt TEXT (repeatable) or --prompts-file FILE")
+  policy = _load_policy(args.workdir)
+  for record in chat.sample_records(policy, prompts, _sampling_settings(args), num=args.num, name=args.workdir):
+    print(json.dumps(record))
   return 0
 
 
-def _cmd_chat(args, stdin=None, stdout=None) -> int:
-  import jax
-
-  from rlhf_jax import sampling
-  from rlhf_jax.feedback.display import visible
-  from rlhf_jax.models.transformer import Transformer
-  stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-  try:
-    policy = _load_for_sampling(args.workdir)
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  model, tok = Transformer(policy.model), policy.tokenizer
-  stdout.write(f"{args.workdir} (step {policy.step}); an empty line or Ctrl-D ends, /reset forgets the history\n")
-  history: list[int] = []
-  turn = 0
-  while True:
-    stdout.write("> ")
-    stdout.flush()
-    line = stdin.readline()
-    if not line or not line.strip():
-      return 0
-    if line.strip() == "/reset":
-      history = []
-      continue
-    context = (history if args.history else []) + tok.encode(line.rstrip("\n"))
-    ids, shown = [], ""
-    for token in sampling.stream(policy.params, context, jax.random.key(args.seed + turn), model=model,
-                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                                 eos_id=tok.eos_id, pad_id=tok.pad_id):
-      if token == tok.eos_id:
-        break
-      ids.append(token)
-      text = tok.decode(ids)
-      # Model text, not the program's: escapes and bidi controls are shown, not obeyed (per
-      # character, so a sequence split across tokens is caught too).
-      stdout.write(visible(text[len(shown):] if text.startswith(shown) else "\n" + text))
-      stdout.flush()
-      shown = text
-    stdout.write("\n")
-    history = context + ids + [tok.eos_id]
-    turn += 1
+def _cmd_chat(args) -> int:
+  from rlhf_jax import chat
+  policy = _load_policy(args.workdir)
+  return chat.chat(policy, sys.stdin, sys.stdout, _sampling_settings(args), history=args.history, name=args.workdir)
 
 
 def _cmd_data_prepare(args) -> int:
@@ -255,59 +151,43 @@ def _cmd_data_prepare(args) -> int:
   for name in args.corpora:
     try:
       path = corpora.prepare(name)
-    except (ValueError, RuntimeError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+    except (ValueError, RuntimeError) as e:  # an unknown corpus, or a download that failed
+      raise UserError(str(e)) from e
     print(f"{name}: {path}")
   return 0
 
 
 def _cmd_label(args) -> int:
-  from rlhf_jax.feedback import store
   if not args.terminal:
     from rlhf_jax.feedback import server
     try:
       server.serve(args.store, labelers=args.labeler, host=args.host, port=args.port, rate_scale=args.rate)
-    except (store.FeedbackError, OSError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+    except OSError as e:  # the port is taken, the address is not this machine's
+      raise UserError(str(e)) from e
     return 0
   from rlhf_jax.feedback import terminal
   if len(args.labeler) != 1:  # one console is one person
-    print(f"error: --terminal labels as one labeler; got --labeler {len(args.labeler)} times", file=sys.stderr)
-    return 2
-  try:
-    n = terminal.run(args.store, args.labeler[0], rate_scale=args.rate, stdin=sys.stdin, stdout=sys.stdout,
-                     seed=args.seed)
-  except store.FeedbackError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    raise UserError(f"--terminal labels as one labeler; got --labeler {len(args.labeler)} times")
+  n = terminal.run(args.store, args.labeler[0], rate_scale=args.rate, stdin=sys.stdin, stdout=sys.stdout,
+                   seed=args.seed)
   print(f"{n} judgements saved to {args.store}")
   return 0
 
 
 def _cmd_feedback(args) -> int:
-  from rlhf_jax.feedback.store import FeedbackError, FeedbackStore
-  try:
-    with FeedbackStore(args.store, create=args.feedback_command == "import") as feedback:
-      if args.feedback_command == "import":
-        print(f"{feedback.import_samples_jsonl(args.file)} new samples imported from {args.file}")
-      else:
-        export = feedback.export_preferences if args.kind == "preferences" else feedback.export_ratings
-        print(f"{len(export(args.out))} {args.kind} written to {args.out}")
-  except (FeedbackError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  from rlhf_jax.feedback.store import FeedbackStore
+  with FeedbackStore(args.store, create=args.feedback_command == "import") as feedback:
+    if args.feedback_command == "import":
+      print(f"{feedback.import_samples_jsonl(args.file)} new samples imported from {args.file}")
+    else:
+      export = feedback.export_preferences if args.kind == "preferences" else feedback.export_ratings
+      print(f"{len(export(args.out))} {args.kind} written to {args.out}")
   return 0
 
 
 def _cmd_export(args) -> int:
-  from rlhf_jax import pretrained
-  try:
-    written = pretrained.export(args.workdir, args.out, step=args.step)
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  from rlhf_jax import trained
+  written = trained.export(args.workdir, args.out, step=args.step)
   print(f"wrote {', '.join(written)} to {args.out}")
   return 0
 
@@ -451,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  return args.func(args)
+  try:
+    return args.func(args)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

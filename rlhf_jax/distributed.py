@@ -3,7 +3,7 @@
 Every host runs the same command; `rlhf-jax run ... --coordinator HOST:PORT --num-processes N
 --process-id I` (or `--distributed` where the cluster is detected: Slurm, Open MPI, Cloud TPU)
 joins them before anything touches a device. After that the code is unchanged: meshes span the
-devices of all processes, each process loads its rows of every global batch (`data.lm.lm_dataset`,
+devices of all processes, each process loads its rows of every global batch (`data.lm_pipeline.lm_dataset`,
 `sharding.put_batch`), Orbax writes every process's shards of one checkpoint, and only process 0
 writes metrics. On CPU the collectives go through gloo, so two processes on one machine are a
 faithful test of the multi-host path.

@@ -15,6 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
+from rlhf_jax import files
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -148,6 +150,11 @@ def truncate_metrics(workdir: str | Path, last_step: int, *, drop_eval_at: int |
   keep = [line for line, r in zip(lines, records)
           if r["step"] <= last_step and not (r["step"] == drop_eval_at and r.get("split") == "eval")]
   if len(keep) != len(lines) or not whole:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
+    files.atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def write_samples(path: str | Path, step: int, prompts: list[str], completions: list[str]) -> None:
+  """Appends one JSON line per sample to `path` (a run's samples.jsonl): `{"step", "prompt", "completion"}`."""
+  with open(path, "a") as f:
+    for prompt, completion in zip(prompts, completions):
+      f.write(json.dumps({"step": step, "prompt": prompt, "completion": completion}) + "\n")

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from rlhf_jax import logs, sharding
 from rlhf_jax.checkpoint import CheckpointError, Checkpointer
+from rlhf_jax.config import check_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +36,8 @@ class LoopConfig:
   progress: bool = True  # a progress bar on stderr
 
   def __post_init__(self):
-    for name in ("steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"loop.{name} must be positive, got {getattr(self, name)}")
-    if self.eval_every < 0:
-      raise ValueError(f"loop.eval_every must be >= 0, got {self.eval_every}")
+    check_range(self, "loop", "positive", "steps", "log_every", "checkpoint_every", "keep_checkpoints")
+    check_range(self, "loop", ">= 0", "eval_every")
 
 
 class NonFiniteLossError(RuntimeError):

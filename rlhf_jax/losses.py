@@ -150,13 +150,6 @@ def ppo_value_loss(values_BxT: jax.Array, old_values_BxT: jax.Array, returns_BxT
   return jnp.sum(loss_BxT * mask), jnp.sum(mask)
 
 
-def policy_gradient_loss(logp_BxT: jax.Array, adv_BxT: jax.Array, mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Summed REINFORCE surrogate -A_t log pi(a_t|s_t) (Williams 1992): its gradient is the policy
-  gradient with advantage A (which must carry no gradient)."""
-  mask = mask_BxT.astype(jnp.float32)
-  return jnp.sum(-jax.lax.stop_gradient(adv_BxT) * logp_BxT * mask), jnp.sum(mask)
-
-
 # ---------------------------------------------------------------------------------------------
 # Direct preference optimization and its relatives. Inputs are per-sequence log-probabilities of
 # the response (summed over its tokens, `sampling.response_logprobs(...).sum(-1)`), [B] each.
@@ -239,3 +232,36 @@ def simpo_loss(logp_chosen_B: jax.Array, logp_rejected_B: jax.Array, len_chosen_
          - gamma)
   mask_B = _mask_or_ones(z_B, mask_B)
   return jnp.sum(-jax.nn.log_sigmoid(z_B) * mask_B), jnp.sum(mask_B)
+
+
+# ---------------------------------------------------------------------------------------------
+# Implicit Language Q-Learning (Snell et al. 2022, "Offline RL for Natural Language Generation with
+# Implicit Language Q Learning"): token-level Q-learning on offline data, the state being the
+# prefix and the action the next token. ILQL learns Q(s, a) and V(s) with
+#   Q loss    (Q(s_t, a_t) - (r_t + gamma V_hat(s_{t+1})))^2                       (eq. 2, first term)
+#   V loss    L_2^tau(Q_hat(s_t, a_t) - V(s_t)),  L_2^tau(u) = |tau - 1(u < 0)| u^2   (expectile, eq. 2)
+#   CQL loss  -log softmax(Q(s_t, .))[a_t], pushing down Q of tokens not in the data   (eq. 3)
+# with V_hat / Q_hat the target networks (`advantages.q_targets`: V after the last token is 0).
+
+
+def expectile_loss(diff: jax.Array, tau: float | jax.Array) -> jax.Array:
+  """L_2^tau(u) = |tau - 1(u < 0)| u^2, elementwise (Kostrikov et al. 2021, IQL eq. 5)."""
+  weight = jnp.where(diff < 0, 1.0 - tau, tau)
+  return weight * diff ** 2
+
+
+def ilql_losses(q_BxT: jax.Array, v_BxT: jax.Array, target_q_BxT: jax.Array, target_v_BxT: jax.Array,
+                q_all_BxTxV: jax.Array, actions_BxT: jax.Array, rewards_BxT: jax.Array, mask_BxT: jax.Array, *,
+                gamma: float | jax.Array, tau: float | jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """The three ILQL losses as (sum, count) over real tokens.
+
+  `q_BxT` is Q(s_t, a_t) of the taken token, `q_all_BxTxV` Q(s_t, .) over the vocabulary (for the
+  CQL term), `v_BxT` V(s_t); `target_*` come from the target networks.
+  """
+  mask = mask_BxT.astype(jnp.float32)
+  count = jnp.sum(mask)
+  q_loss = jnp.sum((q_BxT - advantages.q_targets(rewards_BxT, target_v_BxT, mask_BxT, gamma)) ** 2 * mask)
+  v_loss = jnp.sum(expectile_loss(jax.lax.stop_gradient(target_q_BxT) - v_BxT, tau) * mask)
+  log_softmax = jax.nn.log_softmax(q_all_BxTxV, axis=-1)
+  cql = -jnp.take_along_axis(log_softmax, actions_BxT[..., None].astype(jnp.int32), -1)[..., 0]
+  return {"q": (q_loss, count), "v": (v_loss, count), "cql": (jnp.sum(cql * mask), count)}

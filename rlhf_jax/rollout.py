@@ -5,14 +5,11 @@ samples with the KV-cache sampler and then recomputes everything the update need
 teacher-forced forwards, so that the update's first-epoch ratio pi/pi_old is exactly 1 (the
 sampler's own log-probs agree only to float tolerance; Huang et al. 2024 recompute them too).
 
-Scoring is separate because a reward may live on the host: `score_texts` decodes responses and
-asks any `labelers.Scorer` (a lexicon, a trained reward model via `rm:WORKDIR`, a user's Python
-function wrapped as a scorer).
+Scoring is separate because a reward may live on the host: `decode_responses` gives the texts that
+any `rewards.scorers.Scorer` scores (`scorers.score_responses`).
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import flax.struct
 import jax
@@ -20,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import sampling
-from rlhf_jax.feedback import labelers
 from rlhf_jax.models.transformer import Transformer
 
 
@@ -82,14 +78,3 @@ def decode_responses(tokenizer, response_BxN: np.ndarray, mask_BxN: np.ndarray) 
     ids = [int(t) for t, m in zip(tokens, mask) if m and t != tokenizer.eos_id]
     texts.append(tokenizer.decode(ids))
   return texts
-
-
-def decode_prompts(tokenizer, prompt_BxP: np.ndarray, mask_BxP: np.ndarray) -> list[str]:
-  return [tokenizer.decode([int(t) for t, m in zip(tokens, mask) if m])
-          for tokens, mask in zip(np.asarray(prompt_BxP), np.asarray(mask_BxP))]
-
-
-def score_texts(scorer, prompts: Sequence[str], responses: Sequence[str], with_prompt: bool) -> np.ndarray:
-  """The scorer's float32 scores of the responses (after their prompts when `with_prompt`)."""
-  texts = [p + r for p, r in zip(prompts, responses)] if with_prompt else list(responses)
-  return labelers.score_texts(scorer, texts)

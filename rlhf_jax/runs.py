@@ -15,10 +15,13 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rlhf_jax import config as config_lib
 from rlhf_jax import sweep
+
+# A composition's change of a stage's config: the experiment's own config in, the edited one out.
+Edit = Callable[[Any], Any]
 
 
 def load_experiment(path: str | Path) -> ModuleType:
@@ -86,13 +89,19 @@ def check_paths(config) -> None:
 
 
 def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
-                overrides: Sequence[str] = ()) -> tuple[ModuleType, Any, Path]:
+                overrides: Sequence[str] = (), edit: Edit | None = None) -> tuple[ModuleType, Any, Path]:
   """Loads the experiment, resolves and checks its config, and saves it in the workdir.
 
-  Everything that can be wrong with the command line fails here, before any work starts.
+  `edit` (a composition's typed change of the stage's config, after `overrides`) is recorded in
+  run.json as the `--set` overrides it amounts to. Everything that can be wrong with the command
+  line fails here, before any work starts.
   """
   module = load_experiment(path)
   config = resolve_config(module, smoke, list(overrides))
+  if edit is not None:
+    edited = edit(config)
+    overrides = [*overrides, *config_lib.overrides(config, edited)]
+    config = edited
   if workdir is None:
     workdir = Path("workdirs") / (Path(path).stem + ("_smoke" if smoke else ""))
   workdir = Path(workdir)
@@ -111,6 +120,7 @@ def prepare_run(path: str | Path, *, smoke: bool = False, workdir: str | Path | 
 def finish_run(workdir: Path) -> int:
   """`done.json` unless a signal stopped the run; the process's exit status (128 + signal if stopped)."""
   import jax
+
   from rlhf_jax import loop
   signum = loop.received_signal()
   if signum is not None:
@@ -121,8 +131,9 @@ def finish_run(workdir: Path) -> int:
 
 
 def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path | None = None,
-                   overrides: Sequence[str] = ()):
-  module, config, workdir = prepare_run(path, smoke=smoke, workdir=workdir, overrides=overrides)
+                   overrides: Sequence[str] = (), edit: Edit | None = None):
+  """What `rlhf-jax run` does: `prepare_run`, the experiment's `main`, then `finish_run`."""
+  module, config, workdir = prepare_run(path, smoke=smoke, workdir=workdir, overrides=overrides, edit=edit)
   print(f"workdir: {workdir.absolute()}", flush=True)
   result = module.main(config, workdir)
   finish_run(workdir)
@@ -130,15 +141,16 @@ def run_experiment(path: str | Path, *, smoke: bool = False, workdir: str | Path
 
 
 def run_unless_done(path: str | Path, workdir: str | Path, *, smoke: bool = False,
-                    overrides: Sequence[str] = ()) -> None:
+                    overrides: Sequence[str] = (), edit: Edit | None = None) -> None:
   """`run_experiment` in `workdir` unless a finished run is there (done.json): a stage that a rerun
   of the composition skips once done and resumes (from its checkpoints) otherwise. A finished run
   whose saved config differs from this call's is an error naming the keys: skipping it would
   silently keep the old stage's results under the new settings."""
   if sweep.status(workdir) != "done":
-    run_experiment(path, smoke=smoke, workdir=workdir, overrides=overrides)
+    run_experiment(path, smoke=smoke, workdir=workdir, overrides=overrides, edit=edit)
     return
   config = resolve_config(load_experiment(path), smoke, list(overrides))
+  config = edit(config) if edit is not None else config
   diffs = config_lib.differences(json.loads((Path(workdir) / "config.json").read_text()), config_lib.to_dict(config))
   if diffs:
     raise config_lib.ConfigError(

@@ -42,6 +42,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import KVCache, Transformer
 
@@ -365,3 +366,12 @@ def stream(params, prompt_ids, key: jax.Array, *, model: Transformer, max_new_to
       return
     cache, token_1 = _decode(params, cache, token_1, jax.random.fold_in(row_key, i + 1), temperature, model=model,
                              top_k=top_k, top_p=top_p)
+
+
+def complete(generate: Callable, params, tokenizer, prompts: list[str], key: jax.Array) -> list[str]:
+  """Decoded continuations of `prompts` (left-padded to the longest); `generate(params, tokens_BxP,
+  mask_BxP, key)` is a jitted `generate`."""
+  tokens_BxP, mask_BxP = prompts_lib.encode_prompts(tokenizer, prompts)
+  out = jax.device_get(generate(params, tokens_BxP, mask_BxP, key))
+  return [tokenizer.decode([int(t) for t, m in zip(row, mask) if m and t != tokenizer.eos_id])
+          for row, mask in zip(out.tokens_BxN, out.mask_BxN)]

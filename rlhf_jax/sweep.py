@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from rlhf_jax import config as config_lib
+from rlhf_jax import files
 
 RUN_FILE = "run.json"
 DONE_FILE = "done.json"
@@ -556,6 +557,41 @@ def _now() -> str:
 
 
 def _atomic_write(path: Path, data: dict) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(data, indent=2) + "\n")
-  tmp.replace(path)
+  files.atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def engine_options(engine: str, given: Mapping[str, Any], *,
+                   print_only: bool = False) -> RayOptions | SlurmOptions | None:
+  """RayOptions / SlurmOptions (None for local) from the sweep flags `given` (by flag name, e.g.
+  {"--max-parallel": 4}); a flag of another engine, or a value out of range, is a ConfigError."""
+  if print_only and engine != "local":
+    raise config_lib.ConfigError("--print writes the runs' commands instead of running them: it takes no --engine")
+  for flag in given:
+    wanted = ("ray", "slurm") if flag == "--max-parallel" else (flag.split("-")[2],)
+    if engine not in wanted:
+      raise config_lib.ConfigError(f"{flag} is for --engine {' or '.join(wanted)}, not --engine {engine}")
+  for flag in ("--max-parallel", "--ray-num-cpus", "--ray-cpus-per-run", "--ray-gpus-per-run",
+               "--slurm-gpus-per-node", "--slurm-cpus-per-task"):
+    if flag in given and (given[flag] < 0 if "gpus" in flag else given[flag] <= 0):  # Ray takes CPU fractions
+      raise config_lib.ConfigError(f"{flag}: expected {'0 or more' if 'gpus' in flag else 'a positive number'}, "
+                                   f"got {given[flag]}")
+  if engine == "ray":
+    return RayOptions(address=given.get("--ray-address"), num_cpus=given.get("--ray-num-cpus"),
+                      cpus_per_run=given.get("--ray-cpus-per-run") or 1.0,
+                      gpus_per_run=given.get("--ray-gpus-per-run") or 0, max_parallel=given.get("--max-parallel"))
+  if engine == "slurm":
+    if not given.get("--slurm-time"):
+      raise config_lib.ConfigError("--engine slurm needs --slurm-time, every run's time limit (e.g. 4:00:00); "
+                                   "a run that reaches it saves, and its job is requeued")
+    extra = []
+    for item in given.get("--slurm-param", ()):
+      key, sep, value = item.partition("=")
+      if not sep or not key.strip():
+        raise config_lib.ConfigError(f"--slurm-param: expected an sbatch option as KEY=VALUE (e.g. qos=high), "
+                                     f"got {item!r}")
+      extra.append((key.strip().lstrip("-"), value))
+    return SlurmOptions(time_min=slurm_minutes(given["--slurm-time"]), partition=given.get("--slurm-partition"),
+                        account=given.get("--slurm-account"), gpus_per_node=given.get("--slurm-gpus-per-node"),
+                        cpus_per_task=given.get("--slurm-cpus-per-task"), max_parallel=given.get("--max-parallel"),
+                        setup=tuple(given.get("--slurm-setup", ())), extra=tuple(extra))
+  return None

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import sentencepiece as spm
 
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import files
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # SentencePiece skips training sentences longer than this many bytes; our lines are paragraphs.
@@ -131,12 +131,12 @@ class SentencePieceTokenizer:
         user_defined_symbols=list(user_defined_symbols),
         minloglevel=2,  # errors only: training logs a line per merge round otherwise
     )
-    atomic_write_bytes(Path(path), model.getvalue())
+    files.atomic_write_bytes(Path(path), model.getvalue())
     return cls.load(path)
 
   def save(self, path: str | os.PathLike[str]) -> None:
     """Writes the model file, e.g. into a run's workdir."""
-    atomic_write_bytes(Path(path), self._sp.serialized_model_proto())
+    files.atomic_write_bytes(Path(path), self._sp.serialized_model_proto())
 
   @property
   def vocab_size(self) -> int:
@@ -196,14 +196,13 @@ def gpt2_ranks_file(cache: Path | None = None) -> Path:
   No package ships them on their own; the whisper sdist carries them as an asset. `pip download`
   fetches the sdist (no install, no dependencies), and the file lands atomically in the cache.
   """
-  from rlhf_jax.data import corpora
-  final = (cache or corpora.cache_dir()) / "gpt2_bpe"
+  final = (cache or files.cache_dir()) / "gpt2_bpe"
   path = final / "gpt2.tiktoken"
   if path.exists():
     return path
   package, version, member = GPT2_RANKS_SOURCE
-  with corpora.atomic_directory(final) as building:
-    corpora._run([sys.executable, "-m", "pip", "download", f"{package}=={version}", "--no-deps", "--no-binary",
+  with files.atomic_directory(final) as building:
+    files.run_download([sys.executable, "-m", "pip", "download", f"{package}=={version}", "--no-deps", "--no-binary",
                   ":all:", "-q", "-d", str(building)], building, f"{package}=={version}",
                  "check that PyPI is reachable, or pass the path of a gpt2.tiktoken ranks file")
     (sdist,) = building.glob(f"{package.replace('-', '_')}-*.tar.gz") or building.glob(f"{package}-*.tar.gz")

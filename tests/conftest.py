@@ -49,7 +49,7 @@ def smoke_lm(tmp_path_factory, cache_dir):
   import fcntl
   from pathlib import Path
 
-  from rlhf_jax import cli
+  from rlhf_jax import runs
 
   base = tmp_path_factory.getbasetemp()
   root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's own directory
@@ -57,7 +57,38 @@ def smoke_lm(tmp_path_factory, cache_dir):
   with open(root / "smoke_lm.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (workdir / "trained").exists():
-      cli.run_experiment(Path(__file__).resolve().parents[1] / "experiments" / "pretrain_tiny.py", smoke=True,
-                         workdir=workdir, overrides=["loop.steps=5", "loop.checkpoint_every=5"])
+      runs.run_experiment(Path(__file__).resolve().parents[1] / "experiments" / "pretrain_tiny.py", smoke=True,
+                          workdir=workdir, overrides=["loop.steps=5", "loop.checkpoint_every=5"])
       (workdir / "trained").write_text("")
   return workdir
+
+
+def _record_saved_figures(monkeypatch) -> dict:
+  from pathlib import Path
+
+  from matplotlib.figure import Figure
+
+  saved = {}
+  savefig = Figure.savefig
+
+  def recording_savefig(self, fname, *args, **kwargs):
+    if isinstance(fname, (str, os.PathLike)):  # not a file object
+      saved[Path(fname)] = self
+    return savefig(self, fname, *args, **kwargs)
+  monkeypatch.setattr(Figure, "savefig", recording_savefig)
+  return saved
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+  """The matplotlib figures saved during a test, keyed by the path they were saved to, so that a
+  test reads back the data a plot was given (`ax.lines`' get_xdata/get_ydata, `ax.collections`,
+  `ax.containers`) rather than checking that a PNG exists. The files are still written."""
+  return _record_saved_figures(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_saved_figures():
+  """`saved_figures` for a module-scoped fixture (e.g. one experiment run that several tests read)."""
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    yield _record_saved_figures(monkeypatch)

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import advantages, best_of_n, losses
+from rlhf_jax import advantages, losses
+from rlhf_jax.eval import best_of_n_stats
 
 
 def _gae_loop(r, v, m, gamma, lam):
@@ -103,8 +104,8 @@ def test_adaptive_kl_coef():
                              0.1 * (1 + 0.2 * 64 / 10000), rtol=1e-6)
   np.testing.assert_allclose(advantages.adaptive_kl_coef(0.1, 5.4, target=6.0, horizon=10000, n_steps=64),
                              0.1 * (1 - 0.1 * 64 / 10000), rtol=1e-6)
-  assert best_of_n.kl_bound(1) == 0.0
-  assert best_of_n.kl_bound(4) == pytest.approx(math.log(4) - 0.75)
+  assert best_of_n_stats.kl_bound(1) == 0.0
+  assert best_of_n_stats.kl_bound(4) == pytest.approx(math.log(4) - 0.75)
 
 
 def test_ppo_losses_hand_computed():
@@ -119,21 +120,19 @@ def test_ppo_losses_hand_computed():
   total, _ = losses.ppo_value_loss(v, old_v, ret, jnp.ones((1, 2)), 0.2)
   # token 0: max(1, 0.2^2 = 0.04) = 1; token 1: max(4, 4) = 4 -> 0.5 * 5
   np.testing.assert_allclose(total, 2.5, rtol=1e-6)
-  total, count = losses.policy_gradient_loss(jnp.array([[-1.0, -2.0]]), jnp.array([[2.0, 1.0]]), jnp.ones((1, 2)))
-  np.testing.assert_allclose(total, 4.0)
 
 
 def test_best_of_n_select_and_kl():
-  np.testing.assert_array_equal(best_of_n.select(np.array([[0.1, 0.5, 0.5], [2.0, -1.0, 0.0]])), [1, 0])
+  np.testing.assert_array_equal(best_of_n_stats.select(np.array([[0.1, 0.5, 0.5], [2.0, -1.0, 0.0]])), [1, 0])
   # Two equally likely values: best-of-2 picks the higher one with prob 3/4 ->
   # KL = 1/4 log(1/2) + 3/4 log(3/2).
-  assert best_of_n.kl_plugin(np.array([0.0, 1.0]), 2) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
+  assert best_of_n_stats.kl_plugin(np.array([0.0, 1.0]), 2) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
   # No ties and many samples: the plug-in approaches the closed form.
   rng = np.random.default_rng(0)
-  assert best_of_n.kl_plugin(rng.normal(size=200_000), 8) == pytest.approx(best_of_n.kl_bound(8), abs=0.01)
-  assert best_of_n.kl_plugin(np.zeros(100), 8) == 0.0  # all tied: best-of-n is the reference
+  assert best_of_n_stats.kl_plugin(rng.normal(size=200_000), 8) == pytest.approx(best_of_n_stats.kl_bound(8), abs=0.01)
+  assert best_of_n_stats.kl_plugin(np.zeros(100), 8) == 0.0  # all tied: best-of-n is the reference
   with pytest.raises(ValueError, match="n >= 1"):
-    best_of_n.kl_bound(0)
+    best_of_n_stats.kl_bound(0)
 
 
 def _expected_best_by_enumeration(proxy_N, value_N, n):
@@ -151,22 +150,22 @@ def test_expected_best_of_n_matches_enumerating_every_subset():
   # Hand-computed: pool proxy (1, 2, 3), value (10, 20, 30); best-of-2 over the 3 pairs picks
   # 20, 30, 30 -> 80/3; best-of-1 is the pool mean, best-of-3 the proxy-best sample.
   proxy, value = np.array([[2.0, 1.0, 3.0]]), np.array([[20.0, 10.0, 30.0]])
-  assert best_of_n.expected_best(proxy, value, 2) == pytest.approx([80 / 3])
-  assert best_of_n.expected_best(proxy, value, 1) == pytest.approx([20.0])
-  assert best_of_n.expected_best(proxy, value, 3) == pytest.approx([30.0])
+  assert best_of_n_stats.expected_best(proxy, value, 2) == pytest.approx([80 / 3])
+  assert best_of_n_stats.expected_best(proxy, value, 1) == pytest.approx([20.0])
+  assert best_of_n_stats.expected_best(proxy, value, 3) == pytest.approx([30.0])
   rng = np.random.default_rng(0)
   proxy_PxN = rng.integers(0, 4, size=(5, 7)).astype(float)  # many ties
   value_PxN = rng.normal(size=(5, 7))
   for n in range(1, 8):
     want = [_expected_best_by_enumeration(p, v, n) for p, v in zip(proxy_PxN, value_PxN)]
-    np.testing.assert_allclose(best_of_n.expected_best(proxy_PxN, value_PxN, n), want, rtol=1e-10)
+    np.testing.assert_allclose(best_of_n_stats.expected_best(proxy_PxN, value_PxN, n), want, rtol=1e-10)
   # A large pool: no overflow, and the estimator of best-of-N is the proxy-best sample itself.
   proxy_PxN, value_PxN = rng.normal(size=(2, 4096)), rng.normal(size=(2, 4096))
-  np.testing.assert_allclose(best_of_n.expected_best(proxy_PxN, value_PxN, 4096),
+  np.testing.assert_allclose(best_of_n_stats.expected_best(proxy_PxN, value_PxN, 4096),
                              value_PxN[[0, 1], proxy_PxN.argmax(axis=1)])
-  assert np.all(np.isfinite(best_of_n.expected_best(proxy_PxN, value_PxN, 1000)))
+  assert np.all(np.isfinite(best_of_n_stats.expected_best(proxy_PxN, value_PxN, 1000)))
   with pytest.raises(ValueError, match="n: expected 1 <= n <= N = 4096"):
-    best_of_n.expected_best(proxy_PxN, value_PxN, 4097)
+    best_of_n_stats.expected_best(proxy_PxN, value_PxN, 4097)
 
 
 def test_last_token_index_and_masked_variance_do_what_their_docstrings_say():

@@ -20,7 +20,9 @@ def test_best_of_n_then_rejection_sampling_fine_tuning(tmp_path, smoke_lm):
   # Proxy = gold here: the expected best of n samples of one pool never falls as n grows.
   golds = [r["gold_score"] for r in bon]
   assert golds == sorted(golds)
-  assert bon[0]["kl"] == 0.0 and all(0.0 <= r["kl_plugin"] <= r["kl"] + 1e-9 for r in bon)
+  # KL: the closed form log n - (n - 1) / n; measured on the pool's rewards (ties lower it), never above it.
+  assert [r["kl"] for r in bon] == pytest.approx([0.0, math.log(2) - 1 / 2, math.log(4) - 3 / 4])
+  assert all(0.0 <= r["kl_plugin"] <= r["kl"] + 1e-9 for r in bon)
   evals = logs.read_metrics(tmp_path, "eval")  # the same numbers where `rlhf-jax report` reads them
   assert [(r["step"], r["gold_score"], r["kl"]) for r in evals] == [(r["n"], r["gold_score"], r["kl"]) for r in bon]
   # RSFT on the trainer: the best of rsft.n samples per prompt, an RL run's evaluations.

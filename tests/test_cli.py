@@ -60,35 +60,6 @@ def test_an_experiment_without_main_is_a_user_error_and_a_bug_in_get_config_a_tr
     cli.main(["run", str(buggy), "--workdir", str(tmp_path / "b")])
 
 
-def test_chat_shows_escape_sequences_in_model_text_instead_of_sending_them(monkeypatch):
-  import io
-  import types
-
-  from rlhf_jax import sampling
-  from rlhf_jax.models.transformer import ModelConfig
-
-  class Tokenizer:  # token 1 decodes to an OSC 52 clipboard write's start, token 2 to its end
-    eos_id, pad_id = 0, 0
-    pieces = {1: "hi \x1b]52;c;", 2: "ZXZpbA==\x07 \u202egnp.exe"}
-
-    def encode(self, text):
-      return [3]
-
-    def decode(self, ids):
-      return "".join(self.pieces[i] for i in ids)
-
-  policy = types.SimpleNamespace(model=ModelConfig(vocab_size=8, max_len=8, d_model=8, n_layers=1, n_heads=1),
-                                 tokenizer=Tokenizer(), params={}, step=7)
-  monkeypatch.setattr(cli, "_load_for_sampling", lambda workdir: policy)
-  monkeypatch.setattr(sampling, "stream", lambda *a, **k: iter([1, 2, 0]))
-  out = io.StringIO()
-  args = cli.build_parser().parse_args(["chat", "w"])
-  assert cli._cmd_chat(args, stdin=io.StringIO("hello\n\n"), stdout=out) == 0
-  text = out.getvalue()
-  assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
-  assert "hi <U+001B>]52;c;ZXZpbA==<U+0007> <U+202E>gnp.exe" in text
-
-
 def test_only_the_projects_user_errors_are_one_line_errors_and_a_bug_keeps_its_traceback(tmp_path, capsys,
                                                                                          monkeypatch):
   from rlhf_jax import report

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import losses, sampling, sharding
-from rlhf_jax.data import conditional
-from rlhf_jax.data import lm as lm_data
+from rlhf_jax.data import conditional, lm_pipeline
 from rlhf_jax.models.transformer import ModelConfig, Transformer, init_params
 from rlhf_jax.steps import common, lm
 
@@ -74,18 +73,18 @@ def test_build_stream_drops_documents_filtering_empties_and_checks_inputs():
 
 def test_mask_targets_and_eval_batches_carry_preferences():
   token = build(mode="token")
-  [batch] = conditional.mask_targets(lm_data.eval_batches(token.tokens_N, 4, 2), [GOOD_ID, BAD_ID])
+  [batch] = conditional.mask_targets(lm_pipeline.eval_batches(token.tokens_N, 4, 2), [GOOD_ID, BAD_ID])
   counted = batch["targets"][batch["loss_mask"] == 1]
   assert BAD_ID not in counted and sorted(counted.tolist()) == sorted([10, 11, 12, EOS, 13, 14, EOS])
   emb = build(mode="embedding")
-  [batch] = lm_data.eval_batches(emb.tokens_N, 4, 2, preference_N=emb.preference_N)
+  [batch] = lm_pipeline.eval_batches(emb.tokens_N, 4, 2, preference_N=emb.preference_N)
   np.testing.assert_array_equal(batch["preference"].reshape(-1)[:6], emb.preference_N[:6])
-  train = next(iter(lm_data.lm_dataset(emb.tokens_N, 3, 2, seed=0, preference_N=emb.preference_N)))
+  train = next(iter(lm_pipeline.lm_dataset(emb.tokens_N, 3, 2, seed=0, preference_N=emb.preference_N)))
   for inputs, prefs in zip(train["inputs"], train["preference"]):
     start = int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(emb.tokens_N, 3) == inputs).all(1))[0])
     np.testing.assert_array_equal(prefs, emb.preference_N[start:start + 3])
   with pytest.raises(ValueError, match="preference_N"):
-    lm_data.eval_batches(emb.tokens_N, 4, 2, preference_N=emb.preference_N[:-1])
+    lm_pipeline.eval_batches(emb.tokens_N, 4, 2, preference_N=emb.preference_N[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +156,13 @@ def test_conditional_training_follows_the_condition(mode, contrastive_weight):
   optim = common.OptimConfig(learning_rate=1e-2, warmup_steps=5, weight_decay=0.0)
   tx = common.make_optimizer(optim)
   mesh = sharding.make_mesh()
-  state = common.jit_init(mesh, jax.random.key(0), model=model, tx=tx)()
+  init, _ = common.sharded_init(functools.partial(common.init_state, model=model, tx=tx), mesh, "replicated",
+                                jax.random.key(0))
+  state = init(jax.random.key(0))
   step = lm.jit_train_step(mesh, model=model, tx=tx, optim=optim, total_steps=150,
                            contrastive_weight=contrastive_weight, preference_flip=conditional.FLIP)
-  data = iter(lm_data.lm_dataset(stream.tokens_N, 16, 16, seed=0,
-                                 preference_N=stream.preference_N if n_pref else None))
+  data = iter(lm_pipeline.lm_dataset(stream.tokens_N, 16, 16, seed=0,
+                                     preference_N=stream.preference_N if n_pref else None))
   for _ in range(150):
     state, metrics = step(state, sharding.put_batch(next(data), mesh), jax.random.key(1), optim.hparams())
   if contrastive_weight:  # the contrast is learned: far below its starting value log 2

@@ -74,3 +74,13 @@ def test_nan_is_never_a_config_value_and_a_learning_rate_must_be_finite():
   for lr in (float("inf"), 0.0):
     with pytest.raises(ValueError, match="optim.learning_rate must be positive and finite"):
       common.OptimConfig(learning_rate=lr)
+
+
+def test_overrides_between_two_configs_read_back_to_the_second():
+  edited = dataclasses.replace(Outer(), steps=3, inner=Inner(rate=1 / 3, name="b c", flag=True, sizes=(4,), maybe=5))
+  given = config_lib.overrides(Outer(), edited)
+  assert given == ["inner.flag=true", "inner.maybe=5", "inner.name=b c", "inner.rate=0.3333333333333333",
+                   "inner.sizes=4", "steps=3"]
+  assert config_lib.apply_overrides(Outer(), given) == edited
+  assert config_lib.overrides(edited, edited) == []
+  assert config_lib.apply_overrides(edited, config_lib.overrides(edited, Outer())) == Outer()  # None back too

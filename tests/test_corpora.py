@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-
-import pytest
+from pathlib import Path
 
 import data_fixtures
+import pytest
+
+from rlhf_jax import files
 from rlhf_jax.data import corpora, tfds_corpus
 from rlhf_jax.data.corpora import Document
 
@@ -169,9 +171,9 @@ def test_prepare_writes_documents_and_meta_once(tmp_path, fake_brown):
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
   monkeypatch.setenv("RLHF_JAX_CACHE", str(tmp_path))
-  assert corpora.cache_dir() == tmp_path
+  assert files.cache_dir() == tmp_path
   monkeypatch.delenv("RLHF_JAX_CACHE")
-  assert corpora.cache_dir() == corpora.Path.home() / ".cache" / "rlhf_jax"
+  assert files.cache_dir() == Path.home() / ".cache" / "rlhf_jax"
 
 
 def test_failed_prepare_leaves_nothing_and_retry_succeeds(tmp_path, monkeypatch, fake_brown):

@@ -35,11 +35,3 @@ def test_eval_row_batches_cover_every_row_once():
   assert [len(b["x"]) for b in batches] == [4, 4, 4]
   with pytest.raises(ValueError, match="same number of rows"):
     rows.eval_row_batches({"a": np.zeros(3), "b": np.zeros(4)}, 2)
-
-
-def test_sft_rows_mask_only_the_response():
-  out = rows.sft_rows([[5, 6], [7]], [[8, 9, 2], [3]], length=4, pad_id=0)
-  np.testing.assert_array_equal(out["inputs"], [[5, 6, 8, 9], [7, 3, 0, 0]])
-  np.testing.assert_array_equal(out["targets"], [[6, 8, 9, 2], [3, 0, 0, 0]])
-  # Targets 8, 9, 2 (row 0) and 3 (row 1) are response tokens; 6 is the prompt's.
-  np.testing.assert_array_equal(out["loss_mask"], [[0, 1, 1, 1], [1, 0, 0, 0]])

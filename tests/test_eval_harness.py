@@ -7,10 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from rlhf_jax import pretrained, sharding
+from rlhf_jax import sharding, trained
 from rlhf_jax.eval import diversity, harness, head_to_head
 from rlhf_jax.feedback import labelers
 from rlhf_jax.feedback.store import FeedbackStore
+from rlhf_jax.rewards import scorers
 
 
 def test_distinct_n_by_hand():
@@ -36,17 +37,21 @@ def test_self_bleu_is_one_for_copies_and_small_for_unrelated_texts():
 def test_win_rate_counts_ties_half_with_a_seeded_bootstrap_interval():
   w = head_to_head.win_rate([1, 1, 0, 0.5], seed=0)
   assert (w["win_rate"], w["n"], w["wins"], w["losses"], w["ties"]) == (0.625, 4, 2, 1, 1)
-  assert w["ci_low"] <= 0.625 <= w["ci_high"] and w["ci_high"] - w["ci_low"] > 0.2
+  # The mean of 4 draws of (1, 1, 0, 0.5) is <= 0.125 with probability 5/256 (2.0%) and <= 0.25 with
+  # 19/256 (7.4%); it is 1 with 16/256 (6.25%): the 2.5% and 97.5% quantiles are 0.25 and 1.
+  assert (w["ci_low"], w["ci_high"]) == (0.25, 1.0)
   assert head_to_head.win_rate([1, 1, 0, 0.5], seed=0) == w
   big = head_to_head.win_rate([1] * 300 + [0] * 100, seed=0)
-  assert big["win_rate"] == 0.75 and big["ci_high"] - big["ci_low"] < 0.1  # ~ 2 x 1.96 x sqrt(.75 .25 / 400)
+  # Many judgements: the normal interval 0.75 -/+ 1.96 sqrt(0.75 x 0.25 / 400) = 0.75 -/+ 0.0424.
+  assert big["win_rate"] == 0.75 and (big["ci_low"], big["ci_high"]) == (pytest.approx(0.7076, abs=2e-3),
+                                                                         pytest.approx(0.7924, abs=2e-3))
   assert np.isnan(head_to_head.win_rate([])["win_rate"])
   with pytest.raises(ValueError, match="outcomes"):
     head_to_head.win_rate([2])
 
 
 def test_scorer_judges_higher_score_wins():
-  scorer = labelers.FunctionScorer(lambda texts: [len(t) for t in texts], name="length")
+  scorer = scorers.FunctionScorer(lambda texts: [len(t) for t in texts], name="length")
   np.testing.assert_array_equal(head_to_head.scorer_outcomes(scorer, ["aaa", "a", "bb"], ["a", "aaa", "cc"]),
                                 [1.0, 0.0, 0.5])
 
@@ -61,7 +66,7 @@ def test_head_to_head_through_the_store_with_a_simulated_labeler(tmp_path):
   with FeedbackStore(tmp_path / "h2h.db") as store:
     n = head_to_head.push_pairs(store, prompts, good, bad, model_a="runs/a@10", model_b="runs/b@10")
     assert n == 29
-    labeler = labelers.SimulatedLabeler(labelers.get_scorer("vader"), beta=float("inf"), seed=0)
+    labeler = labelers.SimulatedLabeler(scorers.get_scorer("vader"), beta=float("inf"), seed=0)
     rng = np.random.default_rng(0)
     judged = 0
     while (task := store.next_pair("sim")) is not None:
@@ -78,6 +83,28 @@ def test_head_to_head_through_the_store_with_a_simulated_labeler(tmp_path):
       head_to_head.push_pairs(store, prompts[:1], good[:1], bad[:1], model_a="x", model_b="x")
 
 
+def test_plot_draws_each_runs_scores_and_mean_score_against_kl(tmp_path, saved_figures):
+  def run(name, kl, vader, afinn):
+    return {"run": f"runs/{name}", "step": 4, "kl": kl, "scores": {"vader": {"mean": np.mean(vader), "values": vader},
+                                                                   "afinn": {"mean": np.mean(afinn), "values": afinn}}}
+  report = {"runs": [run("lm", 0.0, [-1.0, 0.05, 0.05, 1.0], [0, 1, 2, 3]),
+                     run("ppo", 2.5, [0.55, 0.55, 0.95, 0.95], [3, 3, 3, 3])]}
+  harness.plot(report, tmp_path / "eval.png")
+  vader, afinn, frontier = saved_figures[tmp_path / "eval.png"].axes
+  assert vader.get_legend_handles_labels()[1] == ["lm@4", "ppo@4"]
+
+  def counts(ax):  # per run, the samples in each non-empty bin
+    return [{i: bar.get_height() for i, bar in enumerate(bars) if bar.get_height()} for bars in ax.containers]
+  # 20 bins shared by both runs, between the smallest and the largest score: width 0.1 for vader
+  # (-1 to 1), 0.15 for afinn (0 to 3); the largest score falls in the last bin.
+  assert counts(vader) == [{0: 1, 10: 2, 19: 1}, {15: 2, 19: 2}]
+  assert counts(afinn) == [{0: 1, 6: 1, 13: 1, 19: 1}, {19: 4}]
+  assert vader.containers[0][0].get_x() == -1.0 and vader.containers[0][0].get_width() == pytest.approx(0.1)
+  # The first scorer's mean against the KL, one point per run.
+  np.testing.assert_allclose([c.get_offsets()[0] for c in frontier.collections], [[0.0, 0.025], [2.5, 0.75]])
+  assert [len(c.get_offsets()) for c in frontier.collections] == [1, 1]
+
+
 def test_prompt_sets_are_versioned_and_files_read(tmp_path):
   prompts = harness.load_prompts("wordnet-openings-v1")
   assert len(prompts) > 128 and prompts == harness.load_prompts("wordnet-openings-v1")
@@ -91,17 +118,17 @@ def test_prompt_sets_are_versioned_and_files_read(tmp_path):
 
 def test_load_trained_policy_errors_name_what_is_missing(smoke_lm, tmp_path):
   mesh = sharding.make_mesh()
-  run = pretrained.load_trained_policy(smoke_lm, mesh)
+  run = trained.load(smoke_lm, mesh)
   assert run.step == 5 and "wte" in run.params
   with pytest.raises(FileNotFoundError, match="config.json"):
-    pretrained.load_trained_policy(tmp_path, mesh)
+    trained.load(tmp_path, mesh)
   (tmp_path / "config.json").write_text((smoke_lm / "config.json").read_text())
   (tmp_path / "tokenizer.model").write_bytes((smoke_lm / "tokenizer.model").read_bytes())
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
-    pretrained.load_trained_policy(tmp_path, mesh)
+    trained.load(tmp_path, mesh)
   # A model.json that does not fit the checkpoint: the error names the parameter and the file.
   shutil.copytree(smoke_lm / "checkpoints", tmp_path / "checkpoints")
   model = json.loads((smoke_lm / "config.json").read_text())["model"]
   (tmp_path / "model.json").write_text(json.dumps({**model, "d_model": 2 * model["d_model"]}))
   with pytest.raises(ValueError, match=r"parameter h_0/attn/c_attn/bias is \(192,\), expected \(384,\) .*model\.json"):
-    pretrained.load_trained_policy(tmp_path, mesh)
+    trained.load(tmp_path, mesh)

@@ -27,7 +27,7 @@ def _evaluation() -> dict:
           "head_to_head": [{"vader": _judge(0.25, 16), "people": _judge(math.nan, 0), "pairs_in_store": 16}]}
 
 
-def test_the_report_reads_every_stage_back(tmp_path):
+def test_the_report_reads_every_stage_back(tmp_path, saved_figures):
   lm = _workdir(tmp_path / "lm", [{"step": 10, "split": "eval", "perplexity": 80.0},
                                   {"step": 20, "split": "eval", "perplexity": 60.0}])
   reward = _workdir(tmp_path / "reward", [{"step": 5, "split": "eval", "accuracy_vs_noiseless": 0.7,
@@ -55,4 +55,9 @@ def test_the_report_reads_every_stage_back(tmp_path):
   assert "| PPO, gold (VADER) score | 0.100 -> 0.400 |" in text and "- *A* | before: 'a0' | after: 'a2'" in text
   assert "| PPO | 0.200 | -1.000 | 2.00 | 0.500 | 0.200 | 30.0 |" in text
   assert "- vader: 0.250 (0.150 - 0.350), n = 16" in text and "people" not in text  # nobody judged yet
-  assert (tmp_path / "reward_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # reward_kl.png: PPO's reward and KL over its updates, one panel each, from the records above.
+  panels = {ax.get_title(): ax.lines for ax in saved_figures[tmp_path / "reward_kl.png"].axes}
+  assert {title: [(list(line.get_xdata()), list(line.get_ydata()), line.get_label()) for line in lines]
+          for title, lines in panels.items()} == {
+      "train score": [([1, 2], [0.1, 0.3], "PPO")], "train kl": [([1, 2], [0.0, 0.5], "PPO")],
+      "eval gold_score": [([0, 2], [0.1, 0.4], "PPO")], "eval kl": [([0, 2], [0.0, 0.6], "PPO")]}

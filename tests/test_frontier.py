@@ -6,8 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+from matplotlib.collections import PathCollection
 
-from rlhf_jax import cli, logs, report, sweep
+from rlhf_jax import logs, report, runs, sweep
 from rlhf_jax.eval import frontier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,15 +59,34 @@ def test_gold_at_matched_kl_pools_every_evaluation_in_the_band(points):
     frontier.matched_kl(points, [0.0, 2.0, 1.0])
 
 
-def test_tables_and_plot(points, tmp_path):
+def test_tables(points):
   text = frontier.markdown(points, [0.0, 1.0, 2.0, 8.0], {"ppo": "ppo.kl_coef", "bon": "n"})
   assert "| ppo | ppo.kl_coef=0.1 | 2 | 4.00 ± " in text and "| bon | n=4 | 2 | 1.50 ± 0.00 | 0.750 ± " in text
   assert "| bon | 0.550 (0.0, 2) | 0.750 (1.5, 2) | - |" in text
+
+
+def test_the_plot_draws_each_setting_mean_with_its_intervals_and_every_evaluation(points, tmp_path, saved_figures):
   frontier.plot(points, tmp_path / "f.png")
-  assert (tmp_path / "f.png").stat().st_size > 10_000
+  (ax,) = saved_figures[tmp_path / "f.png"].axes
+  means = {c.get_label(): c for c in ax.containers}
+  assert list(means) == ["ppo", "bon"]
+  # Settings joined in order of KL: ppo's kl_coef 0.5 (one seed: KL 0.5, gold 0.1) before 0.1 (seeds
+  # at KL 3 and 5, gold 0.4 and 0.6); best-of-n's n=1 (KL 0, gold 0.05 and 1.05) before n=4.
+  for method, kl, gold in (("ppo", [0.5, 4.0], [0.1, 0.5]), ("bon", [0.0, 1.5], [0.55, 0.75])):
+    line = means[method].lines[0]
+    assert list(line.get_xdata()) == pytest.approx(kl) and list(line.get_ydata()) == pytest.approx(gold)
+  # ppo's kl_coef=0.1: t(0.975, 1) = 12.706 x sd / sqrt(2) of KL 3, 5 and of gold 0.4, 0.6; kl_coef=0.5 has none.
+  xbars, ybars = means["ppo"].lines[2]
+  assert [s[:, 0].tolist() for s in xbars.get_segments()] == [[0.5, 0.5], pytest.approx([4 - 12.706, 4 + 12.706],
+                                                                                        rel=1e-4)]
+  assert [s[:, 1].tolist() for s in ybars.get_segments()] == [[0.1, 0.1], pytest.approx([0.5 - 1.2706, 0.5 + 1.2706],
+                                                                                        rel=1e-4)]
+  dots = [c.get_offsets().tolist() for c in ax.collections if isinstance(c, PathCollection)]
+  assert dots == [[[1.0, 0.2], [3.0, 0.4], [2.0, 0.3], [5.0, 0.6], [0.5, 0.1]],  # every evaluation, not only the final
+                  [[0.0, 0.05], [1.5, 0.25], [0.0, 1.05], [1.5, 1.25]]]
 
 
-def test_the_report_files(points, tmp_path):
+def test_the_report_files(points, tmp_path, saved_figures):
   result, text = frontier.write_report(points, tmp_path, edges=[0.0, 1.0, 8.0], knobs={"ppo": "ppo.kl_coef"},
                                        seeds=[0, 1])
   assert text.startswith("# Reward-KL frontier\n\nFinal evaluation of each setting: mean ± 95% t-interval over "
@@ -76,6 +96,8 @@ def test_the_report_files(points, tmp_path):
   saved = json.loads((tmp_path / "frontier.json").read_text())
   assert saved["points"][0] == dataclasses.asdict(points[0]) and saved["by_setting"]["ppo"][1]["gold_ci95"] is None
   assert saved["matched_kl"] == logs.json_ready(frontier.matched_kl(points, [0.0, 1.0, 8.0]))
+  (ax,) = saved_figures[tmp_path / "frontier.png"].axes  # the plot of all points (drawn: the test above)
+  assert [c.get_label() for c in ax.containers] == ["ppo", "bon"]
   assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -92,11 +114,11 @@ EXPERIMENT = ROOT / "experiments" / "reward_kl_frontier.py"
 
 
 @pytest.mark.network
-def test_frontier_experiment_runs_each_method_once_and_reruns_nothing(smoke_lm, tmp_path):
+def test_frontier_experiment_runs_each_method_once_and_reruns_nothing(smoke_lm, tmp_path, saved_figures):
   """Best-of-n only, the cheapest method (every method's smoke run has its own test; all four
   through this experiment: the slow test below)."""
   overrides = [f"init_from={smoke_lm}", "methods=best-of-n", "seeds=0,1"]
-  result = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=overrides)
+  result = runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=overrides)
   assert list(result["by_setting"]) == ["best-of-n"]
   bon = result["by_setting"]["best-of-n"]
   assert [(r["setting"], r["n"]) for r in bon] == [(1.0, 2), (2.0, 2), (4.0, 2)]  # two seeds each
@@ -107,23 +129,27 @@ def test_frontier_experiment_runs_each_method_once_and_reruns_nothing(smoke_lm, 
     config = json.loads((run / "config.json").read_text())
     assert config["policy"]["init_from"] == str(smoke_lm.absolute()) and config["seed"] == seed
     assert config["fine_tune"] is False and config["bon"]["n"] == [1, 2, 4]
-  assert (tmp_path / "frontier.png").is_file() and "Gold at matched KL" in (tmp_path / "frontier.md").read_text()
+  (ax,) = saved_figures[tmp_path / "frontier.png"].axes  # the plot draws the settings the result holds
+  assert [c.get_label() for c in ax.containers] == ["best-of-n"]
+  line = ax.containers[0].lines[0]
+  assert list(line.get_xdata()) == [r["kl"] for r in bon] and list(line.get_ydata()) == [r["gold"] for r in bon]
+  assert "Gold at matched KL" in (tmp_path / "frontier.md").read_text()
   # A rerun finds every run done: it samples nothing and reports the same frontier.
   mtime = (tmp_path / "best-of-n/seed=0/metrics.jsonl").stat().st_mtime_ns
-  again = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=overrides)
+  again = runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=overrides)
   assert again["points"] == result["points"]
   assert (tmp_path / "best-of-n/seed=0/metrics.jsonl").stat().st_mtime_ns == mtime
 
 
 def test_frontier_experiment_rejects_an_unknown_method(tmp_path):
   with pytest.raises(ValueError, match=r"methods: expected some of \['ppo', 'rloo', 'dpo', 'best-of-n'\]"):
-    cli.prepare_run(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=["methods=ppo,sft"])
+    runs.prepare_run(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=["methods=ppo,sft"])
 
 
 @pytest.mark.slow
 @pytest.mark.network
 def test_frontier_experiment_smoke_all_methods(smoke_lm, tmp_path):
-  result = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=[f"init_from={smoke_lm}"])
+  result = runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=[f"init_from={smoke_lm}"])
   by_method = result["by_setting"]
   assert list(by_method) == ["ppo", "rloo", "dpo", "best-of-n"]
   for method in ("ppo", "rloo", "dpo"):

@@ -1,6 +1,7 @@
 """Sharding rules, parameters created on their shards, and FSDP / tensor-parallel training that
 matches plain data parallelism (8 forced CPU devices)."""
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rlhf_jax import cli, logs, sharding
+from rlhf_jax import logs, runs, sharding
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, lm
 
@@ -41,8 +42,9 @@ def _train(mesh_config: sharding.MeshConfig, steps: int = 3):
   model = Transformer(CONFIG)
   optim = common.OptimConfig(learning_rate=1e-2, warmup_steps=1, weight_decay=0.1)
   tx = common.make_optimizer(optim)
-  init, shardings = common.sharded_init(mesh, jax.random.key(0), model=model, tx=tx, rules=mesh_config.rules)
-  state = init()
+  init, shardings = common.sharded_init(functools.partial(common.init_state, model=model, tx=tx), mesh,
+                                        mesh_config.rules, jax.random.key(0))
+  state = init(jax.random.key(0))
   step = lm.jit_train_step(mesh, model=model, tx=tx, optim=optim, total_steps=steps, state_shardings=shardings)
   rng = np.random.default_rng(0)
   losses = []
@@ -74,10 +76,10 @@ def test_fsdp_creates_shards_and_trains_like_data_parallel():
 def test_pretrain_with_fsdp_resumes_on_shards(tmp_path, cache_dir):
   experiment = Path(__file__).resolve().parents[1] / "experiments" / "pretrain_tiny.py"
   overrides = ["mesh.data=2", "mesh.fsdp=4", "loop.steps=4", "loop.checkpoint_every=2", "loop.log_every=1"]
-  cli.run_experiment(experiment, smoke=True, workdir=tmp_path, overrides=overrides)
+  runs.run_experiment(experiment, smoke=True, workdir=tmp_path, overrides=overrides)
   unbroken = logs.read_metrics(tmp_path, "eval")[-1]
   shutil.rmtree(tmp_path / "checkpoints" / "4")  # restart from step 2's sharded checkpoint
-  cli.run_experiment(experiment, smoke=True, workdir=tmp_path, overrides=overrides)
+  runs.run_experiment(experiment, smoke=True, workdir=tmp_path, overrides=overrides)
   assert logs.read_metrics(tmp_path, "eval")[-1]["loss"] == pytest.approx(unbroken["loss"], abs=1e-5)
   assert [r["step"] for r in logs.read_metrics(tmp_path, "train")] == [1, 2, 3, 4]
 
@@ -92,8 +94,8 @@ def count_e(texts):
 def test_ppo_with_fsdp_matches_data_parallel(smoke_lm, tmp_path):
   experiment = Path(__file__).resolve().parents[1] / "experiments" / "sentiment_ppo.py"
   base = [f"policy.init_from={smoke_lm}", "loop.steps=2", "loop.eval_every=0", f"task.reward=py:{__name__}:count_e"]
-  cli.run_experiment(experiment, smoke=True, workdir=tmp_path / "dp", overrides=base + ["mesh.data=8"])
-  cli.run_experiment(experiment, smoke=True, workdir=tmp_path / "fsdp", overrides=base + ["mesh.data=2", "mesh.fsdp=4"])
+  runs.run_experiment(experiment, smoke=True, workdir=tmp_path / "dp", overrides=base + ["mesh.data=8"])
+  runs.run_experiment(experiment, smoke=True, workdir=tmp_path / "fsdp", overrides=base + ["mesh.data=2", "mesh.fsdp=4"])
   dp, fsdp = logs.read_metrics(tmp_path / "dp", "train"), logs.read_metrics(tmp_path / "fsdp", "train")
   assert len(dp) == len(fsdp) == 2
   for a, b in zip(dp, fsdp):

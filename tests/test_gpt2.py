@@ -99,9 +99,9 @@ def test_gpt2_tokenizer_from_the_whisper_sdist(cache_dir):
 
 
 def test_export_a_trained_run(smoke_lm, tmp_path):
-  from rlhf_jax import cli, pretrained, sharding
+  from rlhf_jax import cli, sharding, trained
   assert cli.main(["export", str(smoke_lm), str(tmp_path / "out")]) == 0
-  run = pretrained.load(smoke_lm, sharding.make_mesh())
+  run = trained.load(smoke_lm, sharding.make_mesh())
   config, params = gpt2.load_hf(tmp_path / "out")
   assert config == dataclasses.replace(run.model, init_std=config.init_std)
   flat = safetensors.numpy.load_file(str(tmp_path / "out" / "params.safetensors"))

@@ -5,15 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlhf_jax import cli, logs
+from rlhf_jax import logs, runs
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "ilql_sentiment.py"
 
 
 @pytest.mark.network
 def test_ilql_smoke_samples_its_data_once_trains_and_evaluates(smoke_lm, tmp_path):
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path,
-                     overrides=[f"policy.init_from={smoke_lm}", "ilql.num_samples=32"])
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path,
+                      overrides=[f"policy.init_from={smoke_lm}", "ilql.num_samples=32"])
   train = logs.read_metrics(tmp_path, "train")
   assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
   assert all(np.isfinite(r[name]) for r in train for name in ("loss", "lm_loss", "q_loss", "v_loss", "cql_loss"))

@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.feedback.labelers: the Bradley-Terry model, the labeler, the scorers."""
+"""Tests for rlhf_jax.feedback.labelers: the Bradley-Terry model and the simulated labeler."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from rlhf_jax.feedback import labelers
 from rlhf_jax.feedback.labelers import SimulatedLabeler, preference_probability
+from rlhf_jax.rewards import scorers
 
 
 class TableScorer:
@@ -230,54 +230,9 @@ POSITIVE = "This is wonderful. I love it, the best and most delicious snack I ha
 NEGATIVE = "This is awful. I hate it, the worst and most disgusting snack I have ever had."
 
 
-@pytest.mark.parametrize("name", sorted(labelers.SCORERS))
-def test_lexicon_scorers_rank_positive_above_negative(name):
-  scorer = labelers.get_scorer(name)
-  assert isinstance(scorer, labelers.Scorer)
-  assert scorer.name == name
-  scores = scorer.score([POSITIVE, NEGATIVE, ""])
-  assert scores.dtype == np.float32 and scores.shape == (3,)
-  assert scores[0] > 0 > scores[1]
-  assert scores[2] == 0
-  bounds = labelers.score_range_of(scorer)
-  if bounds is not None:
-    assert bounds[0] <= scores.min() and scores.max() <= bounds[1]
-
-
-def test_afinn_normalized_is_mean_valence_per_word():
-  raw, per_word = labelers.AfinnScorer(), labelers.AfinnScorer(normalize=True)
-  assert per_word.name == "afinn-per-word" and per_word.score_range == (-5.0, 5.0)
-  assert raw.score_range is None
-  # "good" is +3 in AFINN-en-165; 4 words.
-  assert raw.score(["good good good good"])[0] == 12
-  assert per_word.score(["good good good good", "good and so on"]).tolist() == [3.0, 0.75]
-
-
 def test_simulated_labeler_on_a_lexicon():
-  labeler = SimulatedLabeler(labelers.get_scorer("vader"), beta=math.inf, tie_margin=0.05, seed=0)
+  labeler = SimulatedLabeler(scorers.get_scorer("vader"), beta=math.inf, tie_margin=0.05, seed=0)
   assert labeler.name == "vader(beta=inf,tie=0.05,seed=0)"
   assert labeler.compare([POSITIVE, NEGATIVE, POSITIVE], [NEGATIVE, POSITIVE, POSITIVE]) == [
       "a", "b", "tie"]
   assert labeler.rate([NEGATIVE, POSITIVE], scale=5) == [1, 5]
-
-
-def test_get_scorer_suggests_nearest_name():
-  with pytest.raises(ValueError, match=r"unknown scorer 'vadr'; did you mean 'vader'\?"):
-    labelers.get_scorer("vadr")
-  with pytest.raises(ValueError, match="afinn, textblob, vader"):
-    labelers.get_scorer("txtblob")
-
-
-def test_python_function_scorer(tmp_path, monkeypatch):
-  (tmp_path / "my_rewards.py").write_text("def exclaim(texts):\n  return [t.count('!') for t in texts]\n")
-  monkeypatch.syspath_prepend(str(tmp_path))
-  scorer = labelers.get_scorer("py:my_rewards:exclaim")
-  assert scorer.name == "py:my_rewards:exclaim"
-  np.testing.assert_array_equal(scorer.score(["a!", "b!!!", "c"]), [1, 3, 0])
-  assert labelers.SimulatedLabeler(scorer, beta=float("inf")).compare(["a!"], ["b!!"]) == ["b"]
-  with pytest.raises(ValueError, match="has no attribute 'missing'"):
-    labelers.get_scorer("py:my_rewards:missing")
-  with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
-    labelers.get_scorer("py:no_such_module_xyz:f")
-  with pytest.raises(ValueError, match="expected py:MODULE:FUNCTION"):
-    labelers.get_scorer("py:my_rewards")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax import cli, logs
+from rlhf_jax import logs, runs
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "pretrain_tiny.py"
 ARGS = ["--smoke", "--set", "loop.steps=4", "--set", "loop.checkpoint_every=2", "--set", "loop.log_every=1",
@@ -52,8 +52,8 @@ def multi(tmp_path_factory, cache_dir):
 @pytest.mark.slow  # three JAX start-ups and compiles; the default run stays under 10 minutes
 def test_two_processes_match_one(multi, tmp_path):
   # The single-process reference runs here, on 4 of this process's 8 devices.
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path,
-                     overrides=[a for a in ARGS[1:] if a != "--set"] + ["mesh.data=4"])
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path,
+                      overrides=[a for a in ARGS[1:] if a != "--set"] + ["mesh.data=4"])
   single, two = logs.read_metrics(tmp_path, "train"), logs.read_metrics(multi, "train")
   assert [r["step"] for r in two] == [1, 2, 3, 4]  # one writer: no duplicated records
   assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in single], abs=1e-5)

@@ -1,5 +1,5 @@
 """The overoptimization reproduction (gold RM -> proxies -> best-of-n and PPO -> fits) in --smoke mode,
-and the stages it plans. The points, fits and tables: test_overoptimization.py."""
+and the stages it plans. The points, fits and tables: test_overoptimization_fits.py."""
 
 import json
 import math
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax import cli, report, sweep
+from rlhf_jax import report, runs, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "overoptimization.py"
@@ -20,7 +20,7 @@ def _eval_records(run: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.network
 def test_overoptimization_smoke(smoke_lm, tmp_path):
-  result = cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=[f"init_from={smoke_lm}"])
+  result = runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=[f"init_from={smoke_lm}"])
   # Two proxy sizes: d64 is the smoke LM's own trunk, d32 pretrains its own.
   assert list(result["proxies"]) == ["d32,prompts=48", "d64,prompts=48"]
   assert sweep.status(tmp_path / "lm_d32") == "done" and not (tmp_path / "lm_d64").exists()
@@ -48,7 +48,7 @@ def test_overoptimization_smoke(smoke_lm, tmp_path):
 
 def test_the_stages_and_their_runs(tmp_path):
   """What the experiment asks of each stage, without running one (the smoke run above runs them)."""
-  module = cli.load_experiment(EXPERIMENT)
+  module = runs.load_experiment(EXPERIMENT)
   config = module.get_config(smoke=False)
   lm = tmp_path / "lm"
   proxies = module._proxies(config, {64: lm, 128: tmp_path / "lm_d128"})

@@ -12,7 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rlhf_jax import cli, logs, pretrained, sharding
+from rlhf_jax import cli
+from rlhf_jax import config as config_lib
+from rlhf_jax import logs, runs, sharding, trained
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "pretrain_tiny.py"
@@ -24,7 +26,7 @@ def straight(tmp_path_factory, cache_dir):
   """The smoke run with SHORT's settings, uninterrupted: the artifacts test reads it, and the
   interrupted run must end exactly where it does."""
   workdir = tmp_path_factory.mktemp("straight")
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=workdir, overrides=SHORT)
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=workdir, overrides=SHORT)
   return workdir
 
 
@@ -44,7 +46,7 @@ def test_smoke_run_trains_and_writes_artifacts(straight):
   assert len(samples) == 10  # 5 prompts, before and after training
 
   # Later stages start from this workdir: the trained parameters and tokenizer load back.
-  start = pretrained.load(straight, sharding.make_mesh())
+  start = trained.load(straight, sharding.make_mesh())
   assert start.step == 40 and start.tokenizer.vocab_size == start.model.vocab_size == vocab
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(start.params), final_state(straight, 40)["params"])
 
@@ -98,7 +100,7 @@ def test_unknown_override_is_an_error_before_anything_starts(tmp_path, capsys):
 
 def test_resuming_with_a_different_config_is_an_error(tmp_path, capsys):
   (tmp_path / "checkpoints" / "10").mkdir(parents=True)
-  cli.config_lib.save(cli.load_experiment(EXPERIMENT).get_config(smoke=True), tmp_path / "config.json")
+  config_lib.save(runs.load_experiment(EXPERIMENT).get_config(smoke=True), tmp_path / "config.json")
   before = (tmp_path / "config.json").read_text()
   code = cli.main(["run", str(EXPERIMENT), "--smoke", "--workdir", str(tmp_path), "--set", "loop.steps=99"])
   assert code == 2
@@ -115,4 +117,4 @@ def test_unknown_corpus_is_an_error_before_anything_starts(tmp_path, capsys):
 
 def test_loading_a_workdir_that_is_not_an_lm_run_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json not found"):
-    pretrained.load(tmp_path, sharding.make_mesh())
+    trained.load(tmp_path, sharding.make_mesh())

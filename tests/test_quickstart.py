@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import safetensors.numpy
 
-from rlhf_jax import cli, logs
+from rlhf_jax import cli, logs, runs
 from rlhf_jax.config import ConfigError
 from rlhf_jax.eval import harness
 
@@ -16,25 +16,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory, cache_dir):
+def quickstart(tmp_path_factory, cache_dir, module_saved_figures):
   workdir = tmp_path_factory.mktemp("quickstart")
-  result = cli.run_experiment(ROOT / "experiments" / "quickstart.py", smoke=True, workdir=workdir)
+  result = runs.run_experiment(ROOT / "experiments" / "quickstart.py", smoke=True, workdir=workdir)
   return workdir, result
 
 
 @pytest.mark.network
-def test_quickstart_smoke_writes_the_report(quickstart):
+def test_quickstart_smoke_writes_the_report(quickstart, module_saved_figures):
   workdir, result = quickstart
   assert json.loads((workdir / "report.json").read_text()) == result
-  assert (workdir / "reward_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert "Quickstart report" in (workdir / "report.md").read_text()
   ppo = result["ppo"]
   assert ppo["updates"] > 0 and ppo["kl_after"] >= -0.5  # a k1 estimate on few samples may dip below 0
-  assert 0.0 <= result["reward_model"]["heldout_accuracy_vs_noiseless_labeler"] <= 1.0
+  reward_eval = logs.read_metrics(workdir / "reward", "eval")[-1]  # the reward stage's final evaluation
+  assert result["reward_model"]["heldout_accuracy_vs_noiseless_labeler"] == reward_eval["accuracy_vs_noiseless"]
   assert result["samples"] and all(s["prompt"] for s in result["samples"])
   # The PPO stage scored with the learned reward model and logged every metric of an update.
   train = logs.read_metrics(workdir / "ppo", "train")
   assert len(train) == 4
+  # reward_kl.png plots the PPO stage's own records: reward and KL of each update, and its evaluations.
+  panels = {ax.get_title(): ax.lines[0] for ax in module_saved_figures[workdir / "reward_kl.png"].axes}
+  evals = logs.read_metrics(workdir / "ppo", "eval")
+  for title, records, name in (("train score", train, "score"), ("train kl", train, "kl"),
+                               ("eval gold_score", evals, "gold_score"), ("eval kl", evals, "kl")):
+    assert list(panels[title].get_xdata()) == [r["step"] for r in records], title
+    assert list(panels[title].get_ydata()) == [r[name] for r in records], title
   for name in ("score", "kl", "kl_coef", "entropy", "response_length", "eos_rate", "clipfrac", "approx_kl",
                "value_loss", "explained_variance"):
     assert all(name in r for r in train), name
@@ -50,24 +57,30 @@ def test_sentiment_ppo_scores_with_the_reward_model_on_device_and_starts_the_val
   ppo = ROOT / "experiments" / "sentiment_ppo.py"
   rm_value = [f"policy.init_from={workdir / 'lm'}", f"task.reward=rm:{workdir / 'reward'}",
               "task.reward_with_prompt=true", "rl.value_init=reward", "loop.steps=1"]
-  cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "e", overrides=rm_value)
+  runs.run_experiment(ppo, smoke=True, workdir=tmp_path / "e", overrides=rm_value)
   train = logs.read_metrics(tmp_path / "e", "train")
   assert len(train) == 1 and train[0]["score_raw"] != 0.0 and train[0]["explained_variance"] < 1.0
   with pytest.raises(ValueError, match="rl.value_init=reward needs a reward model"):
-    cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "c", overrides=[
+    runs.run_experiment(ppo, smoke=True, workdir=tmp_path / "c", overrides=[
         f"policy.init_from={workdir / 'lm'}", "task.reward=afinn", "rl.value_init=reward"])
   with pytest.raises(ConfigError, match="kl_estimator"):
-    cli.run_experiment(ppo, smoke=True, workdir=tmp_path / "d", overrides=["ppo.kl_estimator=k9"])
+    runs.run_experiment(ppo, smoke=True, workdir=tmp_path / "d", overrides=["ppo.kl_estimator=k9"])
 
 
 @pytest.mark.network
-def test_eval_harness_sample_and_chat_on_the_quickstart_policies(quickstart, tmp_path, monkeypatch, capsys):
+def test_eval_harness_sample_and_chat_on_the_quickstart_policies(quickstart, tmp_path, monkeypatch, capsys,
+                                                                 module_saved_figures):
   workdir, result = quickstart
   lm, ppo = workdir / "lm", workdir / "ppo"
   # The quickstart evaluated its pretrained and its tuned policy with the harness.
   assert {p.name for p in (workdir / "eval").iterdir()} >= {"eval.json", "eval.md", "eval.png", "h2h.db"}
   report = json.loads((workdir / "eval" / "eval.json").read_text())
   rm = f"rm:{workdir / 'reward'}"
+  # eval.png: each run's mean score under the first scorer against its KL, as eval.json has them.
+  first = next(iter(report["runs"][0]["scores"]))
+  against_kl = module_saved_figures[workdir / "eval" / "eval.png"].axes[-1]
+  assert [c.get_offsets().tolist() for c in against_kl.collections] == [
+      [[r["kl"], r["scores"][first]["mean"]]] for r in report["runs"]]
   base, tuned = report["runs"]
   assert base["kl"] == 0.0 and tuned["reference"] == str(lm)  # the PPO run's reference is the LM it started from
   for r in (base, tuned):
@@ -80,7 +93,7 @@ def test_eval_harness_sample_and_chat_on_the_quickstart_policies(quickstart, tmp
   assert h2h["pairs_in_store"] > 0 and "Win rate of the pretrained policy" in (workdir / "report.md").read_text()
   assert result["eval"]["head_to_head"][0]["vader"] == h2h["vader"]
   # The same seed gives the same numbers; a fluency LM adds the samples' perplexity under it.
-  quickstart_module = cli.load_experiment(ROOT / "experiments" / "quickstart.py")
+  quickstart_module = runs.load_experiment(ROOT / "experiments" / "quickstart.py")
   hc = dataclasses.replace(quickstart_module.eval_config(quickstart_module.get_config(smoke=True), workdir),
                            store="", fluency_lm=str(lm))
   harness.evaluate([lm, ppo], hc, tmp_path / "again")

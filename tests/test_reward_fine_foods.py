@@ -5,7 +5,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from rlhf_jax import cli, logs
+from rlhf_jax import logs, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "reward_fine_foods.py"
@@ -14,7 +14,7 @@ EXPERIMENT = ROOT / "experiments" / "reward_fine_foods.py"
 @pytest.mark.slow  # the experiment's default run (one smoke a family): the preference smoke below
 @pytest.mark.network
 def test_rating_smoke_reports_auc_next_to_the_lexicon_baselines(tmp_path, cache_dir):
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path)
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path)
   start, end = logs.read_metrics(tmp_path, "eval")
   assert (start["step"], end["step"]) == (0, 40)
   # The baselines are the published lexicons on the 1,000 held-out reviews (see DATA.md).
@@ -29,12 +29,12 @@ def test_rating_smoke_reports_auc_next_to_the_lexicon_baselines(tmp_path, cache_
 @pytest.mark.network
 def test_preference_smoke_starts_from_a_pretrained_lm(tmp_path, cache_dir):
   lm_dir = tmp_path / "lm"
-  cli.run_experiment(ROOT / "experiments" / "pretrain_tiny.py", smoke=True, workdir=lm_dir,
-                     overrides=["loop.steps=5", "loop.checkpoint_every=5"])
+  runs.run_experiment(ROOT / "experiments" / "pretrain_tiny.py", smoke=True, workdir=lm_dir,
+                      overrides=["loop.steps=5", "loop.checkpoint_every=5"])
   rm_dir = tmp_path / "rm"
   # Under FSDP (4-way, x 2 data): the grafted reward model is created on its shards and stays there.
-  state = cli.run_experiment(EXPERIMENT, smoke=True, workdir=rm_dir,
-                             overrides=[f"reward.init_from={lm_dir}", "reward.kind=preference", "loop.steps=10",
+  state = runs.run_experiment(EXPERIMENT, smoke=True, workdir=rm_dir,
+                              overrides=[f"reward.init_from={lm_dir}", "reward.kind=preference", "loop.steps=10",
                                         "loop.checkpoint_every=10", "mesh.fsdp=4"])
   kernel = state.params["h_0"]["mlp"]["c_fc"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
@@ -51,17 +51,18 @@ def test_trained_reward_model_is_a_gold_scorer(tmp_path, cache_dir):
   import numpy as np
 
   from rlhf_jax.data import fine_foods
-  from rlhf_jax.eval import reward as reward_eval
+  from rlhf_jax.eval import reward_metrics
   from rlhf_jax.feedback import labelers
+  from rlhf_jax.rewards import scorers
 
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=["loop.steps=10", "loop.checkpoint_every=10"])
-  scorer = labelers.get_scorer(f"rm:{tmp_path}")
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=["loop.steps=10", "loop.checkpoint_every=10"])
+  scorer = scorers.get_scorer(f"rm:{tmp_path}")
   assert scorer.name == f"rm:{tmp_path}@10"
   test = fine_foods.load("test")
   scores = scorer.score([r.text for r in test])
   assert scores.shape == (1000,) and scores.dtype == np.float32
   end = logs.read_metrics(tmp_path, "eval")[-1]
-  assert reward_eval.roc_auc(scores, [r.great for r in test]) == pytest.approx(end["auc"], abs=1e-3)
+  assert reward_metrics.roc_auc(scores, [r.great for r in test]) == pytest.approx(end["auc"], abs=1e-3)
   assert scores.std() > 0
   normalized = scorer.normalize([r.text for r in test[:200]])
   reference = normalized.score([r.text for r in test[:200]])

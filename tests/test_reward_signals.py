@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import advantages, reward_signals
+from rlhf_jax import advantages
+from rlhf_jax.rewards import signals
 
 
 def _returns_loop(r, m, gamma):
@@ -38,17 +39,17 @@ def test_signals():
   mask = jnp.array([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
   score = jnp.array([0.5, 2.0, -1.0])
   human = jnp.array([1.0, 2.05, -3.0])
-  np.testing.assert_allclose(reward_signals.reward_signal("score", score, mask)[:, :2], [[0, 0.5], [0, 0], [-1, 0]])
-  cons = reward_signals.reward_signal("consistency", score, mask, human_B=human, tolerance=0.1)
+  np.testing.assert_allclose(signals.reward_signal("score", score, mask)[:, :2], [[0, 0.5], [0, 0], [-1, 0]])
+  cons = signals.reward_signal("consistency", score, mask, human_B=human, tolerance=0.1)
   np.testing.assert_allclose(cons, [[0, 1, 0], [0, 0, 0], [-1, 0, 0]])  # 2.05 vs 2.0 is within tolerance
-  corr = reward_signals.reward_signal("correlation", score, mask, human_B=human)
+  corr = signals.reward_signal("correlation", score, mask, human_B=human)
   np.testing.assert_allclose(corr.sum(), 3 * np.corrcoef(np.array(score), np.array(human))[0, 1], rtol=1e-5)
-  disc = reward_signals.reward_signal("discounted", score, mask, gamma=0.5)
+  disc = signals.reward_signal("discounted", score, mask, gamma=0.5)
   np.testing.assert_allclose(disc, [[0.25, 0.5, 0], [0.5, 1.0, 2.0], [-1, 0, 0]])
 
 
 def test_signal_errors():
   with pytest.raises(ValueError, match="human_B"):
-    reward_signals.reward_signal("consistency", jnp.zeros(2), jnp.ones((2, 3)))
+    signals.reward_signal("consistency", jnp.zeros(2), jnp.ones((2, 3)))
   with pytest.raises(ValueError, match="unknown reward signal 'scor'"):
-    reward_signals.reward_signal("scor", jnp.zeros(2), jnp.ones((2, 3)))
+    signals.reward_signal("scor", jnp.zeros(2), jnp.ones((2, 3)))

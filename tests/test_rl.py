@@ -9,6 +9,7 @@ trainer's resumed runs equal unbroken ones.
 import dataclasses
 import functools
 import json
+import math
 import shutil
 
 import jax
@@ -17,10 +18,14 @@ import numpy as np
 import pytest
 
 from rlhf_jax import config as config_lib
-from rlhf_jax import logs, pretrained, reward_signals, rewards, rl, sharding, vmapped
+from rlhf_jax import logs, rewards, rl
+from rlhf_jax import rollout as rollout_lib
+from rlhf_jax import sharding, trained, vmapped
+from rlhf_jax.data import preferences
 from rlhf_jax.loop import LoopConfig
-from rlhf_jax.rl import trainer
 from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.rewards import signals
+from rlhf_jax.rl import trainer
 from rlhf_jax.steps import common, dpo, rsft
 
 POLICY = ModelConfig(vocab_size=16, max_len=12, d_model=32, n_layers=1, n_heads=2)
@@ -170,8 +175,8 @@ def test_reward_signals_are_rewards_on_tokens_under_jit_and_vmap():
   fives = rewards.TokenFunctionReward(lambda p, pm, r, rm: jnp.sum((r == 5) & (rm > 0), -1) / N, label="fives")
   human_RxB = ((response_RxBxN == 7) & (mask_RxBxN > 0)).sum(-1) / N  # what HOST_REWARD reads from the texts
   predicted_RxB = ((response_RxBxN == 5) & (mask_RxBxN > 0)).sum(-1) / N
-  for kind, want in (("consistency", lambda h, s: reward_signals.consistency(h, s, 0.1)),
-                     ("correlation", reward_signals.correlation_shares)):
+  for kind, want in (("consistency", lambda h, s: signals.consistency(h, s, 0.1)),
+                     ("correlation", signals.correlation_shares)):
     signal = rewards.SignalReward(predicted=fives, human=HOST_REWARD, kind=kind, tolerance=0.1)
     assert signal.name == f"{kind}(sevens vs fives)"
     score = jax.jit(lambda reward, *a: reward.score(*a))
@@ -243,7 +248,7 @@ def test_trainer_resumes_exactly_as_an_unbroken_run(algorithm, tmp_path):
   # One device: resume is what is tested here (sharded RL runs: test_fsdp.py).
   config = dataclasses.replace(_config(algorithm), mesh=sharding.MeshConfig(data=1),
                                loop=LoopConfig(steps=4, log_every=2, eval_every=2, checkpoint_every=2, progress=False))
-  policy = pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
+  policy = trained.TrainedModel(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
   # A device reward: a program with a host callback never enters the persistent compilation
   # cache, and these three runs compile the same programs (the host reward: tests above).
   task = _task(DEVICE_REWARD)
@@ -277,7 +282,7 @@ def test_trainer_errors_name_the_setting(tmp_path):
   with pytest.raises(ValueError, match=r"rl.algorithm=grpo needs pg.group_size >= 2, got 1"):
     config_lib.apply_overrides(_config("grpo"), ["pg.group_size=1"])
   assert config_lib.apply_overrides(_config("reinforce"), ["pg.group_size=1"]).group_size == 1
-  policy = pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
+  policy = trained.TrainedModel(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
   long_task = dataclasses.replace(_task(), max_new_tokens=POLICY.max_len)
   with pytest.raises(ValueError, match="exceeds the policy's max_len"):
     rl.train(_config("ppo"), long_task, policy, tmp_path / "long")
@@ -292,12 +297,12 @@ def test_offline_dpo_learns_given_pairs_and_is_judged_like_the_trainer(tmp_path)
   base = _config("online_dpo")  # the batch: 16 responses, 8 pairs
   config = dataclasses.replace(base, optim=dataclasses.replace(base.optim, learning_rate=1e-2),
                                loop=LoopConfig(steps=8, log_every=1, eval_every=4, checkpoint_every=8, progress=False))
-  policy = pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
+  policy = trained.TrainedModel(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
   task = _task(DEVICE_REWARD)
   # "u" is token 7; the rejected responses never hold one. 12 pairs, 8 a step: the data wraps.
   records = [{"prompt": p, "chosen": "uuuuuu", "rejected": "abcdef"[i % 6:] + "ab"} for i, p in
              enumerate(task.train.texts[:12])]
-  arrays = rl.pair_arrays(records, DigitTokenizer(), P, N)
+  arrays = preferences.policy_pairs(records, DigitTokenizer(), P, N)
   assert arrays["chosen"].shape == (12, N) and np.all(arrays["chosen"] == 7) and not np.any(arrays["rejected"] == 7)
   rl.train_offline_dpo(config, records, task, policy, tmp_path / "run")
   train = logs.read_metrics(tmp_path / "run", "train")
@@ -316,7 +321,7 @@ def test_offline_dpo_learns_given_pairs_and_is_judged_like_the_trainer(tmp_path)
 def test_best_of_n_pools_score_each_sample_once_and_rise_with_n(tmp_path):
   """8 held-out prompts x 4 samples in batches of 24 rows: the last batch is padding but for 8 rows."""
   config = dataclasses.replace(_config("ppo"), seed=3)
-  policy = pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
+  policy = trained.TrainedModel(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
   task = _task(DEVICE_REWARD)
   mesh = sharding.make_mesh(config.mesh)
   table = rl.evaluate_best_of_n(config, rl.BestOfNConfig(n=(1, 2, 4), batch_size=24), task, policy, tmp_path, mesh)
@@ -324,14 +329,16 @@ def test_best_of_n_pools_score_each_sample_once_and_rise_with_n(tmp_path):
   # Proxy = gold (both count sevens): the expected best of n of one pool never falls as n grows.
   for name in ("gold_score", "proxy_score"):
     assert [r[name] for r in table] == sorted(r[name] for r in table)
-  assert table[0]["kl"] == table[0]["kl_plugin"] == 0.0 and all(0 <= r["kl_plugin"] <= r["kl"] for r in table)
+  # KL: the closed form log n - (n - 1) / n; measured on the pool's rewards (ties lower it), never above it.
+  assert [r["kl"] for r in table] == pytest.approx([0.0, math.log(2) - 1 / 2, math.log(4) - 3 / 4])
+  assert table[0]["kl_plugin"] == 0.0 and all(0 <= r["kl_plugin"] <= r["kl"] for r in table)
   evals = logs.read_metrics(tmp_path, "eval")
   assert [(r["step"], r["gold_score"], r["kl"]) for r in evals] == [(r["n"], r["gold_score"], r["kl"]) for r in table]
   # Each row's normalized reward belongs to the text its gold scored: undo the normalization.
   frozen, _, sample = rl.trainer.reference_and_reward(config, task, policy, tmp_path, mesh, temperature=jnp.float32(1))
-  proxy_PxN, gold_PxN = rl.best_of_n.sample_pool(sample, frozen["ref"], frozen, task, DigitTokenizer(), n=4,
-                                                 batch_size=24, key=jax.random.key(0), temperature=jnp.float32(1),
-                                                 mesh=mesh)
+  proxy_PxN, gold_PxN = rl.best_of_n_sampling.sample_pool(sample, frozen["ref"], frozen, task, DigitTokenizer(), n=4,
+                                                          batch_size=24, key=jax.random.key(0), temperature=jnp.float32(1),
+                                                          mesh=mesh)
   norm = json.loads((tmp_path / "reward_norm.json").read_text())
   assert proxy_PxN.shape == gold_PxN.shape == (8, 4) and gold_PxN.std() > 0
   np.testing.assert_allclose(proxy_PxN * norm["std"] + norm["mean"], gold_PxN, atol=1e-5)
@@ -347,10 +354,69 @@ def test_reference_normalization_measures_mean_and_std_and_keeps_the_scale_of_a_
     def sample(params, frozen, prompt_BxP, mask_BxP, key, temperature):
       return None, next(batches)
     return trainer.reference_normalization(sample, {"ref": None}, tokens_NxP, mask_NxP, batch_size=4, num_samples=8,
-                                      key=jax.random.key(0), temperature=jnp.float32(1.0), mesh=mesh)
+                                           key=jax.random.key(0), temperature=jnp.float32(1.0), mesh=mesh)
 
   varied = norm_of(np.array([0, 1, 2, 3, 4, 5, 6, 7], np.float32))
   assert varied == {"mean": 3.5, "std": pytest.approx(np.std(np.arange(8))), "samples": 8}
   # A reward constant on the reference's samples has no scale to measure: only its mean is removed
   # (dividing by a ~0 std would blow every later score up by 1e6).
   assert norm_of(np.full(8, 0.25, np.float32)) == {"mean": 0.25, "std": 1.0, "samples": 8}
+
+
+# The trainer's evaluation and reward normalization, on the samples they drew (batch i of the
+# prompts is drawn with fold_in(key, i), so a test can draw the same samples again).
+IDS_REWARD = rewards.TokenFunctionReward(lambda p, pm, r, rm: jnp.sum(r * rm, -1) / N, label="ids")  # varies a lot
+
+
+def _drawn(sample, params, frozen, tokens_NxP, mask_NxP, batch_size, key, mesh):
+  """The rollouts and raw rewards of every whole batch, as `trainer.evaluate` draws them."""
+  drawn = []
+  for i in range(0, len(tokens_NxP) - batch_size + 1, batch_size):
+    placed = sharding.put_batch({"p": tokens_NxP[i:i + batch_size], "m": mask_NxP[i:i + batch_size]}, mesh)
+    drawn.append(sample(params, frozen, placed["p"], placed["m"], jax.random.fold_in(key, i), jnp.float32(1.0)))
+  return jax.tree.map(lambda *x: np.concatenate(x), *drawn)
+
+
+def test_evaluate_is_the_mean_over_its_samples_and_kl_is_0_for_the_reference(tmp_path):
+  task, mesh = _task(IDS_REWARD), sharding.make_mesh(sharding.MeshConfig(data=1))
+  sample = trainer.make_sampler(Transformer(POLICY), IDS_REWARD, max_new_tokens=N, eos_id=EOS, pad_id=PAD)
+  frozen = {**_frozen(IDS_REWARD), "norm": {"mean": jnp.float32(6.0), "std": jnp.float32(2.0)}}
+  key = jax.random.key(5)
+  evaluate = functools.partial(trainer.evaluate, sample, frozen=frozen, task=task, tokenizer=DigitTokenizer(),
+                               batch_size=4, key=key, temperature=jnp.float32(1.0), mesh=mesh)
+  metrics = evaluate(frozen["ref"], samples_path=tmp_path / "samples.jsonl", step=3, samples_to_log=2)
+  r, _ = _drawn(sample, frozen["ref"], frozen, task.test.tokens_NxP, task.test.mask_NxP, 4, key, mesh)
+  assert r.response_BxN.shape == (8, N)  # the 8 held-out prompts, two batches of 4
+  sevens_B = ((r.response_BxN == 7) & r.response_mask_BxN).sum(-1) / N  # what the gold scorer reads in the text
+  ids_B = (r.response_BxN * r.response_mask_BxN).sum(-1) / N  # IDS_REWARD
+  assert metrics == pytest.approx({
+      "kl": 0.0, "gold_score": sevens_B.mean(), "reward_raw": ids_B.mean(), "proxy_score": (ids_B.mean() - 6.0) / 2.0,
+      "response_length": r.response_mask_BxN.sum(-1).mean(), "eos_rate": r.ended_B.mean()}, rel=1e-6)
+  assert metrics["kl"] == 0.0  # the policy is the reference: exactly, not about
+  assert 0 < metrics["gold_score"] and 0 < metrics["eos_rate"] < 1, "the seed should give sevens and both endings"
+  texts = rollout_lib.decode_responses(DigitTokenizer(), r.response_BxN[:2], r.response_mask_BxN[:2])
+  assert [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()] == [
+      {"step": 3, "prompt": p, "completion": c} for p, c in zip(task.test.texts[:2], texts)]
+  # Another policy: the KL is the mean over its samples of sum_t log pi - log pi_ref.
+  other = jax.tree.map(lambda x: x * 1.5, frozen["ref"])
+  r, _ = _drawn(sample, other, frozen, task.test.tokens_NxP, task.test.mask_NxP, 4, key, mesh)
+  kl = evaluate(other)["kl"]
+  kl_B = ((r.logp_BxN - r.ref_logp_BxN) * r.response_mask_BxN).sum(-1)
+  assert kl > 0.1 and kl == pytest.approx(kl_B.mean(), rel=1e-5)
+  assert "gold_score" not in evaluate(frozen["ref"], task=dataclasses.replace(task, gold=None))
+  with pytest.raises(ValueError, match=r"no whole batch of 16 held-out prompts \(rl.eval_batch_size\) among 8"):
+    evaluate(frozen["ref"], batch_size=16)
+
+
+def test_reference_normalization_gives_mean_0_and_std_1_on_the_samples_it_measured():
+  task, mesh = _task(IDS_REWARD), sharding.make_mesh(sharding.MeshConfig(data=1))
+  sample = trainer.make_sampler(Transformer(POLICY), IDS_REWARD, max_new_tokens=N, eos_id=EOS, pad_id=PAD)
+  frozen, key = _frozen(IDS_REWARD), jax.random.key(6)
+  tokens_NxP, mask_NxP = task.train.tokens_NxP, task.train.mask_NxP
+  norm = trainer.reference_normalization(sample, frozen, tokens_NxP, mask_NxP, batch_size=4, num_samples=10, key=key,
+                                         temperature=jnp.float32(1.0), mesh=mesh)
+  assert norm["samples"] == 8  # the whole batches among the first 10 prompts
+  r, _ = _drawn(sample, frozen["ref"], frozen, tokens_NxP[:8], mask_NxP[:8], 4, key, mesh)
+  ids_B = (r.response_BxN * r.response_mask_BxN).sum(-1) / N  # IDS_REWARD on the reference's samples
+  z_B = (ids_B - norm["mean"]) / norm["std"]
+  assert ids_B.std() > 0.5 and z_B.mean() == pytest.approx(0.0, abs=1e-6) and z_B.std() == pytest.approx(1.0, rel=1e-6)

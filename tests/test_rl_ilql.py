@@ -15,13 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_rl import DEVICE_REWARD, EOS, PAD, POLICY, DigitTokenizer, N, P, SevensScorer, _policy_params
 
-from rlhf_jax import logs, pretrained, rl, sampling, sharding
+from rlhf_jax import logs, rl, sampling, sharding
+from rlhf_jax.data import preferences
 from rlhf_jax.loop import LoopConfig
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.rl import ilql as rl_ilql
+from rlhf_jax.rl import offline_ilql
 from rlhf_jax.steps import common, ilql
-from test_rl import DEVICE_REWARD, EOS, PAD, POLICY, DigitTokenizer, N, P, SevensScorer, _policy_params
+from rlhf_jax.trained import TrainedModel
 
 STEPS = 100
 
@@ -47,8 +49,8 @@ def _config() -> rl.Config:
       loop=LoopConfig(steps=STEPS, log_every=10, eval_every=50, checkpoint_every=50, progress=False))
 
 
-def _policy() -> pretrained.Pretrained:
-  return pretrained.Pretrained(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
+def _policy() -> TrainedModel:
+  return TrainedModel(model=POLICY, params=_policy_params(), tokenizer=DigitTokenizer(), step=0)
 
 
 def test_generate_logits_fn_identity_and_ilql_logits_equal_a_teacher_forced_recomputation():
@@ -67,7 +69,7 @@ def test_generate_logits_fn_identity_and_ilql_logits_equal_a_teacher_forced_reco
   heads = ilql.Heads(POLICY.vocab_size).init(jax.random.key(4), jnp.zeros((1, 1, POLICY.d_model)))["params"]
   params = {"lm": lm, "heads": jax.tree.map(lambda x: 30 * x, heads)}
   beta, temperature = jnp.float32(4.0), jnp.float32(0.8)
-  r = jax.jit(functools.partial(rl_ilql.sample, model=model, max_new_tokens=N, eos_id=EOS, pad_id=PAD))(
+  r = jax.jit(functools.partial(offline_ilql.sample, model=model, max_new_tokens=N, eos_id=EOS, pad_id=PAD))(
       params, lm, prompt_BxP, mask_BxP, jax.random.key(3), temperature, beta)
   assert r.response_mask_BxN.sum() > 2 * len(prompt_BxP)  # rows that run a while
   assert not np.array_equal(r.response_BxN, plain.tokens_BxN)
@@ -134,9 +136,9 @@ def test_offline_ilql_resumes_exactly_on_the_saved_data_set(trained, tmp_path):
 def test_offline_ilql_given_records_and_errors_name_the_setting(tmp_path):
   tok = DigitTokenizer()
   records = [{"prompt": "abc", "response": "uu", "reward": 1.0}, {"prompt": "", "response": "", "reward": -1.0}]
-  arrays = rl.sequence_arrays(records, tok, P, N)
+  arrays = preferences.scored_responses(records, tok, P, N)
   assert arrays["response"][0].tolist() == [7, 7] + [PAD] * (N - 2) and arrays["response"][1, 0] == EOS
-  rows = rl_ilql.ilql_rows(arrays)
+  rows = offline_ilql.ilql_rows(arrays)
   # [left-padded prompt | right-padded response]: actions are the response tokens, the reward on the last one.
   np.testing.assert_array_equal(rows["action_mask"][0], [0] * P + [1, 1] + [0] * (N - 2))
   np.testing.assert_array_equal(rows["rewards"][0], [0] * (P + 1) + [1.0] + [0] * (N - 2))

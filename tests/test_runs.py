@@ -52,6 +52,20 @@ def test_run_unless_done_runs_a_stage_once(experiment, tmp_path):
   assert (workdir / "starts").read_text() == "xx"
 
 
+def test_a_stage_edited_in_python_records_the_overrides_it_amounts_to(experiment, tmp_path):
+  import dataclasses
+  import json
+  workdir = tmp_path / "stage"
+  seed_5 = lambda c: dataclasses.replace(c, seed=5)  # noqa: E731
+  runs.run_unless_done(experiment, workdir, edit=seed_5)
+  assert json.loads((workdir / "config.json").read_text())["seed"] == 5
+  assert json.loads((workdir / "run.json").read_text())["command"][-2:] == ["--set", "seed=5"]
+  runs.run_unless_done(experiment, workdir, edit=seed_5)  # done: skipped
+  assert (workdir / "starts").read_text() == "x"
+  with pytest.raises(config_lib.ConfigError, match="finished run with a different config.*seed"):
+    runs.run_unless_done(experiment, workdir, edit=lambda c: dataclasses.replace(c, seed=6))
+
+
 PATHS = '''
 import dataclasses
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax import cli, logs
+from rlhf_jax import logs, runs
 from rlhf_jax.config import ConfigError
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "sentiment_pg.py"
@@ -12,8 +12,8 @@ EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "sentiment_pg
 
 @pytest.mark.network
 def test_remax_smoke_trains_with_greedy_baselines(smoke_lm, tmp_path):
-  cli.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path,
-                     overrides=[f"policy.init_from={smoke_lm}", "rl.algorithm=remax", "pg.group_size=2",
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path,
+                      overrides=[f"policy.init_from={smoke_lm}", "rl.algorithm=remax", "pg.group_size=2",
                                                    f"task.reward=py:{__name__}:count_e"])
   train = logs.read_metrics(tmp_path, "train")
   assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
@@ -31,4 +31,4 @@ def count_e(texts):
 
 def test_batch_must_hold_whole_groups():
   with pytest.raises((ConfigError, ValueError), match=r"multiple of the samples per prompt \(pg.group_size=3\)"):
-    cli.resolve_config(cli.load_experiment(EXPERIMENT), True, ["pg.group_size=3"])
+    runs.resolve_config(runs.load_experiment(EXPERIMENT), True, ["pg.group_size=3"])

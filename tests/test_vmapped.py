@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from rlhf_jax import cli, logs, pretrained, sharding, vmapped
-from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.steps import common, dpo, lm
 from test_dpo_step import LM as DPO_LM
 from test_dpo_step import _pairs
+
+from rlhf_jax import logs, runs, sharding, trained, vmapped
+from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.steps import common, dpo, lm
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(vocab_size=64, max_len=16, d_model=32, n_layers=2, n_heads=4)
@@ -67,12 +67,12 @@ def test_vmapped_pretraining_slices_equal_single_runs_load_and_resume(tmp_path, 
   resumes every run."""
   overrides = ["vmap.learning_rates=1e-3,3e-3", "vmap.seeds=0", "loop.steps=5", "loop.checkpoint_every=2",
                "loop.log_every=2"]
-  cli.run_experiment(ROOT / "experiments" / "pretrain_sweep.py", smoke=True, workdir=tmp_path / "sweep",
-                     overrides=overrides)
-  runs = sorted(p.name for p in (tmp_path / "sweep" / "runs").iterdir())
-  assert runs == ["optim.learning_rate=0.001,seed=0", "optim.learning_rate=0.003,seed=0"]
+  runs.run_experiment(ROOT / "experiments" / "pretrain_sweep.py", smoke=True, workdir=tmp_path / "sweep",
+                      overrides=overrides)
+  names = sorted(p.name for p in (tmp_path / "sweep" / "runs").iterdir())
+  assert names == ["optim.learning_rate=0.001,seed=0", "optim.learning_rate=0.003,seed=0"]
   alone = smoke_lm
-  run_dir = tmp_path / "sweep" / "runs" / runs[1]
+  run_dir = tmp_path / "sweep" / "runs" / names[1]
   got, want = logs.read_metrics(run_dir, "train"), logs.read_metrics(alone, "train")
   assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 6))
   for a, b in zip(got, want):
@@ -80,24 +80,24 @@ def test_vmapped_pretraining_slices_equal_single_runs_load_and_resume(tmp_path, 
       assert a[name] == pytest.approx(b[name], rel=1e-5), name
   eval_a, eval_b = logs.read_metrics(run_dir, "eval")[-1], logs.read_metrics(alone, "eval")[-1]
   assert eval_a["perplexity"] == pytest.approx(eval_b["perplexity"], rel=1e-4)
-  assert logs.read_metrics(tmp_path / "sweep" / "runs" / runs[0], "train")[-1]["loss"] != got[-1]["loss"]
+  assert logs.read_metrics(tmp_path / "sweep" / "runs" / names[0], "train")[-1]["loss"] != got[-1]["loss"]
   mesh = sharding.make_mesh()
-  loaded, single = pretrained.load(run_dir, mesh), pretrained.load(alone, mesh)
+  loaded, single = trained.load(run_dir, mesh), trained.load(alone, mesh)
   assert loaded.step == single.step == 5
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
                jax.device_get(loaded.params), jax.device_get(single.params))
 
   # As if stopped after step 4: the rerun resumes both runs from the stacked checkpoint.
   sweep_dir = tmp_path / "sweep"
-  before = {n: logs.read_metrics(sweep_dir / "runs" / n) for n in runs}
+  before = {n: logs.read_metrics(sweep_dir / "runs" / n) for n in names}
   shutil.rmtree(sweep_dir / "checkpoints" / "5")
-  for n in runs:
+  for n in names:
     shutil.rmtree(sweep_dir / "runs" / n / "checkpoints")
-  cli.run_experiment(ROOT / "experiments" / "pretrain_sweep.py", smoke=True, workdir=sweep_dir, overrides=overrides)
-  for n in runs:
+  runs.run_experiment(ROOT / "experiments" / "pretrain_sweep.py", smoke=True, workdir=sweep_dir, overrides=overrides)
+  for n in names:
     after = logs.read_metrics(sweep_dir / "runs" / n)
     assert [r for r in after if r["split"] != "perf"] == [r for r in before[n] if r["split"] != "perf"], n
-    assert pretrained.load(sweep_dir / "runs" / n, mesh).step == 5
+    assert trained.load(sweep_dir / "runs" / n, mesh).step == 5
 
 
 def test_vmapped_dpo_betas_match_runs_trained_alone():

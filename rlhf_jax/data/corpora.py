@@ -6,8 +6,8 @@ cookie files (Debian `fortunes-min`, `fortunes`) and WordNet's glosses (Debian `
 `CORPORA` is the only list of valid names. `prepare(name)` downloads one package into a temp dir,
 turns it into documents and writes
 
-    cache_dir()/corpora/v1/<name>/documents.jsonl   one {"id": ..., "text": ...} per line
-    cache_dir()/corpora/v1/<name>/meta.json         source package and version, n_docs, n_chars
+    files.cache_dir()/corpora/v1/<name>/documents.jsonl   one {"id": ..., "text": ...} per line
+    files.cache_dir()/corpora/v1/<name>/meta.json         source package and version, n_docs, n_chars
 
 The directory is built next to its final place and renamed into it in one step, so a killed
 preparation never leaves a directory that looks complete, and a second call returns at once.
@@ -20,7 +20,6 @@ or `tfds:NAME[/CONFIG][:SPLIT][#field]` (a TFDS catalog dataset, read without Te
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -28,13 +27,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from rlhf_jax import files
 
 FORMAT_VERSION = 1  # bump when the parsing of a source changes, so old caches are not reused
 DOCUMENTS_FILE = "documents.jsonl"
@@ -60,48 +59,6 @@ class Corpus:
   read: Callable[[Path], Iterator[Document]]
 
 
-def cache_dir() -> Path:
-  """`$RLHF_JAX_CACHE`, or `~/.cache/rlhf_jax`: where corpora, TFDS data and token arrays live."""
-  return Path(os.environ.get("RLHF_JAX_CACHE") or Path.home() / ".cache" / "rlhf_jax")
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic directories and files.
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-  """Yields a temp dir next to `final` that is renamed to `final` only if the block succeeds.
-
-  Readers test for `final`, which appears in one `os.replace`, so a crash or an exception inside
-  the block leaves nothing that could be taken for a finished directory. When another process
-  won the race and `final` already exists, its copy is kept and ours is dropped.
-  """
-  final.parent.mkdir(parents=True, exist_ok=True)
-  tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-  tmp.mkdir()
-  try:
-    yield tmp
-    try:
-      os.replace(tmp, final)
-    except OSError:
-      if not final.is_dir():
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-  """Writes `path` through a temp file in the same dir, so readers never see a partial file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Fetching packages.
 
@@ -109,18 +66,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def _require(tool: str, message: str) -> None:
   if shutil.which(tool) is None:
     raise RuntimeError(f"{tool} not found: {message}")
-
-
-def _run(command: Sequence[str], cwd: Path, what: str, hint: str) -> str:
-  """Runs a download command; failures name the command, its stderr, and what to try instead."""
-  result = subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, check=False)
-  if result.returncode != 0:
-    stderr = result.stderr.strip()[-1000:]
-    raise RuntimeError(
-        f"{' '.join(command)} failed (exit {result.returncode}) while fetching {what}: {stderr}\n"
-        f"{hint}"
-    )
-  return result.stdout
 
 
 def npm_pack(package: str, version: str, other: str) -> Callable[[Path], str]:
@@ -132,7 +77,7 @@ def npm_pack(package: str, version: str, other: str) -> Callable[[Path], str]:
   def fetch(workdir: Path) -> str:
     spec = f"{package}@{version}"
     _require("npm", f"install Node.js or {other}")
-    out = _run(["npm", "pack", spec, "--silent"], workdir, spec,
+    out = files.run_download(["npm", "pack", spec, "--silent"], workdir, spec,
                f"check that the npm registry is reachable (npm ping), or {other}")
     tarball = workdir / out.strip().splitlines()[-1]
     with tarfile.open(tarball) as tar:
@@ -155,11 +100,11 @@ def apt_download(packages: Sequence[str], other: str) -> Callable[[Path], str]:
                f"(a Debian/Ubuntu system); {other}")
     provenance = []
     for package in packages:
-      _run(["apt-get", "download", package], workdir, f"Debian package {package}",
+      files.run_download(["apt-get", "download", package], workdir, f"Debian package {package}",
            f"run `apt-get update` (the package lists may be missing or stale), or {other}")
       (deb,) = workdir.glob(f"{package}_*.deb")
-      version = _run(["dpkg-deb", "--field", str(deb), "Version"], workdir, str(deb), other)
-      _run(["dpkg", "-x", str(deb), str(workdir / "root")], workdir, str(deb), other)
+      version = files.run_download(["dpkg-deb", "--field", str(deb), "Version"], workdir, str(deb), other)
+      files.run_download(["dpkg", "-x", str(deb), str(workdir / "root")], workdir, str(deb), other)
       deb.unlink()
       provenance.append(f"{package}={version.strip()}")
     return " ".join(provenance)
@@ -427,7 +372,7 @@ def get_corpus(name: str) -> Corpus:
 
 
 def corpus_dir(name: str, cache: Path | None = None) -> Path:
-  return (cache or cache_dir()) / "corpora" / f"v{FORMAT_VERSION}" / name
+  return (cache or files.cache_dir()) / "corpora" / f"v{FORMAT_VERSION}" / name
 
 
 def prepare(name: str, *, cache: Path | None = None) -> Path:
@@ -436,7 +381,7 @@ def prepare(name: str, *, cache: Path | None = None) -> Path:
   final = corpus_dir(name, cache)
   if (final / META_FILE).exists():
     return final
-  with atomic_directory(final) as building:
+  with files.atomic_directory(final) as building:
     raw = building / "raw"
     raw.mkdir()
     source = corpus.fetch(raw)

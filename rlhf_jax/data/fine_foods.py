@@ -10,14 +10,14 @@ whose star ratings were binarized to "great" (5 stars) or "other"; Debian packag
     cache_dir()/fine_foods/v1/test.jsonl
     cache_dir()/fine_foods/v1/meta.json     source package and version, counts per split
 
-through `corpora.atomic_directory`, so a second call returns at once and a killed one leaves
+through `files.atomic_directory`, so a second call returns at once and a killed one leaves
 nothing half-written.
 
 What the data holds (modeldata 1.1.0, checked): train 4,000 reviews (2,600 great), test 1,000
 reviews (658 great); every review is of a different product (4,000 and 1,000 distinct ASINs, none
 shared between the splits). So no product has two reviews, and the labels are per-text ratings:
 `ratings(split)` exports them in the feedback store's ratings shape, and `preference_pairs`
-builds great-vs-other pairs across products (see there). `rlhf_jax.eval.reward.roc_auc` measures
+builds great-vs-other pairs across products (see there). `rlhf_jax.eval.reward_metrics.roc_auc` measures
 how well a scorer separates great from other.
 """
 
@@ -36,6 +36,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from rlhf_jax import files
 from rlhf_jax.data import corpora
 
 FORMAT_VERSION = 1  # bump when the cleaning or the record layout changes
@@ -55,7 +56,7 @@ class Review:
 
 
 def fine_foods_dir(cache: Path | None = None) -> Path:
-  return (cache or corpora.cache_dir()) / "fine_foods" / f"v{FORMAT_VERSION}"
+  return (cache or files.cache_dir()) / "fine_foods" / f"v{FORMAT_VERSION}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def prepare(*, cache: Path | None = None) -> Path:
     return final
   fetch = corpora.apt_download(
       [PACKAGE], "or use simulated labels (rlhf_jax.feedback.labelers) instead")
-  with corpora.atomic_directory(final) as building:
+  with files.atomic_directory(final) as building:
     raw = building / "raw"
     raw.mkdir()
     source = fetch(raw)

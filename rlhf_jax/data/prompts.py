@@ -30,16 +30,19 @@ def split_prompts(prompts: list[str], test_fraction: float) -> tuple[list[str], 
   return [p for p in prompts if p not in held], test
 
 
-def encode_prompts(tokenizer, prompts: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+def encode_prompts(tokenizer, prompts: list[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Left-padded int32 tokens [N, length] and mask: the sampler's prompt layout.
 
   A prompt longer than `length` keeps its last tokens (the ones next to the continuation); an
-  empty one becomes a lone EOS, so that every row has a real token.
+  empty one becomes a lone EOS, so that every row has a real token. `length=None`: the longest
+  prompt's length.
   """
+  encoded = [ids or [tokenizer.eos_id] for ids in tokenizer.encode_batch(prompts)]
+  length = max(map(len, encoded), default=1) if length is None else length
   tokens_NxP = np.full((len(prompts), length), tokenizer.pad_id, np.int32)
   mask_NxP = np.zeros((len(prompts), length), np.int32)
-  for i, ids in enumerate(tokenizer.encode_batch(prompts)):
-    ids = (ids or [tokenizer.eos_id])[-length:]
+  for i, ids in enumerate(encoded):
+    ids = ids[-length:]
     tokens_NxP[i, length - len(ids):] = ids
     mask_NxP[i, length - len(ids):] = 1
   return tokens_NxP, mask_NxP

@@ -2,7 +2,7 @@
 
 Reward-model and preference data are examples, not a token stream: each row is one text (or one
 pair) padded or cut to a fixed length. `rows_dataset` serves such arrays through grain the same way
-`lm.lm_dataset` serves windows (shuffled per epoch, repeated, batched, per-process sharded,
+`lm_pipeline.lm_dataset` serves windows (shuffled per epoch, repeated, batched, per-process sharded,
 checkpointable); `eval_row_batches` is one ordered pass where padding rows carry `row_mask` 0.
 """
 
@@ -68,24 +68,3 @@ def eval_row_batches(arrays: Arrays, batch_size: int) -> list[Arrays]:
   row_mask = (np.arange(n_batches * batch_size) < n).astype(np.float32)
   return [{**{name: a[index[b * batch_size:(b + 1) * batch_size]] for name, a in arrays.items()},
            "row_mask": row_mask[b * batch_size:(b + 1) * batch_size]} for b in range(n_batches)]
-
-
-def sft_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], length: int,
-             pad_id: int) -> dict[str, np.ndarray]:
-  """SFT batches `{"inputs", "targets", "loss_mask"}` [N, length] of prompt + response rows.
-
-  Each row is prompt then response, right-padded (cut at length + 1 tokens); the loss counts only
-  targets inside the response, so the model learns the response given the prompt, not the prompt.
-  """
-  n = len(prompt_ids)
-  if len(response_ids) != n:
-    raise ValueError(f"prompt_ids and response_ids: expected the same number of rows, got {n} and {len(response_ids)}")
-  tokens = np.full((n, length + 1), pad_id, np.int32)
-  response = np.zeros((n, length + 1), bool)
-  for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-    if not p or not r:
-      raise ValueError(f"row {i}: expected a non-empty prompt and response")
-    row = (list(p) + list(r))[:length + 1]
-    tokens[i, :len(row)] = row
-    response[i, len(p):len(row)] = True
-  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": response[:, 1:].astype(np.int32)}

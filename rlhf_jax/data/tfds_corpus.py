@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import grain
 import tensorflow_datasets as tfds
 
+from rlhf_jax import files
 from rlhf_jax.data import corpora
 
 DEFAULT_VAL_FRACTION = 0.05
@@ -95,7 +96,7 @@ def config_for(corpus: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> Corpu
 
 
 def default_data_dir() -> Path:
-  return corpora.cache_dir() / "tfds"
+  return files.cache_dir() / "tfds"
 
 
 def builder(

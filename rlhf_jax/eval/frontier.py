@@ -19,8 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rlhf_jax import logs, report
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import files, logs, report
 
 STEP = "step"  # the knob of experiments whose evaluations are settings of their own (best-of-n's n)
 
@@ -148,9 +147,9 @@ def write_report(points: Sequence[Point], out: str | Path, *, edges: Sequence[fl
   out = Path(out)
   text = ("# Reward-KL frontier\n\nFinal evaluation of each setting: mean ± 95% t-interval over seeds "
           f"{list(seeds)}.\n\n" + markdown(points, edges, knobs) + "\n![frontier](frontier.png)\n")
-  atomic_write_bytes(out / "frontier.md", text.encode())
+  files.atomic_write_bytes(out / "frontier.md", text.encode())
   result = {"points": [dataclasses.asdict(p) for p in points], "by_setting": by_setting(points),
             "matched_kl": matched_kl(points, edges)}
-  atomic_write_bytes(out / "frontier.json", (json.dumps(logs.json_ready(result), indent=2) + "\n").encode())
+  files.atomic_write_bytes(out / "frontier.json", (json.dumps(logs.json_ready(result), indent=2) + "\n").encode())
   plot(points, out / "frontier.png")
   return result, text

@@ -3,7 +3,7 @@
   rlhf-jax eval workdirs/quickstart/lm workdirs/quickstart/ppo --out workdirs/quickstart/eval
   rlhf-jax eval RUN_A RUN_B --set scorers=vader,rm:workdirs/rm --set labeler_beta=5 --set store=h2h.db
 
-For each run (any workdir `pretrained.load_trained_policy` reads: an LM, PPO or DPO run) it samples
+For each run (any workdir `trained.load` reads: an LM, PPO or DPO run) it samples
 one continuation of each prompt of a versioned set (`PROMPT_SETS`) and reports, with
 `HarnessConfig`'s seed fixing every draw (the same seed gives the same numbers):
 
@@ -34,19 +34,19 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from rlhf_jax import logs, pretrained, sharding
+from rlhf_jax import files, logs
 from rlhf_jax import rollout as rollout_lib
+from rlhf_jax import sharding, trained
 from rlhf_jax.advantages import sequence_kl
-from rlhf_jax.data import lm as lm_data
+from rlhf_jax.config import check_range
+from rlhf_jax.data import lm_pipeline
 from rlhf_jax.data import prompts as prompts_lib
-from rlhf_jax.data.corpora import atomic_write_bytes
 from rlhf_jax.errors import UserError
-from rlhf_jax.eval import diversity, head_to_head
-from rlhf_jax.eval import lm as lm_eval
-from rlhf_jax.eval.policy import PolicySampler
+from rlhf_jax.eval import diversity, head_to_head, perplexity
 from rlhf_jax.feedback import labelers
 from rlhf_jax.feedback.store import FeedbackStore
 from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.rewards import scorers
 from rlhf_jax.steps import lm
 
 
@@ -95,11 +95,9 @@ class HarnessConfig:
   seed: int = 0
 
   def __post_init__(self):
-    for name in ("num_prompts", "prompt_len", "max_new_tokens", "batch_size"):
-      if getattr(self, name) <= 0:
-        raise UserError(f"eval.{name} must be positive, got {getattr(self, name)}")
-    if self.labeler_beta < 0:
-      raise UserError(f"eval.labeler_beta must be >= 0, got {self.labeler_beta}")
+    check_range(self, "eval", "positive", "num_prompts", "prompt_len", "max_new_tokens", "batch_size",
+                error=UserError)
+    check_range(self, "eval", ">= 0", "labeler_beta", error=UserError)
 
 
 @dataclasses.dataclass
@@ -133,19 +131,20 @@ def sample_run(policy, ref, hc: HarnessConfig, prompts: list[str], mesh) -> dict
                      f"model's max_len={policy.model.max_len}")
   roll = jax.jit(functools.partial(rollout_lib.rollout, policy_model=Transformer(policy.model), value_model=None,
                                    max_new_tokens=hc.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id))
-  sampler = PolicySampler(roll, ref.params, tok, mesh, temperature=hc.temperature)
   key = jax.random.key(hc.seed)
   responses, kls, lengths, ended = [], [], [], []
   B = hc.batch_size
   for i in range(0, len(prompts), B):
     chunk = prompts[i:i + B]
     tokens, mask = prompts_lib.encode_prompts(tok, chunk + [chunk[0]] * (B - len(chunk)), hc.prompt_len)
-    s = sampler(policy.params, tokens, mask, jax.random.fold_in(key, i))
-    n = len(chunk)
-    responses += s.responses[:n]
-    kls.append(np.asarray(sequence_kl(s.host.logp_BxN, s.host.ref_logp_BxN, s.host.response_mask_BxN))[:n])
-    lengths.append(s.host.response_mask_BxN.sum(-1)[:n])
-    ended.append(np.asarray(s.host.ended_B)[:n])
+    placed = sharding.put_batch({"tokens": tokens, "mask": mask}, mesh)
+    key_i = jax.device_put(jax.random.fold_in(key, i), sharding.replicated(mesh))
+    r = jax.device_get(roll(policy.params, None, ref.params, placed["tokens"], placed["mask"], key_i, hc.temperature))
+    n = len(chunk)  # the last batch is padded with copies of its first prompt, whose samples are dropped
+    responses += rollout_lib.decode_responses(tok, r.response_BxN, r.response_mask_BxN)[:n]
+    kls.append(np.asarray(sequence_kl(r.logp_BxN, r.ref_logp_BxN, r.response_mask_BxN))[:n])
+    lengths.append(r.response_mask_BxN.sum(-1)[:n])
+    ended.append(np.asarray(r.ended_B)[:n])
   return {"responses": responses, "kl": np.concatenate(kls), "length": np.concatenate(lengths),
           "ended": np.concatenate(ended)}
 
@@ -153,16 +152,16 @@ def sample_run(policy, ref, hc: HarnessConfig, prompts: list[str], mesh) -> dict
 def _perplexity(run, token_ids: np.ndarray, mesh, batch_size: int = 32) -> float:
   seq_len = min(128, run.model.max_len)
   eval_step = lm.jit_eval_step(mesh, model=Transformer(run.model))
-  batches = lm_data.eval_batches(token_ids, seq_len, batch_size, pad_id=run.tokenizer.pad_id)
-  return lm_eval.perplexity(eval_step, run.params, batches, mesh)["perplexity"]
+  batches = lm_pipeline.eval_batches(token_ids, seq_len, batch_size, pad_id=run.tokenizer.pad_id)
+  return perplexity.perplexity(eval_step, run.params, batches, mesh)["perplexity"]
 
 
 def evaluate_run(workdir: str | Path, hc: HarnessConfig, mesh, prompts: list[str],
-                 scorers: dict[str, Any], fluency=None) -> tuple[dict[str, Any], RunSamples]:
+                 by_name: dict[str, Any], fluency=None) -> tuple[dict[str, Any], RunSamples]:
   workdir = Path(workdir)
-  policy = pretrained.load_trained_policy(workdir, mesh)
+  policy = trained.load(workdir, mesh)
   ref_path = reference_dir(workdir, hc)
-  ref = policy if ref_path.resolve() == workdir.resolve() else pretrained.load_trained_policy(ref_path, mesh)
+  ref = policy if ref_path.resolve() == workdir.resolve() else trained.load(ref_path, mesh)
   if ref.model != policy.model:
     raise UserError(f"reference {ref_path}: its model differs from {workdir}'s; KL needs the same architecture "
                      "(set eval.reference to the LM this run started from)")
@@ -175,11 +174,11 @@ def evaluate_run(workdir: str | Path, hc: HarnessConfig, mesh, prompts: list[str
       "distinct_1": diversity.distinct_n(s["responses"], 1), "distinct_2": diversity.distinct_n(s["responses"], 2),
       "self_bleu": diversity.self_bleu(s["responses"], seed=hc.seed), "scores": {},
   }
-  for name, scorer in scorers.items():
-    values = rollout_lib.score_texts(scorer, prompts, s["responses"], name in hc.with_prompt).astype(np.float64)
+  for name, scorer in by_name.items():
+    values = scorers.score_responses(scorer, prompts, s["responses"], name in hc.with_prompt).astype(np.float64)
     result["scores"][name] = {**_summary(values), "values": values.round(6).tolist()}
   if hc.corpus:
-    tokens = lm_data.prepare_lm_tokens(hc.corpus, policy.tokenizer)
+    tokens = lm_pipeline.prepare_lm_tokens(hc.corpus, policy.tokenizer)
     result["perplexity"] = _perplexity(policy, tokens.validation_M[:hc.perplexity_tokens], mesh)
   if fluency is not None:
     ids = [fluency.tokenizer.eos_id]
@@ -219,12 +218,12 @@ def evaluate(workdirs: Sequence[str | Path], hc: HarnessConfig, out: str | Path,
   mesh = mesh if mesh is not None else sharding.make_mesh()
   sharding.check_batch_divisible(hc.batch_size, mesh, "eval.batch_size")
   prompts = load_prompts(hc.prompts)[:hc.num_prompts]
-  scorers = {name: labelers.get_scorer(name) for name in hc.scorers}
-  judges = {name: scorers.get(name) or labelers.get_scorer(name) for name in hc.judges}
-  fluency = pretrained.load_trained_policy(hc.fluency_lm, mesh) if hc.fluency_lm else None
+  by_name = {name: scorers.get_scorer(name) for name in hc.scorers}
+  judges = {name: by_name.get(name) or scorers.get_scorer(name) for name in hc.judges}
+  fluency = trained.load(hc.fluency_lm, mesh) if hc.fluency_lm else None
   runs, samples = [], []
   for workdir in workdirs:
-    result, run_samples = evaluate_run(workdir, hc, mesh, prompts, scorers, fluency)
+    result, run_samples = evaluate_run(workdir, hc, mesh, prompts, by_name, fluency)
     runs.append(result)
     samples.append(run_samples)
   report = {"settings": dataclasses.asdict(hc), "prompt_set": hc.prompts, "num_prompts": len(prompts), "runs": runs,
@@ -233,8 +232,8 @@ def evaluate(workdirs: Sequence[str | Path], hc: HarnessConfig, out: str | Path,
                         for j, p in enumerate(prompts[:8])]}
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  atomic_write_bytes(out / "eval.json", (json.dumps(logs.json_ready(report), indent=2) + "\n").encode())
-  atomic_write_bytes(out / "eval.md", markdown(report).encode())
+  files.atomic_write_bytes(out / "eval.json", (json.dumps(logs.json_ready(report), indent=2) + "\n").encode())
+  files.atomic_write_bytes(out / "eval.md", markdown(report).encode())
   plot(report, out / "eval.png")
   return report
 

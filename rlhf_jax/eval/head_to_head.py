@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rlhf_jax.feedback import collect
 from rlhf_jax.feedback.store import FeedbackStore
 
 OUTCOME_VALUE = {"a": 1.0, "b": 0.0, "tie": 0.5}
@@ -48,16 +49,14 @@ def labeler_outcomes(labeler, texts_a: Sequence[str], texts_b: Sequence[str]) ->
 
 def push_pairs(store: FeedbackStore, prompts: Sequence[str], texts_a: Sequence[str], texts_b: Sequence[str], *,
                model_a: str, model_b: str, source: str = "head-to-head") -> int:
-  """Adds each prompt's two responses to the store (so the labeling queue offers the pair);
-  returns the number of pairs. Identical responses are left out: they are not a choice."""
+  """Adds each prompt's two responses to the store in one transaction (`collect.store_round`), so
+  the labeling queue offers the pair; returns the number of pairs. Identical or empty responses
+  are left out: they are not a choice."""
   if not len(prompts) == len(texts_a) == len(texts_b):
     raise ValueError("prompts, texts_a and texts_b: expected the same number of entries")
   if model_a == model_b:
     raise ValueError(f"model_a and model_b must differ (both {model_a!r}): the verdicts are read back by model")
-  keep = [i for i in range(len(prompts)) if texts_a[i].strip() and texts_b[i].strip() and texts_a[i] != texts_b[i]]
-  store.add_samples([{"prompt": prompts[i], "response": t, "model": m} for i in keep
-                     for t, m in ((texts_a[i], model_a), (texts_b[i], model_b))], source=source)
-  return len(keep)
+  return collect.store_round(store, prompts, [texts_a, texts_b], [model_a, model_b], source=source)
 
 
 def store_outcomes(store: FeedbackStore, *, model_a: str, model_b: str, labeler: str | None = None) -> np.ndarray:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_jax import logs
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import files, logs
 from rlhf_jax.eval.plots import plot_metrics
 
 
@@ -79,8 +78,8 @@ def write_report(lm: str | Path, reward: str | Path, ppo: str | Path, evaluation
   out = Path(out)
   result = logs.json_ready(summarize(lm, reward, ppo, evaluation))  # JSON has no NaN
   text = markdown(result)
-  atomic_write_bytes(out / "report.json", (json.dumps(result, indent=2) + "\n").encode())
-  atomic_write_bytes(out / "report.md", text.encode())
+  files.atomic_write_bytes(out / "report.json", (json.dumps(result, indent=2) + "\n").encode())
+  files.atomic_write_bytes(out / "report.md", text.encode())
   plot_metrics([Path(ppo)], out / "reward_kl.png",
                [("train", "score"), ("train", "kl"), ("eval", "gold_score"), ("eval", "kl")], labels=["PPO"])
   return result, text

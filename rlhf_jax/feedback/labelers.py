@@ -5,10 +5,9 @@ that a learned reward model and a tuned policy can be checked against the taste 
 labels (Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization", use a "gold" reward
 model this way). A labeler here is two parts:
 
-* a `Scorer`: anything with a `name` and `score(texts) -> float32 array` (higher = better). The
-  lexicon sentiment scorers VADER, TextBlob and AFINN ship in this module (`SCORERS` is the only
-  list of their names); a trained reward model becomes one more `Scorer` (the "gold reward
-  model" labeler) without any change here.
+* a `Scorer` (`rewards.scorers`): anything with a `name` and `score(texts) -> float32 array`
+  (higher = better): a lexicon, a user's function or a trained reward model (the "gold reward
+  model" labeler).
 * `SimulatedLabeler`: turns scores into pairwise comparisons with Bradley-Terry noise, eq. (1),
   with a dead band for ties, and into 1..N ratings by quantizing the scorer's range.
 
@@ -26,193 +25,14 @@ encodes every setting that changes the judgements, the way a person's name would
 
 from __future__ import annotations
 
-import difflib
 import math
-from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, Sequence
 
 import numpy as np
 
+from rlhf_jax.rewards.scorers import Scorer, score_range_of, score_texts
+
 Outcome = Literal["a", "b", "tie"]
-
-
-@runtime_checkable
-class Scorer(Protocol):
-  """Anything that scores texts: higher is better. `name` identifies it in labeler names."""
-
-  @property
-  def name(self) -> str: ...
-
-  def score(self, texts: Sequence[str]) -> np.ndarray:
-    """Scores as a float32 array of shape (len(texts),)."""
-    ...
-
-
-def score_range_of(scorer: Scorer) -> tuple[float, float] | None:
-  """The scorer's documented (low, high) range, or None when it has none (e.g. a reward model).
-
-  A scorer declares its range with a `score_range` attribute; it is optional so that a reward
-  model stays a two-member object. Only `SimulatedLabeler.rate` needs it.
-  """
-  value = getattr(scorer, "score_range", None)
-  return None if value is None else (float(value[0]), float(value[1]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Lexicon scorers. Their packages are imported when a scorer is built, not with this module:
-# TextBlob pulls in NLTK, which takes ~2 s to import.
-
-
-class VaderScorer:
-  """VADER's compound score in [-1, 1] (Hutto & Gilbert 2014, PyPI `vadersentiment`).
-
-  The compound score sums the valences of the words found in VADER's 7.5k-word lexicon (human
-  ratings averaged over 10 raters), adjusted by rules for negation, intensifiers, "but",
-  capitals and exclamation marks, then squashes the sum with x / sqrt(x^2 + 15).
-  """
-
-  name = "vader"
-  score_range = (-1.0, 1.0)
-
-  def __init__(self) -> None:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    self._analyzer = SentimentIntensityAnalyzer()
-
-  def score(self, texts: Sequence[str]) -> np.ndarray:
-    return np.array([self._analyzer.polarity_scores(t)["compound"] for t in texts],
-                    dtype=np.float32)
-
-
-class TextBlobScorer:
-  """TextBlob's pattern polarity in [-1, 1] (PyPI `textblob`).
-
-  The `PatternAnalyzer` averages the polarity of the adjectives found in pattern's lexicon,
-  with modifiers for negation and intensity. It is named explicitly because it needs no NLTK
-  corpora (TextBlob's other analyzer, NaiveBayes, would download the movie-review corpus).
-  """
-
-  name = "textblob"
-  score_range = (-1.0, 1.0)
-
-  def __init__(self) -> None:
-    from textblob.en.sentiments import PatternAnalyzer
-
-    self._analyzer = PatternAnalyzer()
-
-  def score(self, texts: Sequence[str]) -> np.ndarray:
-    return np.array([self._analyzer.analyze(t).polarity for t in texts], dtype=np.float32)
-
-
-class AfinnScorer:
-  """AFINN valences (Nielsen 2011, PyPI `afinn`, English list AFINN-en-165).
-
-  Each listed word (or phrase) has an integer valence in -5..5. By default the score is their
-  sum, as AFINN defines it: unbounded, and it grows with length, so longer texts with the same
-  tone score further from 0 (a length bias a reward model can learn and a policy can exploit).
-  With `normalize=True` the sum is divided by the number of words (AFINN's own tokenizer,
-  `Afinn.split`; 0 for a text without words): the mean valence per word, in [-5, 5].
-  """
-
-  score_range: tuple[float, float] | None
-
-  def __init__(self, normalize: bool = False) -> None:
-    from afinn import Afinn
-
-    self._afinn = Afinn(language="en")
-    self.normalize = normalize
-    self.score_range = (-5.0, 5.0) if normalize else None
-
-  @property
-  def name(self) -> str:
-    return "afinn-per-word" if self.normalize else "afinn"
-
-  def _score_one(self, text: str) -> float:
-    total = self._afinn.score(text)
-    if not self.normalize:
-      return total
-    n_words = len(self._afinn.split(text))
-    return total / n_words if n_words else 0.0
-
-  def score(self, texts: Sequence[str]) -> np.ndarray:
-    return np.array([self._score_one(t) for t in texts], dtype=np.float32)
-
-
-class FunctionScorer:
-  """A user's Python function `fn(texts) -> scores` as a scorer (a reward for RL, a labeler's taste).
-
-  `get_scorer("py:package.module:function")` imports it; the module must be importable (on
-  PYTHONPATH or installed). Scores are checked like every scorer's (`score_texts`).
-  """
-
-  def __init__(self, fn: Callable[[Sequence[str]], Sequence[float]], name: str | None = None) -> None:
-    if not callable(fn):
-      raise TypeError(f"fn: expected a callable texts -> scores, got {type(fn).__name__}")
-    self._fn = fn
-    self.name = name or f"py:{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-
-  @classmethod
-  def from_path(cls, path: str) -> "FunctionScorer":
-    import importlib
-
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-      raise ValueError(f"scorer py:{path}: expected py:MODULE:FUNCTION, e.g. py:my_rewards:length_bonus")
-    try:
-      module = importlib.import_module(module_name)
-    except ImportError as e:
-      raise ValueError(f"scorer py:{path}: cannot import module {module_name!r} ({e})") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-      raise ValueError(f"scorer py:{path}: module {module_name!r} has no attribute {attr!r}")
-    return cls(fn, name=f"py:{path}")
-
-  def score(self, texts: Sequence[str]) -> np.ndarray:
-    return np.asarray(self._fn(list(texts)), dtype=np.float32)
-
-
-# The only list of scorer names.
-SCORERS: dict[str, Callable[[], Scorer]] = {
-    "vader": VaderScorer,
-    "textblob": TextBlobScorer,
-    "afinn": AfinnScorer,
-}
-
-
-def get_scorer(name: str) -> Scorer:
-  """A new scorer registered as `name`, or a ValueError listing the valid names and the nearest.
-
-  `rm:WORKDIR` is a trained reward model (`pretrained.RewardModelScorer`), the gold-RM labeler;
-  `py:MODULE:FUNCTION` any importable Python function `texts -> scores` (`FunctionScorer`).
-  """
-  if name.startswith("py:"):
-    return FunctionScorer.from_path(name[3:])
-  if name.startswith("rm:"):
-    from rlhf_jax.pretrained import RewardModelScorer  # imports JAX: only when asked for
-
-    return RewardModelScorer(name[3:])
-  if name not in SCORERS:
-    close = difflib.get_close_matches(name, list(SCORERS), n=1, cutoff=0.0)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown scorer {name!r}{hint} Valid scorers: {', '.join(sorted(SCORERS))}, "
-                     "or rm:WORKDIR for a trained reward model")
-  return SCORERS[name]()
-
-
-def score_texts(scorer: Scorer, texts: Sequence[str]) -> np.ndarray:
-  """`scorer.score(texts)` checked to be finite float32 of shape (len(texts),).
-
-  A reward model or a new scorer that returns the wrong shape or a NaN would otherwise turn into
-  silently wrong judgements.
-  """
-  scores = np.asarray(scorer.score(texts), dtype=np.float32)
-  if scores.shape != (len(texts),):
-    raise ValueError(f"scorer {scorer.name!r}: expected scores of shape ({len(texts)},) for "
-                     f"{len(texts)} texts, got shape {scores.shape}")
-  if not np.all(np.isfinite(scores)):
-    bad = int(np.flatnonzero(~np.isfinite(scores))[0])
-    raise ValueError(f"scorer {scorer.name!r}: score of text {bad} is {scores[bad]}, "
-                     "expected a finite number")
-  return scores
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +159,11 @@ class SimulatedLabeler:
     a_wins = u < preference_probability(r_a, r_b, self.beta)
     tie = np.abs(r_a.astype(np.float64) - r_b) < self.tie_margin
     return ["tie" if t else ("a" if w else "b") for t, w in zip(tie, a_wins)]
+
+  def skip_comparisons(self, n: int) -> None:
+    """Draws the noise of `n` comparisons and drops it: a labeler resuming a collection after `n`
+    stored comparisons then judges the rest as the labeler of an unbroken collection did."""
+    self._rng.random(n)
 
   def rate(self, texts: Sequence[str], scale: int = 5) -> list[int]:
     """Ratings 1..scale (Python ints, as the feedback store takes them): the score range cut

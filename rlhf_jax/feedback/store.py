@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import files
 from rlhf_jax.errors import UserError
 
 APP_NAME = "rlhf_jax.feedback"
@@ -541,6 +541,47 @@ class FeedbackStore:
       return [self._insert_sample(c, self._insert_prompt(c, prompt, source), response, model, meta)
               for prompt, response, model, meta in records]
 
+  def add_round(self, records: Sequence[Mapping[str, Any]], comparisons: Iterable[tuple[int, int, str]] = (), *,
+                labeler: str | None = None, source: str = "", collection: str | None = None,
+                round_index: int | None = None, pairs: int | None = None) -> list[int]:
+    """Stores sample records and `labeler`'s comparisons of them (`(i, j, outcome)`, indices into
+    `records`) in one transaction; returns the samples' ids. A round of collection is stored whole
+    or not at all: an interrupted one leaves no samples waiting for verdicts that never come.
+
+    With `collection` and `round_index`, the same transaction records that the collection's rounds
+    up to `round_index` are stored, with their comparisons and the `pairs` they offer for judging
+    (default: as many as the comparisons; `collection_progress`), so an interrupted collection
+    resumes exactly.
+    """
+    parsed = [parse_record(r, f"add_round record {i}") for i, r in enumerate(records)]
+    comparisons = list(comparisons)
+    if comparisons:
+      _check_labeler(labeler)
+    for k, (i, j, outcome) in enumerate(comparisons):
+      if outcome not in OUTCOMES:
+        raise FeedbackError(f"outcome of comparison {k}: expected one of {list(OUTCOMES)}, got {outcome!r}")
+      if not (0 <= i < len(parsed) and 0 <= j < len(parsed)):
+        raise FeedbackError(f"comparison {k}: expected indices into the {len(parsed)} records, got ({i}, {j})")
+    with self._write() as c:
+      ids = [self._insert_sample(c, self._insert_prompt(c, prompt, source), response, model, meta)[0]
+             for prompt, response, model, meta in parsed]
+      for i, j, outcome in comparisons:
+        self._insert_comparison(c, ids[i], ids[j], outcome, labeler)
+      if collection is not None:
+        row = c.execute("SELECT value FROM meta WHERE key = ?", (f"collection:{collection}",)).fetchone()
+        done = json.loads(row[0]) if row else {"rounds": 0, "comparisons": 0, "pairs": 0}
+        done = {"rounds": round_index + 1, "comparisons": done["comparisons"] + len(comparisons),
+                "pairs": done["pairs"] + (len(comparisons) if pairs is None else pairs)}
+        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                  (f"collection:{collection}", json.dumps(done)))
+    return ids
+
+  def collection_progress(self, collection: str) -> tuple[int, int, int]:
+    """(rounds, comparisons, pairs) of `collection` that `add_round` has stored; zeros for a new one."""
+    rows = self._read("SELECT value FROM meta WHERE key = ?", (f"collection:{collection}",))
+    done = json.loads(rows[0][0]) if rows else {"rounds": 0, "comparisons": 0, "pairs": 0}
+    return done["rounds"], done["comparisons"], done["pairs"]
+
   def import_samples_jsonl(self, path: str | os.PathLike[str], *, source: str | None = None) -> int:
     """Stores the sample records of a JSON-lines file in one transaction; returns how many are new.
 
@@ -741,59 +782,59 @@ class FeedbackStore:
     lease), so reloading a page does not skip a pair. Pairs with the fewest live judgements
     come first, so several labelers cover the pool before anyone judges a pair twice.
     """
-    _check_labeler(labeler)
-    with self._write() as c:
-      now = self._clock()
-      row = c.execute(
-          """SELECT p.id, p.prompt_id, p.sample_a, p.sample_b FROM pairs p
-             WHERE (p.claimed_by IS NULL OR p.claimed_by = :who OR p.claimed_until <= :now)
-               AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.pair_id = p.id
-                               AND c.labeler = :who AND c.retracted_at IS NULL)
-             ORDER BY CASE WHEN p.claimed_by = :who AND p.claimed_until > :now
-                           THEN p.claimed_until ELSE 0 END DESC,
-                      (SELECT count(*) FROM comparisons c WHERE c.pair_id = p.id
-                       AND c.retracted_at IS NULL),
-                      p.id
-             LIMIT 1""", {"who": labeler, "now": now}).fetchone()
-      if row is None:
-        return None
-      pair_id, prompt_id, sample_a, sample_b = row
-      until = now + self.lease_seconds
-      c.execute("UPDATE pairs SET claimed_by = NULL, claimed_until = NULL "
-                "WHERE claimed_by = ? AND id != ?", (labeler, pair_id))
-      c.execute("UPDATE pairs SET claimed_by = ?, claimed_until = ? WHERE id = ?",
-                (labeler, until, pair_id))
-      return PairTask(self._prompt_row(c, prompt_id), self._sample_row(c, sample_a),
-                      self._sample_row(c, sample_b), until)
+    return self._lease_next(
+        labeler, "pairs", "comparisons", "pair_id", "prompt_id, sample_a, sample_b",
+        lambda c, row, until: PairTask(self._prompt_row(c, row[1]), self._sample_row(c, row[2]),
+                                       self._sample_row(c, row[3]), until))
 
   def next_sample_to_rate(self, labeler: str) -> RatingTask | None:
     """Leases to `labeler` a sample they have not rated and nobody else holds; None when done.
 
     Same rules as `next_pair`: one held sample per labeler, least-rated samples first.
     """
+    return self._lease_next(
+        labeler, "samples", "ratings", "sample_id", "prompt_id",
+        lambda c, row, until: RatingTask(self._prompt_row(c, row[1]),
+                                         self._sample_row(c, row[0]), until))
+
+  def _lease_next(
+      self,
+      labeler: str,
+      table: str,
+      judgements: str,
+      task_column: str,
+      columns: str,
+      make_task: Callable[[sqlite3.Connection, tuple, float], Any],
+  ) -> Any:
+    """The one queue rule behind `next_pair` and `next_sample_to_rate`, so the two cannot drift.
+
+    Picks from `table` the row (`id` then `columns`) that `labeler` already holds, else the one
+    with the fewest live `judgements` that nobody else holds and `labeler` has not judged (the
+    judgements point at it through `task_column`); moves the labeler's lease onto it and returns
+    `make_task(connection, row, lease_until)`, or None when nothing is left.
+    """
     _check_labeler(labeler)
     with self._write() as c:
       now = self._clock()
       row = c.execute(
-          """SELECT s.id, s.prompt_id FROM samples s
-             WHERE (s.claimed_by IS NULL OR s.claimed_by = :who OR s.claimed_until <= :now)
-               AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.sample_id = s.id
-                               AND r.labeler = :who AND r.retracted_at IS NULL)
-             ORDER BY CASE WHEN s.claimed_by = :who AND s.claimed_until > :now
-                           THEN s.claimed_until ELSE 0 END DESC,
-                      (SELECT count(*) FROM ratings r WHERE r.sample_id = s.id
-                       AND r.retracted_at IS NULL),
-                      s.id
-             LIMIT 1""", {"who": labeler, "now": now}).fetchone()
+          f"""SELECT t.id, {columns} FROM {table} t
+              WHERE (t.claimed_by IS NULL OR t.claimed_by = :who OR t.claimed_until <= :now)
+                AND NOT EXISTS (SELECT 1 FROM {judgements} j WHERE j.{task_column} = t.id
+                                AND j.labeler = :who AND j.retracted_at IS NULL)
+              ORDER BY CASE WHEN t.claimed_by = :who AND t.claimed_until > :now
+                            THEN t.claimed_until ELSE 0 END DESC,
+                       (SELECT count(*) FROM {judgements} j WHERE j.{task_column} = t.id
+                        AND j.retracted_at IS NULL),
+                       t.id
+              LIMIT 1""", {"who": labeler, "now": now}).fetchone()
       if row is None:
         return None
-      sample_id, prompt_id = row
       until = now + self.lease_seconds
-      c.execute("UPDATE samples SET claimed_by = NULL, claimed_until = NULL "
-                "WHERE claimed_by = ? AND id != ?", (labeler, sample_id))
-      c.execute("UPDATE samples SET claimed_by = ?, claimed_until = ? WHERE id = ?",
-                (labeler, until, sample_id))
-      return RatingTask(self._prompt_row(c, prompt_id), self._sample_row(c, sample_id), until)
+      c.execute(f"UPDATE {table} SET claimed_by = NULL, claimed_until = NULL "
+                "WHERE claimed_by = ? AND id != ?", (labeler, row[0]))
+      c.execute(f"UPDATE {table} SET claimed_by = ?, claimed_until = ? WHERE id = ?",
+                (labeler, until, row[0]))
+      return make_task(c, row, until)
 
   def progress(self, labeler: str | None = None) -> Progress:
     """Counts for a progress bar (see `Progress`)."""
@@ -883,5 +924,5 @@ def _export(path: str | os.PathLike[str] | None,
             records: list[dict[str, Any]]) -> list[dict[str, Any]]:
   if path is not None:
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
+    files.atomic_write_bytes(Path(path), text.encode("utf-8"))
   return records

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import random
 import textwrap
-from typing import Callable, TextIO
+from typing import Callable, TextIO, TypeVar
 
 from rlhf_jax.feedback.display import visible
-from rlhf_jax.feedback.store import FeedbackStore
+from rlhf_jax.feedback.store import FeedbackStore, PairTask, RatingTask
+
+_Task = TypeVar("_Task")
 
 _PAIR_KEYS = {"a": "a", "b": "b", "t": "tie", "s": "skip"}
 
@@ -38,55 +40,68 @@ def _undo(store: FeedbackStore, labeler: str, write: Callable[[str], None]) -> N
   write("nothing to undo\n" if undone is None else f"undid {type(undone).__name__.lower()} {undone.id}\n")
 
 
-def label_pairs(store: FeedbackStore, labeler: str, read: Callable[[], str], write: Callable[[str], None],
-                *, seed: int = 0) -> int:
-  """Asks for pair judgements until the queue is empty or the labeler quits; returns how many."""
-  rng, done = random.Random(seed), 0
-  while (task := store.next_pair(labeler)) is not None:
-    first, second = (task.a, task.b) if rng.random() < 0.5 else (task.b, task.a)
-    progress = store.progress()
-    write(f"\n[{progress.pairs_judged} judged, {progress.pairs_queued} queued]\n")
-    write(_block("PROMPT", task.prompt.text) + "\n" + _block("A", first.text) + "\n" + _block("B", second.text) + "\n")
+def _ask_until_done(store: FeedbackStore, labeler: str, read: Callable[[], str],
+                    write: Callable[[str], None], *, next_task: Callable[[str], _Task | None],
+                    present: Callable[[_Task], Callable[[str], None]], question: str,
+                    valid: Callable[[str], bool], hint: str, finished: str) -> int:
+  """The ask/answer loop both modes share, so `q`, `u` and re-asking behave the same in each.
+
+  `present(task)` shows a task and returns what records a valid answer to it; returns how many
+  answers were recorded before the queue ran dry or the labeler quit.
+  """
+  done = 0
+  while (task := next_task(labeler)) is not None:
+    record = present(task)
     while True:
-      write("Which is better? [a/b/t(ie)/s(kip)/u(ndo)/q(uit)] ")
+      write(question)
       answer = read().strip().lower()
       if answer == "q":
         return done
       if answer == "u":
         _undo(store, labeler, write)
         break
-      if answer in _PAIR_KEYS:
-        store.compare(first.id, second.id, _PAIR_KEYS[answer], labeler=labeler)
+      if valid(answer):
+        record(answer)
         done += 1
         break
-      write(f"please answer a, b, t, s, u or q (got {answer!r})\n")
-  write("no pairs left to judge\n")
+      write(f"please answer {hint} (got {answer!r})\n")
+  write(finished)
   return done
+
+
+def label_pairs(store: FeedbackStore, labeler: str, read: Callable[[], str], write: Callable[[str], None],
+                *, seed: int = 0) -> int:
+  """Asks for pair judgements until the queue is empty or the labeler quits; returns how many."""
+  rng = random.Random(seed)
+
+  def present(task: PairTask) -> Callable[[str], None]:
+    first, second = (task.a, task.b) if rng.random() < 0.5 else (task.b, task.a)
+    progress = store.progress()
+    write(f"\n[{progress.pairs_judged} judged, {progress.pairs_queued} queued]\n")
+    write(_block("PROMPT", task.prompt.text) + "\n" + _block("A", first.text) + "\n" + _block("B", second.text) + "\n")
+    return lambda answer: store.compare(first.id, second.id, _PAIR_KEYS[answer], labeler=labeler)
+
+  return _ask_until_done(
+      store, labeler, read, write, next_task=store.next_pair, present=present,
+      question="Which is better? [a/b/t(ie)/s(kip)/u(ndo)/q(uit)] ",
+      valid=lambda answer: answer in _PAIR_KEYS, hint="a, b, t, s, u or q",
+      finished="no pairs left to judge\n")
 
 
 def label_ratings(store: FeedbackStore, labeler: str, scale: int, read: Callable[[], str],
                   write: Callable[[str], None]) -> int:
   """Asks for ratings in 1..scale until the queue is empty or the labeler quits; returns how many."""
-  done = 0
-  while (task := store.next_sample_to_rate(labeler)) is not None:
+  def present(task: RatingTask) -> Callable[[str], None]:
     progress = store.progress()
     write(f"\n[{progress.samples_rated} rated, {progress.samples_queued} queued]\n")
     write(_block("PROMPT", task.prompt.text) + "\n" + _block("RESPONSE", task.sample.text) + "\n")
-    while True:
-      write(f"Rate this text 1-{scale} [1..{scale}/u(ndo)/q(uit)] ")
-      answer = read().strip().lower()
-      if answer == "q":
-        return done
-      if answer == "u":
-        _undo(store, labeler, write)
-        break
-      if answer.isdigit() and 1 <= int(answer) <= scale:
-        store.rate(task.sample.id, int(answer), scale=scale, labeler=labeler)
-        done += 1
-        break
-      write(f"please answer a number from 1 to {scale}, u or q (got {answer!r})\n")
-  write("no samples left to rate\n")
-  return done
+    return lambda answer: store.rate(task.sample.id, int(answer), scale=scale, labeler=labeler)
+
+  return _ask_until_done(
+      store, labeler, read, write, next_task=store.next_sample_to_rate, present=present,
+      question=f"Rate this text 1-{scale} [1..{scale}/u(ndo)/q(uit)] ",
+      valid=lambda answer: answer.isdigit() and 1 <= int(answer) <= scale,
+      hint=f"a number from 1 to {scale}, u or q", finished="no samples left to rate\n")
 
 
 def run(store_path: str, labeler: str, *, rate_scale: int | None, stdin: TextIO, stdout: TextIO,

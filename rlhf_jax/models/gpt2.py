@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import safetensors.numpy
 
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import files
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import ModelConfig
 
@@ -167,5 +167,5 @@ def save_hf(directory: str | Path, config: ModelConfig, params: Mapping, *, eos_
   directory.mkdir(parents=True, exist_ok=True)
   hf = config_to_hf(config, eos_token_id=eos_token_id)
   tensors = params_to_hf(params, config)
-  atomic_write_bytes(directory / "model.safetensors", safetensors.numpy.save(tensors, metadata={"format": "pt"}))
-  atomic_write_bytes(directory / "config.json", (json.dumps(hf, indent=2) + "\n").encode())
+  files.atomic_write_bytes(directory / "model.safetensors", safetensors.numpy.save(tensors, metadata={"format": "pt"}))
+  files.atomic_write_bytes(directory / "config.json", (json.dumps(hf, indent=2) + "\n").encode())

@@ -10,7 +10,7 @@ Every reward an RL run optimizes has this one interface, so that a whole RLHF it
   last real word, as in training.
 - `TokenFunctionReward`: any JAX function of the four arrays (a rule on token ids, a length
   penalty, ...), traced into the program.
-- `HostReward`: a reward that only exists on the host, a `labelers.Scorer` of texts: the
+- `HostReward`: a reward that only exists on the host, a `scorers.Scorer` of texts: the
   lexicons, a reward model with another tokenizer, a user's `py:MODULE:FUNCTION`. It enters the
   program through `jax.pure_callback`, which decodes and scores on the host while the program
   waits. We chose the callback over a separate host stage between rollout and update because it
@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import losses, reward_signals
-from rlhf_jax.feedback import labelers
+from rlhf_jax import losses
 from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.rewards import scorers, signals
 
 
 class Reward(Protocol):
@@ -109,7 +109,7 @@ def _decode(tokenizer, tokens_BxT: np.ndarray, mask_BxT: np.ndarray, drop_eos: b
 
 @flax.struct.dataclass
 class HostReward:
-  """A `labelers.Scorer` of texts, called through `jax.pure_callback` (module docstring).
+  """A `scorers.Scorer` of texts, called through `jax.pure_callback` (module docstring).
 
   The response is decoded without its EOS; with `with_prompt` the scorer sees prompt + response
   (reward models trained on both), otherwise the response alone (the lexicons' default).
@@ -135,7 +135,7 @@ class HostReward:
     lead = response_BxN.shape[:-1]
     flat = [np.asarray(a).reshape(-1, a.shape[-1]) for a in (prompt_BxP, prompt_mask_BxP, response_BxN,
                                                              response_mask_BxN)]
-    return labelers.score_texts(self.scorer, self.texts(*flat)).reshape(lead)
+    return scorers.score_texts(self.scorer, self.texts(*flat)).reshape(lead)
 
   def score(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> jax.Array:
     out = jax.ShapeDtypeStruct(response_BxN.shape[:-1], jnp.float32)
@@ -146,7 +146,7 @@ class HostReward:
 def from_texts(fn: Callable[[list[str]], Any], tokenizer, *, with_prompt: bool = False,
                name: str | None = None) -> HostReward:
   """A Python function `texts -> scores` (higher is better) as a reward on the policy's tokens."""
-  return HostReward(scorer=labelers.FunctionScorer(fn, name), tokenizer=tokenizer, with_prompt=with_prompt)
+  return HostReward(scorer=scorers.FunctionScorer(fn, name), tokenizer=tokenizer, with_prompt=with_prompt)
 
 
 def from_spec(spec: str, *, tokenizer, mesh, with_prompt: bool, max_len: int | None = None) -> Reward:
@@ -155,10 +155,11 @@ def from_spec(spec: str, *, tokenizer, mesh, with_prompt: bool, max_len: int | N
   (a Python function `texts -> scores`). `max_len`: the longest prompt + response the reward
   must read (checked against a reward model's positions)."""
   if spec.startswith("rm:"):
-    from rlhf_jax import pretrained  # loads checkpoints: only when a reward model is asked for
+    from rlhf_jax import trained
+    from rlhf_jax.rewards import reward_model
 
     workdir = Path(spec[3:])
-    loaded = pretrained.load(workdir, mesh)
+    loaded = trained.load(workdir, mesh)
     if not loaded.model.scalar_head:
       raise ValueError(f"reward {spec!r}: expected a reward model (scalar_head=True), got a language model")
     if max_len is not None and max_len > loaded.model.max_len:
@@ -167,14 +168,14 @@ def from_spec(spec: str, *, tokenizer, mesh, with_prompt: bool, max_len: int | N
     if loaded.tokenizer.fingerprint == tokenizer.fingerprint:
       return RewardModelReward(params=loaded.params, model=Transformer(loaded.model), eos_id=tokenizer.eos_id,
                                with_prompt=with_prompt, label=f"rm:{workdir}@{loaded.step}")
-    scorer = pretrained.RewardModelScorer(workdir, mesh, _loaded=loaded)
+    scorer = reward_model.RewardModelScorer(workdir, mesh, _loaded=loaded)
     return HostReward(scorer=scorer, tokenizer=tokenizer, with_prompt=with_prompt)
-  return HostReward(scorer=labelers.get_scorer(spec), tokenizer=tokenizer, with_prompt=with_prompt)
+  return HostReward(scorer=scorers.get_scorer(spec), tokenizer=tokenizer, with_prompt=with_prompt)
 
 
 @flax.struct.dataclass
 class SignalReward:
-  """A reward signal of `rlhf_jax.reward_signals` from a predicted and a human (or gold) score of
+  """A reward signal of `rlhf_jax.rewards.signals` from a predicted and a human (or gold) score of
   the same samples: "consistency", sign(h - s) (0 within `tolerance`), or "correlation",
   z(h) z(s) standardized over the batch (its batch mean is Pearson's rho).
 
@@ -201,8 +202,8 @@ class SignalReward:
     args = (prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN)
     predicted_B, human_B = self.predicted.score(*args), self.human.score(*args)
     if self.kind == "consistency":
-      return reward_signals.consistency(human_B, predicted_B, self.tolerance)
-    return reward_signals.correlation_shares(human_B, predicted_B)
+      return signals.consistency(human_B, predicted_B, self.tolerance)
+    return signals.correlation_shares(human_B, predicted_B)
 
 
 SIGNALS = ("consistency", "correlation")

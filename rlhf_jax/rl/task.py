@@ -2,7 +2,7 @@
 
 A `Task` holds train and held-out prompts (texts and their left-padded token arrays), the number
 of tokens to sample, the reward the policy is optimized against (on tokens, `rlhf_jax.rewards`)
-and the gold judge that evaluation reports (a `labelers.Scorer` of response texts: the taste a
+and the gold judge that evaluation reports (a `scorers.Scorer` of response texts: the taste a
 learned reward only approximates). Builders:
 
 - `sentiment_task`: WordNet openings continued by the policy (Ziegler et al. 2019's sentiment
@@ -22,7 +22,7 @@ import numpy as np
 
 from rlhf_jax import rewards as rewards_lib
 from rlhf_jax.data import prompts as prompts_lib
-from rlhf_jax.feedback import labelers
+from rlhf_jax.rewards import scorers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Task:
   test: Prompts
   max_new_tokens: int
   reward: Any  # rewards.Reward
-  gold: Any = None  # labelers.Scorer of response texts, reported as gold_score; None: no gold
+  gold: Any = None  # scorers.Scorer of response texts, reported as gold_score; None: no gold
   gold_name: str = "gold"
 
   @property
@@ -89,7 +89,7 @@ class SentimentConfig:
 def _gold(name: str, reward) -> Any:
   # The same scorer object when the gold is the reward itself: one lexicon loaded, not two.
   scorer = getattr(reward, "scorer", None)
-  return scorer if scorer is not None and scorer.name == name else labelers.get_scorer(name)
+  return scorer if scorer is not None and scorer.name == name else scorers.get_scorer(name)
 
 
 def sentiment_task(config: SentimentConfig, *, tokenizer, mesh, seed: int) -> Task:

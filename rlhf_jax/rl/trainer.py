@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -32,17 +33,17 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from rlhf_jax import pretrained, rewards, sharding
+from rlhf_jax import files, logs, rewards
 from rlhf_jax import rollout as rollout_lib
+from rlhf_jax import sharding, trained
 from rlhf_jax.advantages import sequence_kl
+from rlhf_jax.config import check_range
 from rlhf_jax.data import rows
-from rlhf_jax.eval import lm as lm_eval
-from rlhf_jax.eval import policy as policy_eval
-from rlhf_jax.feedback import labelers
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.rewards import scorers
 from rlhf_jax.rl import iteration as iteration_lib
-from rlhf_jax.rl.task import Task
+from rlhf_jax.rl.task import Task, sentiment_task
 from rlhf_jax.steps import common, dpo, ilql, pg, ppo, rsft
 
 ALGORITHMS = ("ppo",) + pg.ESTIMATORS + ("online_dpo", "rsft")
@@ -69,9 +70,7 @@ class RLConfig:
       raise ValueError(f"rl.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
     if self.value_init not in ("policy", "reward"):
       raise ValueError(f"rl.value_init must be 'policy' or 'reward', got {self.value_init!r}")
-    for name in ("batch_size", "eval_batch_size", "normalize_samples"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
+    check_range(self, "rl", ">= 1", "batch_size", "eval_batch_size", "normalize_samples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +80,9 @@ class Config:
   rl: RLConfig = RLConfig()
   # Continuations have a fixed length, as in Ziegler et al.'s sentiment task: a tiny LM seldom ends
   # within max_new_tokens, and a no-EOS penalty would teach it to stop rather than to please.
-  # The KL controller's gain K_beta = batch / horizon is eq. 3's 0.1 per update (32 / 320): with
-  # Ziegler et al.'s code constant (horizon 10000, made for batches of 512) the coefficient moved
-  # from 0.050 to 0.053 in 100 updates while KL overshot a target of 3 nats to 20.
+  # The KL controller's gain K_beta = batch / horizon is eq. 3's 0.1 per update (32 / 320). Ziegler
+  # et al.'s code constant (horizon 10000) is made for batches of 512: at batch 32 the coefficient
+  # would hardly move within a run of a hundred updates, and KL would run far past its target.
   ppo: ppo.PPOConfig = ppo.PPOConfig(kl_coef=0.05, kl_target=3.0, kl_horizon=320.0, epochs=4, minibatches=2,
                                      penalize_no_eos=False)
   pg: pg.PGConfig = pg.PGConfig()
@@ -183,14 +182,23 @@ def initial_kl_coef(config: Config) -> float:
 
 
 def start_policy(config: PolicyConfig, workdir: str | Path, mesh: Mesh, *,
-                 pretrain: Callable[..., Any] | None = None) -> pretrained.Pretrained:
+                 pretrain: Callable[..., Any] | None = None) -> trained.TrainedModel:
   """The starting policy: `config.init_from`, or (init_from="") a model that `pretrain(workdir=...)`
   trains into `<workdir>/policy` first (rerunning resumes it). The tokenizer is copied into
   `workdir`, so the run's workdir is self-contained."""
   if not config.init_from and pretrain is None:
     raise ValueError("policy.init_from is empty: name the workdir of a trained language model")
-  policy, _ = pretrained.load_policy(config.init_from, workdir, mesh, pretrain=pretrain)
+  policy, _ = trained.load_policy(config.init_from, workdir, mesh, pretrain=pretrain)
   return policy
+
+
+def start_sentiment(config: Config, workdir: str | Path, *,
+                    pretrain: Callable[..., Any] | None = None) -> tuple[Mesh, trained.TrainedModel, Task]:
+  """What every sentiment experiment starts from: the mesh of `config.mesh`, the starting policy
+  (`start_policy`) and the sentiment task of `config.task` (a `SentimentConfig`) on its tokenizer."""
+  mesh = sharding.make_mesh(config.mesh)
+  policy = start_policy(config.policy, workdir, mesh, pretrain=pretrain)
+  return mesh, policy, sentiment_task(config.task, tokenizer=policy.tokenizer, mesh=mesh, seed=config.seed)
 
 
 def make_sampler(policy_model: Transformer, reward, *, max_new_tokens: int, eos_id: int, pad_id: int,
@@ -255,14 +263,14 @@ def evaluate(sample, policy_params, frozen: dict, task: Task, tokenizer, *, batc
     r, raw_B = sample(policy_params, frozen, placed["p"], placed["m"], jax.random.fold_in(key, i), temperature)
     responses = rollout_lib.decode_responses(tokenizer, r.response_BxN, r.response_mask_BxN)
     if task.gold is not None:
-      golds.append(labelers.score_texts(task.gold, responses))
+      golds.append(scorers.score_texts(task.gold, responses))
     raws.append(np.asarray(raw_B))
     proxies.append(np.asarray(iteration_lib.normalized(raw_B, norm)))
     kls.append(np.asarray(sequence_kl(r.logp_BxN, r.ref_logp_BxN, r.response_mask_BxN)))
     lengths.append(r.response_mask_BxN.sum(-1))
     ended.append(r.ended_B)
     if i == 0 and samples_path is not None:
-      lm_eval.write_samples(samples_path, step, list(task.test.texts[:samples_to_log]), responses[:samples_to_log])
+      logs.write_samples(samples_path, step, list(task.test.texts[:samples_to_log]), responses[:samples_to_log])
   if not proxies:
     raise ValueError(f"no whole batch of {batch_size} held-out prompts (rl.eval_batch_size) among {len(tokens_NxP)}")
   cat = np.concatenate
@@ -277,7 +285,7 @@ def _norm_arrays(norm: dict[str, float]) -> dict[str, jax.Array]:
   return {"mean": jnp.asarray(norm["mean"], jnp.float32), "std": jnp.asarray(norm["std"], jnp.float32)}
 
 
-def check_task(config: Config, task: Task, policy: pretrained.Pretrained, mesh: Mesh) -> None:
+def check_task(config: Config, task: Task, policy: trained.TrainedModel, mesh: Mesh) -> None:
   """What every run on `task` needs, checked before any work starts: batches the mesh can split,
   prompt + response within the policy's positions, a whole evaluation batch of held-out prompts."""
   rc = config.rl
@@ -291,7 +299,21 @@ def check_task(config: Config, task: Task, policy: pretrained.Pretrained, mesh: 
                      "more prompts or lower rl.eval_batch_size")
 
 
-def reference_and_reward(config: Config, task: Task, policy: pretrained.Pretrained, workdir: Path, mesh: Mesh, *,
+def _saved_normalization(path: str | Path, measure: Callable[[], dict[str, float]], *,
+                         enabled: bool = True) -> dict[str, float]:
+  """The reward normalization of a run: measured once (`measure()`: `reference_normalization`)
+  and saved to `path`, so a resumed run uses the same reward; {"mean": 0, "std": 1} if not `enabled`."""
+  path = Path(path)
+  if not enabled:
+    return {"mean": 0.0, "std": 1.0}
+  if path.exists():
+    return json.loads(path.read_text())
+  norm = measure()
+  files.atomic_write_bytes(path, (json.dumps(norm) + "\n").encode())
+  return norm
+
+
+def reference_and_reward(config: Config, task: Task, policy: trained.TrainedModel, workdir: Path, mesh: Mesh, *,
                          temperature: jax.Array) -> tuple[dict, Any, Callable]:
   """`(frozen, frozen_shardings, sample)`: what no update changes, placed on `mesh` (the reference's
   parameters `ref`, the task's `reward` and its normalization `norm`), and the sampler of
@@ -305,7 +327,7 @@ def reference_and_reward(config: Config, task: Task, policy: pretrained.Pretrain
   sample = make_sampler(Transformer(policy.model), task.reward, max_new_tokens=task.max_new_tokens,
                         eos_id=tok.eos_id, pad_id=tok.pad_id)
   key = jax.random.fold_in(jax.random.key(config.seed), 10_000)
-  norm = policy_eval.saved_normalization(workdir / "reward_norm.json", functools.partial(
+  norm = _saved_normalization(workdir / "reward_norm.json", functools.partial(
       reference_normalization, sample, frozen, task.train.tokens_NxP, task.train.mask_NxP,
       batch_size=rc.batch_size, num_samples=rc.normalize_samples, key=key, temperature=temperature, mesh=mesh),
       enabled=rc.normalize_reward)
@@ -334,7 +356,7 @@ def state_evaluator(config: Config, task: Task, tokenizer, sample, frozen: dict,
   return evaluate_state
 
 
-def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: str | Path,
+def train(config: Config, task: Task, policy: trained.TrainedModel, workdir: str | Path,
           mesh: Mesh | None = None) -> Any:
   """Trains `policy` on `task` with `config.rl.algorithm`; resumes from `workdir`'s checkpoints.
   Returns the final state (also saved)."""
@@ -349,7 +371,7 @@ def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: st
     raise ValueError(f"rl.value_init=reward needs a reward model on the policy's tokens, got the reward "
                      f"{task.reward.name!r}")
   workdir.mkdir(parents=True, exist_ok=True)
-  pretrained.save_model_config(workdir, policy.model)
+  trained.save_model_config(workdir, policy.model)
   tok = policy.tokenizer
   key = jax.random.key(config.seed)
   policy_model = Transformer(policy.model)
@@ -368,8 +390,8 @@ def train(config: Config, task: Task, policy: pretrained.Pretrained, workdir: st
   frozen, frozen_shardings, sample = reference_and_reward(config, task, policy, workdir, mesh,
                                                           temperature=hp.temperature)
 
-  init, state_shardings = common.jit_sharded(algorithm.init, mesh, config.mesh.rules, policy.params, value_params,
-                                             initial_kl_coef(config))
+  init, state_shardings = common.sharded_init(algorithm.init, mesh, config.mesh.rules, policy.params, value_params,
+                                              initial_kl_coef(config))
   init_fn = functools.partial(init, policy.params, value_params, initial_kl_coef(config))
   step = jax.jit(algorithm.iteration, in_shardings=(state_shardings, sharding.batch_sharded(mesh), repl, repl,
                                                     frozen_shardings),

@@ -10,10 +10,9 @@ optimizer step with the learning rate of the schedule at `state.step`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import re
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import flax.linen as nn
 import flax.struct
@@ -26,6 +25,7 @@ from rlhf_jax import sharding
 Batch = dict[str, jax.Array]
 # loss_fn(params, batch, key) -> (loss_sum, sums); `sums` holds at least "count", the denominator.
 LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+H = TypeVar("H")  # an hparams dataclass
 
 
 @flax.struct.dataclass
@@ -67,6 +67,19 @@ class OptimConfig:
   def hparams(self) -> Hparams:
     return Hparams(learning_rate=jnp.asarray(self.learning_rate, jnp.float32),
                    weight_decay=jnp.asarray(self.weight_decay, jnp.float32))
+
+
+def hparams_from(cls: type[H], config: Any, optim: OptimConfig) -> H:
+  """The `cls` hparams of a step: `optim`'s learning rate and weight decay, every other field read
+  from `config` by its name, each a float32 array.
+
+  One recipe for every step's `hp`, so each holds the same dtype a vmapped sweep stacks, and an
+  hparams field with no config field of its name fails here instead of silently defaulting.
+  """
+  values = {"learning_rate": optim.learning_rate, "weight_decay": optim.weight_decay}
+  names = [field.name for field in dataclasses.fields(cls)]
+  return cls(**{name: jnp.asarray(values[name] if name in values else getattr(config, name), jnp.float32)
+                for name in names})
 
 
 def parse_lr_mults(lr_mults: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
@@ -135,6 +148,27 @@ def init_state(key: jax.Array, *, model: nn.Module, tx: optax.GradientTransforma
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def restart_state(params: Any, *, tx: optax.GradientTransformation) -> TrainState:
+  """A fresh train state (step 0, new optimizer state) around trained `params`: fine-tuning again."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def init_with_trunk(key: jax.Array, lm_params: Any, *, model: nn.Module,
+                    tx: optax.GradientTransformation) -> TrainState:
+  """Train state of a scalar-head model (reward or value) whose trunk starts from `lm_params`.
+
+  Only the head is freshly initialised (with `model.config.scalar_head_init`); jit this with
+  `out_shardings` like any initializer.
+  """
+  if not model.config.scalar_head:
+    raise ValueError("init_with_trunk needs a model with scalar_head=True")
+  if "scalar_head" in lm_params:
+    raise ValueError("these parameters already have a scalar head")
+  fresh = init_state(key, model=model, tx=tx)
+  params = {**lm_params, "scalar_head": fresh.params["scalar_head"]}
+  return TrainState(step=fresh.step, params=params, opt_state=tx.init(params))
+
+
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   # Rows m, m+M, m+2M, ... form microbatch m: every device keeps an equal share of each microbatch,
   # so the split needs no data movement when the batch axis is sharded.
@@ -183,24 +217,11 @@ def apply_gradients(state, grads: Any, hp: Hparams, *, tx: optax.GradientTransfo
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), lr
 
 
-def jit_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation):
-  """A no-argument initializer whose output is created directly replicated (`sharded_init`'s default)."""
-  return sharded_init(mesh, key, model=model, tx=tx)[0]
-
-
-def sharded_init(mesh: jax.sharding.Mesh, key: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
-                 rules: str = "replicated") -> tuple[Callable[[], TrainState], Any]:
-  """`(init_fn, state_shardings)`: the state's shardings by `sharding.RULES[rules]`, found on
-  `jax.eval_shape` (nothing allocated), and a no-argument initializer that creates every leaf
-  directly on its shards, so a model too big for one device never exists whole."""
-  init = functools.partial(init_state, model=model, tx=tx)
-  shardings = sharding.tree_shardings(jax.eval_shape(init, key), mesh, rules)
-  return functools.partial(jax.jit(init, out_shardings=shardings), key), shardings
-
-
-def jit_sharded(init: Callable, mesh: jax.sharding.Mesh, rules: str, *example_args) -> tuple[Callable, Any]:
-  """`(jitted init, shardings)`: any state initializer compiled to create its output on the shards
-  `sharding.RULES[rules]` gives it (found on `jax.eval_shape` of `init(*example_args)`)."""
+def sharded_init(init: Callable, mesh: jax.sharding.Mesh, rules: str, *example_args) -> tuple[Callable, Any]:
+  """`(jitted init, state shardings)`: a state initializer compiled to create every leaf directly on
+  the shards `sharding.RULES[rules]` gives it (found on `jax.eval_shape` of `init(*example_args)`,
+  nothing allocated), so a model too big for one device never exists whole. The one way a trainer
+  creates its state, e.g. `sharded_init(partial(init_state, model=m, tx=tx), mesh, "fsdp", key)`."""
   shardings = sharding.tree_shardings(jax.eval_shape(init, *example_args), mesh, rules)
   return jax.jit(init, out_shardings=shardings), shardings
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import advantages, losses, sampling
+from rlhf_jax.config import check_range
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common
 
@@ -69,20 +70,14 @@ class DPOConfig:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"dpo.kind must be one of {KINDS}, got {self.kind!r}")
-    if not self.beta > 0:
-      raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+    check_range(self, "dpo", "> 0", "beta")
     if not 0.0 <= self.label_smoothing < 0.5:
       raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-    if not self.temperature > 0:
-      raise ValueError(f"dpo.temperature must be > 0, got {self.temperature}")
-    if self.tie_margin < 0:
-      raise ValueError(f"dpo.tie_margin must be >= 0, got {self.tie_margin}")
+    check_range(self, "dpo", "> 0", "temperature")
+    check_range(self, "dpo", ">= 0", "tie_margin")
 
   def hparams(self, optim: common.OptimConfig) -> DPOHparams:
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return DPOHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay), beta=f(self.beta),
-                      label_smoothing=f(self.label_smoothing), gamma=f(self.gamma),
-                      temperature=f(self.temperature), tie_margin=f(self.tie_margin))
+    return common.hparams_from(DPOHparams, self, optim)
 
 
 def pair_logprobs(params, batch, *, model: Transformer, temperature=1.0):

@@ -8,7 +8,7 @@ Polyak average of the Q heads, kept in the state. The loss is
   LM next-token loss + Q loss (both heads) + V loss (expectile tau against min(Q_1, Q_2) targets)
   + alpha * CQL loss,
 
-each an exact token mean (`rlhf_jax.ilql`). Decoding uses `ilql.advantage_logits` with the LM's
+each an exact token mean (`losses.ilql_losses`). Decoding uses `advantage_logits` with the LM's
 logits and min(Q_1, Q_2) - V (`decode_logits`).
 
 Batches are `{"tokens": [B, T], "mask": [B, T], "rewards": [B, T]}` and optionally
@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import ilql, losses
+from rlhf_jax import losses
 from rlhf_jax.advantages import last_token_index
+from rlhf_jax.config import check_range
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common
 
@@ -49,6 +50,11 @@ class Heads(nn.Module):
     h = hidden_BxTxD.astype(jnp.float32)
     dense = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.normal(0.01), name=name)  # noqa: E731
     return dense(self.vocab_size, "q1")(h), dense(self.vocab_size, "q2")(h), dense(1, "v")(h)[..., 0]
+
+
+def advantage_logits(lm_logits_BxV: jax.Array, q_BxV: jax.Array, v_B: jax.Array, beta: float | jax.Array) -> jax.Array:
+  """Decoding logits log pi_beta(a|s) + beta (Q(s, a) - V(s)) (eq. 4); softmax normalizes them."""
+  return jax.nn.log_softmax(lm_logits_BxV, axis=-1) + beta * (q_BxV - v_B[:, None])
 
 
 @flax.struct.dataclass
@@ -86,16 +92,11 @@ class ILQLConfig:
   num_samples: int = 1024
 
   def __post_init__(self):
-    if not self.temperature > 0:
-      raise ValueError(f"ilql.temperature must be > 0, got {self.temperature}")
-    if self.num_samples < 1:
-      raise ValueError(f"ilql.num_samples must be >= 1, got {self.num_samples}")
+    check_range(self, "ilql", "> 0", "temperature")
+    check_range(self, "ilql", ">= 1", "num_samples")
 
   def hparams(self, optim: common.OptimConfig) -> ILQLHparams:
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return ILQLHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay), gamma=f(self.gamma),
-                       tau=f(self.tau), alpha=f(self.alpha), polyak=f(self.polyak), beta=f(self.beta),
-                       temperature=f(self.temperature))
+    return common.hparams_from(ILQLHparams, self, optim)
 
 
 def init_state(key: jax.Array, lm_params, *, model: Transformer, tx: optax.GradientTransformation) -> ILQLState:
@@ -128,10 +129,10 @@ def _loss_sums(params, batch, key, hp: ILQLHparams, target_heads, *, model: Tran
   rewards = batch["rewards"][:, 1:]
   # V(s_{t+1}) at position t+1; `ilql_losses` reads it through `next_state_values`.
   v_states = v[:, :-1]
-  out1 = ilql.ilql_losses(q1, v_states, target_q, v_states, q1_all[:, :-1], actions, rewards, step_mask,
-                          gamma=hp.gamma, tau=hp.tau)
-  out2 = ilql.ilql_losses(q2, v_states, target_q, v_states, q2_all[:, :-1], actions, rewards, step_mask,
-                          gamma=hp.gamma, tau=hp.tau)
+  out1 = losses.ilql_losses(q1, v_states, target_q, v_states, q1_all[:, :-1], actions, rewards, step_mask,
+                            gamma=hp.gamma, tau=hp.tau)
+  out2 = losses.ilql_losses(q2, v_states, target_q, v_states, q2_all[:, :-1], actions, rewards, step_mask,
+                            gamma=hp.gamma, tau=hp.tau)
   lm_sum, count = losses.next_token_loss(logits[:, :-1], actions, step_mask)
   q_sum = out1["q"][0] + out2["q"][0]
   cql_sum = out1["cql"][0] + out2["cql"][0]
@@ -162,7 +163,7 @@ def next_token_logits(heads_params, lm_logits_BxV: jax.Array, hidden_BxD: jax.Ar
   `heads_params` and `beta` bound, the `logits_fn` of `sampling.generate`, which then decodes ILQL
   on the LM's KV cache."""
   q1, q2, v = Heads(vocab_size).apply({"params": heads_params}, hidden_BxD)
-  return ilql.advantage_logits(lm_logits_BxV, jnp.minimum(q1, q2), v, beta)
+  return advantage_logits(lm_logits_BxV, jnp.minimum(q1, q2), v, beta)
 
 
 def decode_logits(params, tokens_BxT, mask_BxT, beta: float | jax.Array, *, model: Transformer) -> jax.Array:
@@ -170,5 +171,5 @@ def decode_logits(params, tokens_BxT, mask_BxT, beta: float | jax.Array, *, mode
   logits, q1, q2, v = _forward(params, params["heads"], tokens_BxT, mask_BxT, model)
   last = last_token_index(mask_BxT)
   at = lambda x: jnp.take_along_axis(x, last[:, None, None], 1)[:, 0]  # noqa: E731
-  return ilql.advantage_logits(at(logits), jnp.minimum(at(q1), at(q2)),
-                               jnp.take_along_axis(v, last[:, None], 1)[:, 0], beta)
+  return advantage_logits(at(logits), jnp.minimum(at(q1), at(q2)),
+                          jnp.take_along_axis(v, last[:, None], 1)[:, 0], beta)

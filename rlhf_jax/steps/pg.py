@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import advantages, losses, sampling
+from rlhf_jax.config import check_range
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common
 
@@ -65,15 +66,10 @@ class PGConfig:
   temperature: float = 1.0
 
   def __post_init__(self):
-    if self.group_size < 1:
-      raise ValueError(f"pg.group_size must be >= 1, got {self.group_size}")
-    if self.epochs < 1:
-      raise ValueError(f"pg.epochs must be >= 1, got {self.epochs}")
+    check_range(self, "pg", ">= 1", "group_size", "epochs")
 
   def hparams(self, optim: common.OptimConfig) -> PGHparams:
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return PGHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay),
-                     clip_eps=f(self.clip_eps), baseline_decay=f(self.baseline_decay), temperature=f(self.temperature))
+    return common.hparams_from(PGHparams, self, optim)
 
 
 def init_state(policy_params, *, tx: optax.GradientTransformation, kl_coef: float) -> PGState:

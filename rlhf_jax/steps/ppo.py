@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import advantages, losses
+from rlhf_jax.config import check_range
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.rollout import values_of_responses
 from rlhf_jax.steps import common
@@ -81,18 +82,11 @@ class PPOConfig:
   def __post_init__(self):
     if self.kl_estimator not in advantages.KL_ESTIMATORS:
       raise ValueError(f"ppo.kl_estimator must be one of {advantages.KL_ESTIMATORS}, got {self.kl_estimator!r}")
-    for name in ("epochs", "minibatches"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
-    if not self.temperature > 0:
-      raise ValueError(f"ppo.temperature must be > 0, got {self.temperature}")
+    check_range(self, "ppo", ">= 1", "epochs", "minibatches")
+    check_range(self, "ppo", "> 0", "temperature")
 
   def hparams(self, optim: common.OptimConfig) -> PPOHparams:
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return PPOHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay),
-                      clip_eps=f(self.clip_eps), value_clip_eps=f(self.value_clip_eps), vf_coef=f(self.vf_coef),
-                      gamma=f(self.gamma), lam=f(self.lam), kl_target=f(self.kl_target),
-                      kl_horizon=f(self.kl_horizon), no_eos_score=f(self.no_eos_score), temperature=f(self.temperature))
+    return common.hparams_from(PPOHparams, self, optim)
 
 
 def init_state(policy_params, value_params, *, tx: optax.GradientTransformation, kl_coef: float) -> PPOState:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import advantages, sampling
+from rlhf_jax.config import check_range
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps import common
 
@@ -40,15 +41,11 @@ class RSFTConfig:
   def __post_init__(self):
     if self.n < 2:
       raise ValueError(f"rsft.n must be >= 2 (best of n samples), got {self.n}")
-    if self.epochs < 1:
-      raise ValueError(f"rsft.epochs must be >= 1, got {self.epochs}")
-    if not self.temperature > 0:
-      raise ValueError(f"rsft.temperature must be > 0, got {self.temperature}")
+    check_range(self, "rsft", ">= 1", "epochs")
+    check_range(self, "rsft", "> 0", "temperature")
 
   def hparams(self, optim: common.OptimConfig) -> RSFTHparams:
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return RSFTHparams(learning_rate=f(optim.learning_rate), weight_decay=f(optim.weight_decay),
-                       temperature=f(self.temperature))
+    return common.hparams_from(RSFTHparams, self, optim)
 
 
 def best_rows(score_B: jax.Array, group_size: int) -> jax.Array:

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import grain
 import numpy as np
 
+from rlhf_jax import files
 from rlhf_jax.data import corpora
 from rlhf_jax.tokenizers import Tokenizer
 
@@ -97,13 +98,13 @@ def prepare_lm_tokens(
 ) -> LMTokens:
   """Train and validation token streams of a corpus spec (see `corpora.load_documents`).
 
-  Cached under `cache/lm_tokens/<key>` (default `corpora.cache_dir()`); the directory appears
+  Cached under `cache/lm_tokens/<key>` (default `files.cache_dir()`); the directory appears
   atomically, so concurrent or interrupted runs never read half-written arrays.
   """
   train_docs, val_docs = split_corpus(corpus_spec, val_fraction, cache=cache)
-  final = (cache or corpora.cache_dir()) / "lm_tokens" / _cache_key(train_docs + val_docs, tokenizer, val_fraction)
+  final = (cache or files.cache_dir()) / "lm_tokens" / _cache_key(train_docs + val_docs, tokenizer, val_fraction)
   if not (final / "meta.json").exists():
-    with corpora.atomic_directory(final) as building:
+    with files.atomic_directory(final) as building:
       streams = {}
       for split, split_docs in [("train", train_docs), ("validation", val_docs)]:
         ids = tokenize_documents([d.text for d in split_docs], tokenizer, num_threads)

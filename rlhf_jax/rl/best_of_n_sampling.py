@@ -5,7 +5,7 @@
 For each of the task's held-out prompts, a pool of max(n) samples of the starting policy is
 scored by the task's reward (normalized on reference samples as the trainer normalizes it, so
 `proxy_score` has an RL run's units) and by its gold judge. For every n, the expected scores of
-the reward-best of n are averaged over all n-subsets of the pool (`rlhf_jax.best_of_n.summary`:
+the reward-best of n are averaged over all n-subsets of the pool (`rlhf_jax.eval.best_of_n_stats.summary`:
 the unbiased estimator of Nakano et al. 2021 that Gao et al. 2022 use), next to the KL bound
 log n - (n-1)/n and a plug-in KL measured on the reward's values. Each n is an evaluation record
 (split "eval", step n, `kl` the bound) in `<workdir>/metrics.jsonl`, where `rlhf-jax report` and
@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rlhf_jax import best_of_n, logs, pretrained, sharding
+from rlhf_jax import logs
 from rlhf_jax import rollout as rollout_lib
+from rlhf_jax import sharding, trained
 from rlhf_jax.data import rows
-from rlhf_jax.feedback import labelers
+from rlhf_jax.eval import best_of_n_stats
+from rlhf_jax.rewards import scorers
 from rlhf_jax.rl import iteration as iteration_lib
 from rlhf_jax.rl import trainer
 from rlhf_jax.rl.task import Task
@@ -58,12 +60,12 @@ def sample_pool(sample, params, frozen: dict, task: Task, tokenizer, *, n: int, 
     proxies.append(np.asarray(iteration_lib.normalized(np.asarray(raw_B), norm))[:real])
     if task.gold is not None:
       texts = rollout_lib.decode_responses(tokenizer, r.response_BxN[:real], r.response_mask_BxN[:real])
-      golds.append(labelers.score_texts(task.gold, texts))
+      golds.append(scorers.score_texts(task.gold, texts))
   gold = np.concatenate(golds).reshape(-1, n) if golds else None
   return np.concatenate(proxies).reshape(-1, n), gold
 
 
-def evaluate_best_of_n(config: trainer.Config, bc: BestOfNConfig, task: Task, policy: pretrained.Pretrained,
+def evaluate_best_of_n(config: trainer.Config, bc: BestOfNConfig, task: Task, policy: trained.TrainedModel,
                        workdir: str | Path, mesh: Mesh, *, temperature: float = 1.0) -> list[dict[str, float]]:
   """Best-of-n of `policy` for every n in `bc.n` (module docstring), with the reward normalized as
   `config` normalizes it in the trainer. Also written to `<workdir>/metrics.jsonl`, replacing what
@@ -72,13 +74,13 @@ def evaluate_best_of_n(config: trainer.Config, bc: BestOfNConfig, task: Task, po
   trainer.check_task(config, task, policy, mesh)
   sharding.check_batch_divisible(bc.batch_size, mesh, "bon.batch_size")
   workdir.mkdir(parents=True, exist_ok=True)
-  pretrained.save_model_config(workdir, policy.model)
+  trained.save_model_config(workdir, policy.model)
   t = jnp.asarray(temperature, jnp.float32)
   frozen, _, sample = trainer.reference_and_reward(config, task, policy, workdir, mesh, temperature=t)
   proxy_PxN, gold_PxN = sample_pool(sample, frozen["ref"], frozen, task, policy.tokenizer, n=max(bc.n),
                                     batch_size=bc.batch_size, key=jax.random.fold_in(jax.random.key(config.seed), 1),
                                     temperature=t, mesh=mesh)
-  table = best_of_n.summary(proxy_PxN, gold_PxN, bc.n)
+  table = best_of_n_stats.summary(proxy_PxN, gold_PxN, bc.n)
   logs.truncate_metrics(workdir, -1)
   writer = logs.MetricWriter(workdir, tensorboard=False, enabled=jax.process_index() == 0)
   for row in table:

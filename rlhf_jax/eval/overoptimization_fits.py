@@ -23,8 +23,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from rlhf_jax import logs, report
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import files, logs, report
 
 FORMS = {"bon": "bon", "ppo": "rl"}  # each method's functional form
 
@@ -147,7 +146,7 @@ def write_report(proxies: dict[str, dict], out: str | Path) -> tuple[dict, str]:
   to the folder `out`; returns the JSON's content and the markdown."""
   out = Path(out)
   result, text = {"proxies": proxies}, markdown(proxies)
-  atomic_write_bytes(out / "overoptimization.md", text.encode())
-  atomic_write_bytes(out / "overoptimization.json", (json.dumps(logs.json_ready(result), indent=2) + "\n").encode())
+  files.atomic_write_bytes(out / "overoptimization.md", text.encode())
+  files.atomic_write_text(out / "overoptimization.json", json.dumps(logs.json_ready(result), indent=2) + "\n")
   plot(proxies, out / "overoptimization.png")
   return result, text

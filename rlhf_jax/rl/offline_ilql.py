@@ -28,11 +28,10 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from rlhf_jax import pretrained, sampling, sharding
+from rlhf_jax import files
 from rlhf_jax import rollout as rollout_lib
-from rlhf_jax.data import rows
-from rlhf_jax.data import prompts as prompts_lib
-from rlhf_jax.data.corpora import atomic_write_bytes
+from rlhf_jax import sampling, sharding, trained
+from rlhf_jax.data import preferences, rows
 from rlhf_jax.loop import train_loop
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.rl import iteration as iteration_lib
@@ -42,17 +41,6 @@ from rlhf_jax.steps import common
 from rlhf_jax.steps import ilql as ilql_step
 
 SEQUENCE_FIELDS = ("prompt", "prompt_mask", "response", "response_mask", "reward")
-
-
-def sequence_arrays(records: Sequence[dict], tokenizer, prompt_len: int, response_len: int) -> dict[str, np.ndarray]:
-  """Left-padded prompts [N, prompt_len], right-padded responses [N, response_len] (cut to their
-  first response_len tokens; an empty one becomes a lone EOS) and rewards [N] of
-  `{"prompt", "response", "reward"}` records."""
-  prompt, prompt_mask = prompts_lib.encode_prompts(tokenizer, [r["prompt"] for r in records], prompt_len)
-  ids = [t or [tokenizer.eos_id] for t in tokenizer.encode_batch([r["response"] for r in records])]
-  response, response_mask = rows.pad_rows(ids, response_len, tokenizer.pad_id)
-  return {"prompt": prompt, "prompt_mask": prompt_mask, "response": response, "response_mask": response_mask,
-          "reward": np.asarray([r["reward"] for r in records], np.float32)}
 
 
 def reference_sequences(sample, frozen: dict, task: Task, *, num_samples: int, batch_size: int, key: jax.Array,
@@ -86,7 +74,7 @@ def saved_sequences(path: Path, make) -> dict[str, np.ndarray]:
   if jax.process_index() == 0:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
   return arrays
 
 
@@ -145,7 +133,7 @@ def make_sampler(model: Transformer, reward, *, beta: jax.Array, max_new_tokens:
                               roll=roll_at_beta)
 
 
-def train_offline_ilql(config: trainer.Config, task: Task, policy: pretrained.Pretrained, workdir: str | Path,
+def train_offline_ilql(config: trainer.Config, task: Task, policy: trained.TrainedModel, workdir: str | Path,
                        mesh: Mesh | None = None, records: Sequence[dict] | None = None) -> ilql_step.ILQLState:
   """Trains `policy` with ILQL on `records` or its own samples (module docstring), evaluated on
   `task`; resumes from `workdir`'s checkpoints. Returns the final state (also saved)."""
@@ -158,7 +146,7 @@ def train_offline_ilql(config: trainer.Config, task: Task, policy: pretrained.Pr
     raise ValueError(f"{field}: {num_rows} sequences, fewer than the rl.batch_size={rc.batch_size} a step trains on")
   trainer.check_task(config, task, policy, mesh)
   workdir.mkdir(parents=True, exist_ok=True)
-  pretrained.save_model_config(workdir, policy.model)
+  trained.save_model_config(workdir, policy.model)
   model, tok = Transformer(policy.model), policy.tokenizer
   hp = ic.hparams(config.optim)
   frozen, _, reference_sample = trainer.reference_and_reward(config, task, policy, workdir, mesh,
@@ -169,7 +157,7 @@ def train_offline_ilql(config: trainer.Config, task: Task, policy: pretrained.Pr
         reference_sequences, reference_sample, frozen, task, num_samples=ic.num_samples, batch_size=rc.batch_size,
         key=jax.random.fold_in(key, 10_001), temperature=hp.temperature, mesh=mesh))
   else:
-    seqs = sequence_arrays(records, tok, task.prompt_len, task.max_new_tokens)
+    seqs = preferences.scored_responses(records, tok, task.prompt_len, task.max_new_tokens)
   if seqs["prompt"].shape[1:] != (task.prompt_len,) or seqs["response"].shape[1:] != (task.max_new_tokens,):
     raise ValueError(f"offline sequences of prompt length {seqs['prompt'].shape[1]} and response length "
                      f"{seqs['response'].shape[1]}; the task has {task.prompt_len} and {task.max_new_tokens} "
@@ -178,8 +166,8 @@ def train_offline_ilql(config: trainer.Config, task: Task, policy: pretrained.Pr
              f"{rc.batch_size} a step")
 
   tx = common.make_optimizer(config.optim)
-  init, state_shardings = common.jit_sharded(functools.partial(ilql_step.init_state, model=model, tx=tx), mesh,
-                                             config.mesh.rules, jax.random.fold_in(key, 2), policy.params)
+  init, state_shardings = common.sharded_init(functools.partial(ilql_step.init_state, model=model, tx=tx), mesh,
+                                              config.mesh.rules, jax.random.fold_in(key, 2), policy.params)
   step = common.jit_step(functools.partial(
       ilql_step.ilql_step, model=model, tx=tx, warmup_steps=config.optim.warmup_steps, total_steps=config.loop.steps,
       min_lr_ratio=config.optim.min_lr_ratio), mesh, state_shardings)

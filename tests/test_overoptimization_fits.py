@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import logs, report
-from rlhf_jax.eval import overoptimization as oo
+from rlhf_jax.eval import overoptimization_fits as oo
 
 
 @pytest.mark.parametrize("form", ["bon", "rl"])
@@ -40,12 +40,23 @@ def test_fit_rejects_bad_input():
     oo.fit([1, 2, 3], [1, 2], "bon")
 
 
-def test_plot_draws_gold_and_proxy_with_and_without_a_fit(tmp_path):
+def test_plot_draws_gold_and_proxy_with_and_without_a_fit(tmp_path, saved_figures):
   d = [0.0, 0.5, 1.0, 1.5]
   entry = {"d": d, "gold_gain": [0.0, 0.4, 0.6, 0.5], "proxy_gain": [0.0, 1.0, 2.0, 3.0]}
   bon = dict(entry, fit=oo.fit(np.array(d), np.array(entry["gold_gain"]), "bon"))
   oo.plot({"small": {"bon": bon, "ppo": dict(entry, fit=None)}}, tmp_path / "plot.png")
-  assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  bon_gold, ppo_gold, bon_proxy, ppo_proxy = saved_figures[tmp_path / "plot.png"].axes
+  for ax, y in ((bon_gold, entry["gold_gain"]), (ppo_gold, entry["gold_gain"]), (bon_proxy, entry["proxy_gain"]),
+                (ppo_proxy, entry["proxy_gain"])):
+    (points,) = ax.collections
+    assert points.get_offsets().tolist() == [list(p) for p in zip(d, y)]
+  # The best-of-n fit drawn from d = 0 to the largest d: d (alpha - beta d); the PPO column has none.
+  curves = [line for ax in (bon_gold, ppo_gold) for line in ax.lines if len(line.get_xdata()) > 2]  # not y = 0
+  assert len(curves) == 1 and curves[0].axes is bon_gold
+  x, y = curves[0].get_xdata(), curves[0].get_ydata()
+  assert (x[0], x[-1], len(x)) == (0.0, 1.5, 100)
+  alpha, beta = bon["fit"]["alpha"], bon["fit"]["beta"]
+  assert beta > 0 and y[-1] == pytest.approx(1.5 * alpha - 2.25 * beta) and y[0] == 0.0
 
 
 def _run(path: Path, evals: list[dict]) -> Path:
@@ -83,7 +94,7 @@ def test_gains_are_over_each_runs_first_evaluation_and_tables_name_missing_peaks
   assert f"| 1.000 | 0.500 | 0.50 | {np.e:.3g} |" in text and "| bon | 2 | 1.00 | 0.300 | - | - | - | - |" in text
 
 
-def test_a_proxy_entry_pools_its_seeds_and_the_report_writes_every_file(tmp_path):
+def test_a_proxy_entry_pools_its_seeds_and_the_report_writes_every_file(tmp_path, saved_figures):
   proxies = [_run(tmp_path / "proxy" / f"s{s}", [{"accuracy_vs_noiseless": 0.5}, {"accuracy_vs_noiseless": acc}])
              for s, acc in ((0, 0.7), (1, 0.8))]
   bon = [_run(tmp_path / "bon" / f"s{s}", _evals([(0.0, 0.1, 0.0), (1.0, 0.4 + s, 1.0), (4.0, 0.3, 2.0)]))
@@ -99,4 +110,6 @@ def test_a_proxy_entry_pools_its_seeds_and_the_report_writes_every_file(tmp_path
   assert result == {"proxies": {"p": entry}}
   assert json.loads((tmp_path / "overoptimization.json").read_text()) == logs.json_ready(result)
   assert (tmp_path / "overoptimization.md").read_text() == text and "| p | 0.750 | bon | 6 |" in text
-  assert (tmp_path / "overoptimization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  bon_gold = saved_figures[tmp_path / "overoptimization.png"].axes[0]
+  np.testing.assert_allclose(bon_gold.collections[0].get_offsets(),  # every evaluation of both seeds
+                             [[0, 0], [1, 0.3], [2, 0.2], [0, 0], [1, 1.3], [2, 0.2]], atol=1e-12)

@@ -1,0 +1,77 @@
+"""A trained policy at the command line: continuations of prompts as records, and a chat loop.
+
+`rlhf-jax sample` and `rlhf-jax chat` call these with a policy from `trained.load`. Both stream
+tokens from the KV-cache sampler (`sampling.stream`). Model text is shown, never obeyed: escape
+sequences and bidi controls in it are written as `<U+XXXX>` (`feedback.display.visible`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence, TextIO
+
+import jax
+
+from rlhf_jax import sampling
+from rlhf_jax.feedback.display import visible
+from rlhf_jax.models.transformer import Transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+  temperature: float = 1.0
+  top_p: float = 1.0
+  max_new_tokens: int = 48
+  seed: int = 0
+
+
+def _stream(policy, context: list[int], key: jax.Array, settings: SamplingSettings) -> Iterator[int]:
+  tok = policy.tokenizer
+  return sampling.stream(policy.params, context, key, model=Transformer(policy.model),
+                         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                         top_p=settings.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id)
+
+
+def sample_records(policy, prompts: Sequence[str], settings: SamplingSettings, *, num: int = 1,
+                   name: str = "") -> Iterator[dict]:
+  """`num` continuations of each prompt as `{"prompt", "response", "model"}` (the feedback store's
+  import format); sample k of prompt i uses the key `seed + 1000 i + k`."""
+  tok = policy.tokenizer
+  for i, prompt in enumerate(prompts):
+    for k in range(num):
+      ids = _stream(policy, tok.encode(prompt), jax.random.key(settings.seed + 1000 * i + k), settings)
+      yield {"prompt": prompt, "response": tok.decode([t for t in ids if t != tok.eos_id]),
+             "model": f"{name}@{policy.step}"}
+
+
+def chat(policy, stdin: TextIO, stdout: TextIO, settings: SamplingSettings, *, history: bool = True,
+         name: str = "") -> int:
+  """Reads a line, streams the policy's answer, until an empty line or end of input; `/reset`
+  forgets the conversation (with `history`, the context is every earlier turn)."""
+  tok = policy.tokenizer
+  stdout.write(f"{name} (step {policy.step}); an empty line or Ctrl-D ends, /reset forgets the history\n")
+  past: list[int] = []
+  turn = 0
+  while True:
+    stdout.write("> ")
+    stdout.flush()
+    line = stdin.readline()
+    if not line or not line.strip():
+      return 0
+    if line.strip() == "/reset":
+      past = []
+      continue
+    context = (past if history else []) + tok.encode(line.rstrip("\n"))
+    ids, shown = [], ""
+    for token in _stream(policy, context, jax.random.key(settings.seed + turn), settings):
+      if token == tok.eos_id:
+        break
+      ids.append(token)
+      text = tok.decode(ids)
+      # Per character, so an escape sequence split across tokens is caught too.
+      stdout.write(visible(text[len(shown):] if text.startswith(shown) else "\n" + text))
+      stdout.flush()
+      shown = text
+    stdout.write("\n")
+    past = context + ids + [tok.eos_id]
+    turn += 1

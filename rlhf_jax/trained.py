@@ -1,0 +1,140 @@
+"""A trained model on disk: read back from a run's workdir, and written out for use elsewhere.
+
+Later stages (reward models, value heads, RL policies) begin from a pretrained or SFT run, reward
+models score for RL and for simulated labelers, and `rlhf-jax sample/chat/export` serve any run's
+policy. A run's workdir holds `config.json` (its experiment's config, whose `model` section is the
+model unless `model.json` says otherwise), `tokenizer.model` and Orbax checkpoints; `load` reads
+the model back into this process's mesh, whichever trainer wrote it. A run whose model is not its
+config's `model` section (a reward model grafted onto a pretrained LM, a PPO policy) records the
+model it trained with `save_model_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+from jax.sharding import Mesh
+
+from rlhf_jax import config as config_lib
+from rlhf_jax import files, sharding
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.errors import UserError
+from rlhf_jax.models import gpt2
+from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.tokenizers import SentencePieceTokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  model: ModelConfig
+  params: Any
+  tokenizer: SentencePieceTokenizer
+  step: int  # of the checkpoint it was read from
+
+
+def policy_checkpoints(workdir: str | Path) -> Path:
+  """Where a run keeps its policy's checkpoints: `checkpoints/`, or an online DPO run's last round's."""
+  workdir = Path(workdir)
+  if (workdir / "checkpoints").is_dir():
+    return workdir / "checkpoints"
+  rounds = sorted((p for p in workdir.glob("round_*") if p.name[6:].isdigit() and (p / "checkpoints").is_dir()),
+                  key=lambda p: int(p.name[6:]))
+  if rounds:
+    return rounds[-1] / "checkpoints"
+  raise FileNotFoundError(f"no checkpoints in {workdir} (checkpoints/ or round_K/checkpoints/): expected the "
+                          "workdir of a trained policy (pretrain_tiny, sentiment_ppo, dpo_sentiment, ...)")
+
+
+def load(workdir: str | Path, mesh: Mesh, step: int | None = None, *,
+         checkpoints: str | Path | None = None) -> TrainedModel:
+  """The model a run trained, replicated over `mesh`: an LM's or a reward model's parameters, a PPO
+  run's `params["policy"]`, an online DPO run's last round; the latest checkpoint or `step` (of the
+  folder `checkpoints`, default `policy_checkpoints(workdir)`). Its model config is `model.json`
+  (or the config's `model` section); parameters that do not fit it are an error naming the first
+  misfit."""
+  workdir = Path(workdir)
+  saved = workdir / "config.json"
+  if not saved.is_file():
+    raise FileNotFoundError(f"{saved} not found: expected the workdir of a finished or running run "
+                            "(e.g. from experiments/pretrain_tiny.py)")
+  model_file = workdir / "model.json"
+  model_data = (json.loads(model_file.read_text()) if model_file.is_file()
+                else json.loads(saved.read_text()).get("model"))
+  if model_data is None:
+    raise UserError(f"{workdir} has neither model.json nor a 'model' section in config.json: "
+                     "expected the workdir of a model run")
+  model_config = config_lib.from_dict(ModelConfig, model_data)
+  if not (workdir / "tokenizer.model").is_file():
+    raise FileNotFoundError(f"{workdir / 'tokenizer.model'} not found: the run's tokenizer is needed to sample")
+  checkpointer = Checkpointer(policy_checkpoints(workdir) if checkpoints is None else checkpoints)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None or step not in checkpointer.all_steps():
+      raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {checkpointer.directory}")
+    state = checkpointer.restore_saved_tree(step, sharding.replicated(mesh))
+  finally:
+    checkpointer.close()
+  params = state["params"]
+  params = params.get("policy", params)
+  expected = jax.eval_shape(functools.partial(Transformer(model_config).init, jax.random.key(0)),
+                            jnp.zeros((1, 1), jnp.int32))["params"]
+  got = {sharding.path_str(p): leaf.shape for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
+    name = sharding.path_str(path)
+    if got.get(name) != leaf.shape:
+      raise UserError(f"{checkpointer.directory}/{step}: parameter {name} is "
+                       f"{'missing' if name not in got else got[name]}, expected {leaf.shape} for the model in "
+                       f"{model_file if model_file.is_file() else saved}")
+  return TrainedModel(model=model_config, params=params,
+                      tokenizer=SentencePieceTokenizer.load(workdir / "tokenizer.model"), step=step)
+
+
+def load_policy(init_from: str, workdir: str | Path, mesh: Mesh, *,
+                pretrain: Callable[[Path], Any]) -> tuple[TrainedModel, Path]:
+  """The starting policy of an experiment and its workdir: `init_from`, or (init_from="") a model
+  that `pretrain(workdir=<workdir>/policy)` trains first (rerunning it resumes). The tokenizer is copied
+  into `workdir` so the experiment's workdir is self-contained."""
+  policy_dir = Path(init_from) if init_from else Path(workdir) / "policy"
+  if not init_from:
+    pretrain(workdir=policy_dir)
+  policy = load(policy_dir, mesh)
+  (Path(workdir) / "tokenizer.model").write_bytes((policy_dir / "tokenizer.model").read_bytes())
+  return policy, policy_dir
+
+
+def save_model_config(workdir: str | Path, model: ModelConfig) -> None:
+  """Record the model a run trains (read back by `load` in place of the config's `model`)."""
+  (Path(workdir) / "model.json").write_text(json.dumps(dataclasses.asdict(model), indent=2) + "\n")
+
+
+def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> list[str]:
+  """Writes a run's model for use elsewhere, without its training state; returns the file names.
+
+  Always: `params.safetensors` (float32 arrays under flat names such as `h_0/attn/c_attn/kernel`),
+  `model.json` (the `ModelConfig`) and `tokenizer.model`. For a plain language model also
+  `model.safetensors` + `config.json` in Hugging Face's GPT-2 layout (`models.gpt2`), which
+  `transformers.GPT2LMHeadModel.from_pretrained(out)` loads.
+  """
+  workdir, out = Path(workdir), Path(out)
+  run = load(workdir, sharding.make_mesh(), step)  # an LM, reward model, PPO or DPO policy
+  params = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), run.params)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  out.mkdir(parents=True, exist_ok=True)
+  files.atomic_write_bytes(out / "params.safetensors", safetensors.numpy.save(flat, metadata={"step": str(run.step)}))
+  save_model_config(out, run.model)
+  shutil.copyfile(workdir / "tokenizer.model", out / "tokenizer.model")
+  written = ["params.safetensors", "model.json", "tokenizer.model"]
+  if not run.model.scalar_head and not run.model.n_preferences:
+    gpt2.save_hf(out, run.model, params, eos_token_id=run.tokenizer.eos_id)
+    written += ["model.safetensors", "config.json"]
+  return written
