@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 from rlhf_jax import config as config_lib
-from rlhf_jax import logs
+from rlhf_jax import files, logs
 from rlhf_jax.errors import UserError
 
 
@@ -204,19 +204,19 @@ def write_report(paths: Sequence[str | Path], out: str | Path, *, split: str = "
   out.mkdir(parents=True, exist_ok=True)
   if frontier is None and {"kl", "gold_score"} <= set(names):
     frontier = ("kl", "gold_score")
-  files = ["report.md", "report.json", "curves.png"]
+  written = ["report.md", "report.json", "curves.png"]
   plot_curves(groups, split, list(curve_metrics or names[:3]), out / "curves.png")
   if frontier is not None:
     missing = [m for m in frontier if m not in names]
     if missing:
       raise UserError(f"--frontier: {missing} not among the {split!r} metrics {names}")
     plot_frontier(groups, split, *frontier, out / "frontier.png")
-    files.append("frontier.png")
+    written.append("frontier.png")
   result = {"split": split, "over": list(over), "runs": {g: [str(r.path) for r in rs] for g, rs in groups.items()},
             "summary": summary}
-  (out / "report.json").write_text(json.dumps(logs.json_ready(result), indent=2) + "\n")
+  files.atomic_write_text(out / "report.json", json.dumps(logs.json_ready(result), indent=2) + "\n")
   text = (f"# Report: {len(runs)} runs in {len(groups)} settings\n\n"
           f"Final `{split}` metrics: mean ± 95% Student-t interval over {', '.join(over)}.\n\n"
-          + markdown_table(summary) + "\n" + "".join(f"![{f}]({f})\n" for f in files if f.endswith(".png")))
-  (out / "report.md").write_text(text)
-  return {"files": files, **result}
+          + markdown_table(summary) + "\n" + "".join(f"![{f}]({f})\n" for f in written if f.endswith(".png")))
+  files.atomic_write_text(out / "report.md", text)
+  return {"files": written, **result}

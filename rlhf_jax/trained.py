@@ -107,13 +107,13 @@ def load_policy(init_from: str, workdir: str | Path, mesh: Mesh, *,
   if not init_from:
     pretrain(workdir=policy_dir)
   policy = load(policy_dir, mesh)
-  (Path(workdir) / "tokenizer.model").write_bytes((policy_dir / "tokenizer.model").read_bytes())
+  files.atomic_write_bytes(Path(workdir) / "tokenizer.model", (policy_dir / "tokenizer.model").read_bytes())
   return policy, policy_dir
 
 
 def save_model_config(workdir: str | Path, model: ModelConfig) -> None:
   """Record the model a run trains (read back by `load` in place of the config's `model`)."""
-  (Path(workdir) / "model.json").write_text(json.dumps(dataclasses.asdict(model), indent=2) + "\n")
+  files.atomic_write_text(Path(workdir) / "model.json", json.dumps(dataclasses.asdict(model), indent=2) + "\n")
 
 
 def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> list[str]:

@@ -1,13 +1,9 @@
 """Evaluation pieces on inputs checked by hand: diversity, win rates with bootstrap intervals, the
-head-to-head flow through the feedback store, and loading any run's policy (with clear errors)."""
-
-import json
-import shutil
+head-to-head flow through the feedback store. (Loading a run's model: test_trained.py.)"""
 
 import numpy as np
 import pytest
 
-from rlhf_jax import sharding, trained
 from rlhf_jax.eval import diversity, harness, head_to_head
 from rlhf_jax.feedback import labelers
 from rlhf_jax.feedback.store import FeedbackStore
@@ -114,21 +110,3 @@ def test_prompt_sets_are_versioned_and_files_read(tmp_path):
     harness.load_prompts("wordnet")
   with pytest.raises(FileNotFoundError, match="nope.txt"):
     harness.load_prompts(f"file:{tmp_path / 'nope.txt'}")
-
-
-def test_load_trained_policy_errors_name_what_is_missing(smoke_lm, tmp_path):
-  mesh = sharding.make_mesh()
-  run = trained.load(smoke_lm, mesh)
-  assert run.step == 5 and "wte" in run.params
-  with pytest.raises(FileNotFoundError, match="config.json"):
-    trained.load(tmp_path, mesh)
-  (tmp_path / "config.json").write_text((smoke_lm / "config.json").read_text())
-  (tmp_path / "tokenizer.model").write_bytes((smoke_lm / "tokenizer.model").read_bytes())
-  with pytest.raises(FileNotFoundError, match="no checkpoints"):
-    trained.load(tmp_path, mesh)
-  # A model.json that does not fit the checkpoint: the error names the parameter and the file.
-  shutil.copytree(smoke_lm / "checkpoints", tmp_path / "checkpoints")
-  model = json.loads((smoke_lm / "config.json").read_text())["model"]
-  (tmp_path / "model.json").write_text(json.dumps({**model, "d_model": 2 * model["d_model"]}))
-  with pytest.raises(ValueError, match=r"parameter h_0/attn/c_attn/bias is \(192,\), expected \(384,\) .*model\.json"):
-    trained.load(tmp_path, mesh)

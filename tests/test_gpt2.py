@@ -6,7 +6,6 @@ fixed tokens), so matching its logits checks the whole mapping against the refer
 implementation: names, the fused qkv layout, LayerNorm, GELU, tied embeddings.
 """
 
-import dataclasses
 import functools
 import json
 import shutil
@@ -96,17 +95,3 @@ def test_gpt2_tokenizer_from_the_whisper_sdist(cache_dir):
   assert tok.encode_batch(["Hello world", "a"]) == [[15496, 995], [64]]
   with pytest.raises(FileNotFoundError, match="ranks file"):
     TiktokenTokenizer(Path(cache_dir) / "missing.tiktoken")
-
-
-def test_export_a_trained_run(smoke_lm, tmp_path):
-  from rlhf_jax import cli, sharding, trained
-  assert cli.main(["export", str(smoke_lm), str(tmp_path / "out")]) == 0
-  run = trained.load(smoke_lm, sharding.make_mesh())
-  config, params = gpt2.load_hf(tmp_path / "out")
-  assert config == dataclasses.replace(run.model, init_std=config.init_std)
-  flat = safetensors.numpy.load_file(str(tmp_path / "out" / "params.safetensors"))
-  np.testing.assert_array_equal(flat["h_0/attn/c_attn/kernel"], np.asarray(run.params["h_0"]["attn"]["c_attn"]["kernel"]))
-  tokens = np.arange(12, dtype=np.int32)[None]
-  np.testing.assert_array_equal(logits_of(config, params, tokens), logits_of(run.model, run.params, tokens))
-  assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (smoke_lm / "tokenizer.model").read_bytes()
-  assert cli.main(["export", str(tmp_path / "nothing"), str(tmp_path / "out2")]) == 2

@@ -165,7 +165,7 @@ def test_host_reward_through_pure_callback_equals_the_device_reward():
 def test_reward_signals_are_rewards_on_tokens_under_jit_and_vmap():
   """`rewards.SignalReward`: the seeds' consistency and correlation signals between a predicted
   score (here on the device) and a human one (here a host scorer through the callback), equal to
-  `reward_signals` on the two scores, for one batch and for vmapped runs (each its own batch)."""
+  `rewards.signals` on the two scores, for one batch and for vmapped runs (each its own batch)."""
   rng = np.random.default_rng(0)
   response_RxBxN = rng.choice([5, 7, 9], size=(2, 8, N)).astype(np.int32)
   mask_RxBxN = np.ones_like(response_RxBxN)

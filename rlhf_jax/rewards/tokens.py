@@ -182,7 +182,7 @@ class SignalReward:
   Both scores come from rewards on tokens, so the signal is one too: a simulated human (a lexicon,
   a gold reward model) through the host, a predictor on the device or the host. Each row's
   correlation share depends on its batch (the standardization), as the signal is defined; under
-  vmapped runs the batch is each run's own. `reward_signals`' "discounted" kind is per token, not
+  vmapped runs the batch is each run's own. `rewards.signals`' "discounted" kind is per token, not
   a sequence score: PPO's `ppo.gamma` discounts the last-token reward the same way.
   """
   predicted: Any  # a Reward

@@ -66,7 +66,7 @@ class SentimentConfig:
   reward_with_prompt: bool = False  # the reward reads prompt + response (reward models trained on both)
   gold: str = "vader"  # the labeler whose taste evaluation reports
   # "score": optimize `reward` itself. "consistency" / "correlation": the reward signal of
-  # `reward_signals` (`rewards.SignalReward`) between `reward` as the prediction and
+  # `rewards.signals` (`rewards.SignalReward`) between `reward` as the prediction and
   # `signal_human` (any reward spec; a simulated person, reading the response alone) as the human
   # score of the same samples.
   reward_signal: str = "score"

@@ -210,7 +210,7 @@ def make_sampler(policy_model: Transformer, reward, *, max_new_tokens: int, eos_
   whatever the reward is (JAX never caches a program that holds a host callback); a host reward
   then scores the fetched samples directly, a device reward in a small jitted program of its own.
   `roll`, a jitted `(policy_params, ref_params, prompt_BxP, mask_BxP, key, temperature) -> Rollout`,
-  decodes another way (ILQL's advantage logits: `rl.ilql`); default the policy's own samples.
+  decodes another way (ILQL's advantage logits: `rl.offline_ilql`); default the policy's own samples.
   """
   if roll is None:
     roll = jax.jit(functools.partial(iteration_lib.sample, policy_model=policy_model, max_new_tokens=max_new_tokens,

@@ -1,0 +1,61 @@
+"""A trained model on disk (`rlhf_jax.trained`): read back from any run's workdir, with errors that
+name what is missing, and exported for use elsewhere."""
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from rlhf_jax import cli, sharding, trained
+from rlhf_jax.models import gpt2
+from rlhf_jax.models.transformer import ModelConfig, Transformer
+
+
+def logits_of(config: ModelConfig, params, tokens) -> np.ndarray:
+  return np.asarray(jax.jit(Transformer(config).apply)({"params": params}, tokens).logits_BxTxV)
+
+
+def test_trained_load_errors_name_what_is_missing(smoke_lm, tmp_path):
+  mesh = sharding.make_mesh()
+  run = trained.load(smoke_lm, mesh)
+  assert run.step == 5 and "wte" in run.params
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    trained.load(tmp_path, mesh)
+  (tmp_path / "config.json").write_text((smoke_lm / "config.json").read_text())
+  (tmp_path / "tokenizer.model").write_bytes((smoke_lm / "tokenizer.model").read_bytes())
+  with pytest.raises(FileNotFoundError, match="no checkpoints"):
+    trained.load(tmp_path, mesh)
+  # A model.json that does not fit the checkpoint: the error names the parameter and the file.
+  shutil.copytree(smoke_lm / "checkpoints", tmp_path / "checkpoints")
+  model = json.loads((smoke_lm / "config.json").read_text())["model"]
+  (tmp_path / "model.json").write_text(json.dumps({**model, "d_model": 2 * model["d_model"]}))
+  with pytest.raises(ValueError, match=r"parameter h_0/attn/c_attn/bias is \(192,\), expected \(384,\) .*model\.json"):
+    trained.load(tmp_path, mesh)
+
+
+def test_a_named_checkpoint_folder_and_step_are_read(smoke_lm, tmp_path):
+  mesh = sharding.make_mesh()
+  shutil.copytree(smoke_lm / "checkpoints", tmp_path / "round_0" / "checkpoints")
+  run = trained.load(smoke_lm, mesh, checkpoints=tmp_path / "round_0" / "checkpoints")
+  latest = trained.load(smoke_lm, mesh)
+  assert run.step == latest.step
+  jax.tree.map(np.testing.assert_array_equal, run.params, latest.params)
+  with pytest.raises(FileNotFoundError, match="no checkpoint 7 in"):
+    trained.load(smoke_lm, mesh, step=7)
+
+
+def test_export_a_trained_run(smoke_lm, tmp_path):
+  assert cli.main(["export", str(smoke_lm), str(tmp_path / "out")]) == 0
+  run = trained.load(smoke_lm, sharding.make_mesh())
+  config, params = gpt2.load_hf(tmp_path / "out")
+  assert config == dataclasses.replace(run.model, init_std=config.init_std)
+  flat = safetensors.numpy.load_file(str(tmp_path / "out" / "params.safetensors"))
+  np.testing.assert_array_equal(flat["h_0/attn/c_attn/kernel"], np.asarray(run.params["h_0"]["attn"]["c_attn"]["kernel"]))
+  tokens = np.arange(12, dtype=np.int32)[None]
+  np.testing.assert_array_equal(logits_of(config, params, tokens), logits_of(run.model, run.params, tokens))
+  assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (smoke_lm / "tokenizer.model").read_bytes()
+  assert cli.main(["export", str(tmp_path / "nothing"), str(tmp_path / "out2")]) == 2
