@@ -19,17 +19,19 @@ from rlhf_jax.models.transformer import Transformer
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-  temperature: float = 1.0
+  temperature: float = 1.0  # 0: greedy
   top_p: float = 1.0
   max_new_tokens: int = 48
   seed: int = 0
 
 
 def _stream(policy, context: list[int], key: jax.Array, settings: SamplingSettings) -> Iterator[int]:
+  """Tokens as they are sampled; temperature 0 is greedy decoding (the most likely token, top_k=1)."""
   tok = policy.tokenizer
+  greedy = settings.temperature == 0
   return sampling.stream(policy.params, context, key, model=Transformer(policy.model),
-                         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                         top_p=settings.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id)
+                         max_new_tokens=settings.max_new_tokens, temperature=1.0 if greedy else settings.temperature,
+                         top_k=1 if greedy else 0, top_p=settings.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id)
 
 
 def sample_records(policy, prompts: Sequence[str], settings: SamplingSettings, *, num: int = 1,

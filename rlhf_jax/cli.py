@@ -268,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
   ev.set_defaults(func=_cmd_eval)
 
   def sampling_flags(p):
-    p.add_argument("workdir", help="a run's workdir (LM, PPO or DPO): its latest checkpoint and tokenizer")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("workdir", help="a run's workdir (LM, PPO or DPO: its latest checkpoint and tokenizer) or a "
+                   "Hugging Face model folder (config.json, safetensors, tokenizer.json)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0: greedy decoding (default: 1)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
@@ -321,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
   exp.add_argument("--out", required=True)
   exp.set_defaults(func=_cmd_feedback)
 
-  export = sub.add_parser("export", help="write a run's model as safetensors (+ Hugging Face GPT-2 layout)")
-  export.add_argument("workdir", help="a run's workdir (config.json, tokenizer.model, checkpoints/)")
+  export = sub.add_parser("export", help="write a run's model as safetensors (+ the Hugging Face layout)")
+  export.add_argument("workdir", help="a run's workdir (config.json, its tokenizer, checkpoints/)")
   export.add_argument("out", help="output directory")
   export.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   export.set_defaults(func=_cmd_export)

@@ -41,14 +41,15 @@ RULES: dict[str, Rules] = {
         (r"(wte|wpe|wpref)/embedding$", (FSDP_AXIS, None)),
         (r"kernel$", (FSDP_AXIS, None)),
     ),
-    # Megatron: qkv and the MLP's first layer split by columns, the projections after them by rows
-    # (one all-reduce per block each way); the vocabulary split too. Composes with fsdp.
+    # Megatron: qkv and the MLP's first layer(s) split by columns, the projections after them by rows
+    # (one all-reduce per block each way); the vocabulary split too. GPT-2 and Llama-family names.
+    # Composes with fsdp.
     "fsdp_tensor": (
         (r"wte/embedding$", (TENSOR_AXIS, FSDP_AXIS)),
         (r"(wpe|wpref)/embedding$", (FSDP_AXIS, None)),
-        (r"(c_attn|c_fc)/kernel$", (FSDP_AXIS, TENSOR_AXIS)),
-        (r"(c_attn|c_fc)/bias$", (TENSOR_AXIS,)),
-        (r"c_proj/kernel$", (TENSOR_AXIS, FSDP_AXIS)),
+        (r"(c_attn|c_fc|q_proj|k_proj|v_proj|gate_proj|up_proj|lm_head)/kernel$", (FSDP_AXIS, TENSOR_AXIS)),
+        (r"(c_attn|c_fc|q_proj|k_proj|v_proj)/bias$", (TENSOR_AXIS,)),
+        (r"(c_proj|o_proj|down_proj)/kernel$", (TENSOR_AXIS, FSDP_AXIS)),
         (r"kernel$", (FSDP_AXIS, None)),
     ),
 }

@@ -18,6 +18,7 @@ text the policy produced.
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import os
 import sys
@@ -28,6 +29,7 @@ from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 import sentencepiece as spm
 
 from rlhf_jax import files
+from rlhf_jax.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # SentencePiece skips training sentences longer than this many bytes; our lines are paragraphs.
@@ -272,3 +274,119 @@ class TiktokenTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._enc.decode([int(i) for i in ids])
+
+
+def _token_text(value) -> str | None:
+  """A special token of tokenizer_config.json: a string, or an AddedToken dict with "content"."""
+  if isinstance(value, dict):
+    return value.get("content")
+  return value
+
+
+class HFTokenizer:
+  """A Hugging Face `tokenizer.json` (through the `tokenizers` library) as a `Tokenizer`, with the
+  special tokens and the chat template of the folder's `tokenizer_config.json`.
+
+  Text is encoded without the special tokens a post-processor would add (a BOS, say): prompts and
+  continuations are pieces of a sequence, and a chat template writes its own BOS into the text, as
+  `apply_chat_template(tokenize=True)` does. A model without a pad token pads with EOS; padding is
+  always masked by the masks that travel with it, never found by id (as with GPT-2's tokenizer).
+  """
+
+  def __init__(self, folder: str | os.PathLike[str]):
+    from tokenizers import Tokenizer as HFTokenizerFile
+    self.folder = Path(folder)
+    path = self.folder / "tokenizer.json"
+    if not path.is_file():
+      raise FileNotFoundError(f"{path} not found: expected a Hugging Face tokenizer (tokenizer.json)")
+    self._tok = HFTokenizerFile.from_file(str(path))
+    self._fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    config_path = self.folder / "tokenizer_config.json"
+    self.config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    self.special_tokens = {name: _token_text(self.config.get(name))
+                           for name in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    if self.special_tokens["eos_token"] is None:
+      raise UserError(f"{config_path}: no eos_token (expected the end-of-sequence token a sampler stops at)")
+    self._ids = {}
+    for name, text in self.special_tokens.items():
+      if text is not None:
+        token_id = self._tok.token_to_id(text)
+        if token_id is None:
+          raise UserError(f"{config_path}: {name} {text!r} is not in {path.name}'s vocabulary")
+        self._ids[name] = token_id
+    template_file = self.folder / "chat_template.jinja"
+    template = self.config.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+      template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    self.chat_template = template_file.read_text() if template_file.is_file() else template
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def eos_id(self) -> int:
+    return self._ids["eos_token"]
+
+  @property
+  def pad_id(self) -> int:
+    return self._ids.get("pad_token", self.eos_id)
+
+  @property
+  def bos_id(self) -> int:
+    return self._ids.get("bos_token", self.eos_id)
+
+  @property
+  def unk_id(self) -> int:
+    return self._ids.get("unk_token", self.pad_id)
+
+  @property
+  def fingerprint(self) -> str:
+    return self._fingerprint
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def apply_chat_template(self, messages: Sequence[dict], *, add_generation_prompt: bool = False) -> str:
+    """The conversation as the model was trained to read it (`render_chat_template`)."""
+    if not self.chat_template:
+      raise UserError(f"{self.folder}: the tokenizer has no chat template (tokenizer_config.json's chat_template "
+                       "or chat_template.jinja)")
+    return render_chat_template(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                                **{k: v for k, v in self.special_tokens.items() if v is not None})
+
+
+def render_chat_template(template: str, messages: Sequence[dict], *, add_generation_prompt: bool = False,
+                         **special_tokens: str) -> str:
+  """Renders a Hugging Face chat template the way transformers' `apply_chat_template(tokenize=False)`
+  does: a sandboxed Jinja environment with trim_blocks and lstrip_blocks, the loop-control extension,
+  a `tojson` filter that does not escape HTML, and `raise_exception` / `strftime_now`; the template
+  sees `messages`, `add_generation_prompt`, `tools=None`, `documents=None` and the special tokens
+  (`bos_token`, `eos_token`, ...). A template's `raise_exception` is a UserError with its message."""
+  import datetime
+
+  import jinja2
+  import jinja2.ext
+  from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+  def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+  def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+  env.filters["tojson"] = tojson
+  env.globals["raise_exception"] = raise_exception
+  env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+  try:
+    return env.from_string(template).render(messages=[dict(m) for m in messages], tools=None, documents=None,
+                                             add_generation_prompt=add_generation_prompt, **special_tokens)
+  except jinja2.exceptions.TemplateError as e:
+    raise UserError(f"chat template: {e}") from None

@@ -3,8 +3,10 @@
 Later stages (reward models, value heads, RL policies) begin from a pretrained or SFT run, reward
 models score for RL and for simulated labelers, and `rlhf-jax sample/chat/export` serve any run's
 policy. A run's workdir holds `config.json` (its experiment's config, whose `model` section is the
-model unless `model.json` says otherwise), `tokenizer.model` and Orbax checkpoints; `load` reads
-the model back into this process's mesh, whichever trainer wrote it. A run whose model is not its
+model unless `model.json` says otherwise), its tokenizer (`tokenizer.model`, or a Hugging Face
+`tokenizer.json`) and Orbax checkpoints; `load` reads the model back into this process's mesh,
+whichever trainer wrote it. A Hugging Face model folder (Llama, Qwen2, Qwen3, Mistral or GPT-2:
+`config.json`, safetensors, `tokenizer.json`) loads the same way, as step 0. A run whose model is not its
 config's `model` section (a reward model grafted onto a pretrained LM, a PPO policy) records the
 model it trained with `save_model_config`.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,17 +29,49 @@ from rlhf_jax import config as config_lib
 from rlhf_jax import files, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.errors import UserError
-from rlhf_jax.models import gpt2
+from rlhf_jax.models import gpt2, hf
 from rlhf_jax.models.transformer import ModelConfig, Transformer
-from rlhf_jax.tokenizers import SentencePieceTokenizer
+from rlhf_jax.tokenizers import HFTokenizer, SentencePieceTokenizer, Tokenizer
+
+
+# A run's tokenizer: our sentencepiece model, or a Hugging Face tokenizer with its config and template.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
   model: ModelConfig
   params: Any
-  tokenizer: SentencePieceTokenizer
-  step: int  # of the checkpoint it was read from
+  tokenizer: Tokenizer
+  step: int  # of the checkpoint it was read from (0 for a Hugging Face folder)
+
+
+def load_tokenizer(folder: str | Path) -> Tokenizer:
+  """The tokenizer in `folder`: `tokenizer.model` (sentencepiece) or `tokenizer.json` (Hugging Face)."""
+  folder = Path(folder)
+  if (folder / "tokenizer.model").is_file():
+    return SentencePieceTokenizer.load(folder / "tokenizer.model")
+  if (folder / "tokenizer.json").is_file():
+    return HFTokenizer(folder)
+  raise FileNotFoundError(f"{folder}: no tokenizer.model or tokenizer.json (the run's tokenizer is needed to "
+                          "encode and sample)")
+
+
+def copy_tokenizer(source: str | Path, target: str | Path) -> None:
+  """Copies the tokenizer files of `source` into `target`, so a run's workdir is self-contained."""
+  found = [name for name in TOKENIZER_FILES if (Path(source) / name).is_file()]
+  if not found:
+    raise FileNotFoundError(f"{source}: no tokenizer.model or tokenizer.json to copy")
+  for name in found:
+    files.atomic_write_bytes(Path(target) / name, (Path(source) / name).read_bytes())
+
+
+def is_hf_folder(folder: str | Path) -> bool:
+  """Whether `folder` is a Hugging Face model folder (a transformers config.json), not a run's workdir."""
+  config = Path(folder) / "config.json"
+  if not config.is_file() or (Path(folder) / "checkpoints").is_dir():
+    return False
+  return "model_type" in json.loads(config.read_text())
 
 
 def policy_checkpoints(workdir: str | Path) -> Path:
@@ -65,7 +98,10 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None, *,
   saved = workdir / "config.json"
   if not saved.is_file():
     raise FileNotFoundError(f"{saved} not found: expected the workdir of a finished or running run "
-                            "(e.g. from experiments/pretrain_tiny.py)")
+                            "(e.g. from experiments/pretrain_tiny.py) or a Hugging Face model folder")
+  if checkpoints is None and is_hf_folder(workdir):
+    config, params = hf.load_hf(workdir, mesh=mesh)
+    return TrainedModel(model=config, params=params, tokenizer=load_tokenizer(workdir), step=0)
   model_file = workdir / "model.json"
   model_data = (json.loads(model_file.read_text()) if model_file.is_file()
                 else json.loads(saved.read_text()).get("model"))
@@ -73,8 +109,7 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None, *,
     raise UserError(f"{workdir} has neither model.json nor a 'model' section in config.json: "
                      "expected the workdir of a model run")
   model_config = config_lib.from_dict(ModelConfig, model_data)
-  if not (workdir / "tokenizer.model").is_file():
-    raise FileNotFoundError(f"{workdir / 'tokenizer.model'} not found: the run's tokenizer is needed to sample")
+  tokenizer = load_tokenizer(workdir)
   checkpointer = Checkpointer(policy_checkpoints(workdir) if checkpoints is None else checkpoints)
   try:
     step = checkpointer.latest_step() if step is None else step
@@ -94,20 +129,20 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None, *,
       raise UserError(f"{checkpointer.directory}/{step}: parameter {name} is "
                        f"{'missing' if name not in got else got[name]}, expected {leaf.shape} for the model in "
                        f"{model_file if model_file.is_file() else saved}")
-  return TrainedModel(model=model_config, params=params,
-                      tokenizer=SentencePieceTokenizer.load(workdir / "tokenizer.model"), step=step)
+  return TrainedModel(model=model_config, params=params, tokenizer=tokenizer, step=step)
 
 
 def load_policy(init_from: str, workdir: str | Path, mesh: Mesh, *,
                 pretrain: Callable[[Path], Any]) -> tuple[TrainedModel, Path]:
-  """The starting policy of an experiment and its workdir: `init_from`, or (init_from="") a model
-  that `pretrain(workdir=<workdir>/policy)` trains first (rerunning it resumes). The tokenizer is copied
-  into `workdir` so the experiment's workdir is self-contained."""
+  """The starting policy of an experiment and its workdir: `init_from` (a run's workdir or a Hugging
+  Face folder), or (init_from="") a model that `pretrain(workdir=<workdir>/policy)` trains first
+  (rerunning it resumes). The tokenizer is copied into `workdir` so the experiment's workdir is
+  self-contained."""
   policy_dir = Path(init_from) if init_from else Path(workdir) / "policy"
   if not init_from:
     pretrain(workdir=policy_dir)
   policy = load(policy_dir, mesh)
-  files.atomic_write_bytes(Path(workdir) / "tokenizer.model", (policy_dir / "tokenizer.model").read_bytes())
+  copy_tokenizer(policy_dir, workdir)
   return policy, policy_dir
 
 
@@ -120,9 +155,9 @@ def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> 
   """Writes a run's model for use elsewhere, without its training state; returns the file names.
 
   Always: `params.safetensors` (float32 arrays under flat names such as `h_0/attn/c_attn/kernel`),
-  `model.json` (the `ModelConfig`) and `tokenizer.model`. For a plain language model also
-  `model.safetensors` + `config.json` in Hugging Face's GPT-2 layout (`models.gpt2`), which
-  `transformers.GPT2LMHeadModel.from_pretrained(out)` loads.
+  `model.json` (the `ModelConfig`) and the run's tokenizer files. For a plain language model also
+  `model.safetensors` + `config.json` in Hugging Face's layout: GPT-2's (`models.gpt2`) or the
+  Llama family's (`models.hf`), which transformers' `AutoModelForCausalLM.from_pretrained(out)` loads.
   """
   workdir, out = Path(workdir), Path(out)
   run = load(workdir, sharding.make_mesh(), step)  # an LM, reward model, PPO or DPO policy
@@ -132,9 +167,13 @@ def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> 
   out.mkdir(parents=True, exist_ok=True)
   files.atomic_write_bytes(out / "params.safetensors", safetensors.numpy.save(flat, metadata={"step": str(run.step)}))
   save_model_config(out, run.model)
-  shutil.copyfile(workdir / "tokenizer.model", out / "tokenizer.model")
-  written = ["params.safetensors", "model.json", "tokenizer.model"]
+  copy_tokenizer(workdir, out)
+  written = ["params.safetensors", "model.json"] + [name for name in TOKENIZER_FILES if (out / name).is_file()]
   if not run.model.scalar_head and not run.model.n_preferences:
-    gpt2.save_hf(out, run.model, params, eos_token_id=run.tokenizer.eos_id)
+    if run.model.arch == "llama":
+      bos = run.tokenizer.bos_id if run.tokenizer.bos_id != run.tokenizer.eos_id else None
+      hf.save_hf(out, run.model, params, eos_token_id=run.tokenizer.eos_id, bos_token_id=bos)
+    else:
+      gpt2.save_hf(out, run.model, params, eos_token_id=run.tokenizer.eos_id)
     written += ["model.safetensors", "config.json"]
   return written

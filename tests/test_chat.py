@@ -70,3 +70,14 @@ def test_rlhf_jax_sample_prints_one_json_record_a_line(monkeypatch, capsys, tmp_
   assert lines == [{"prompt": p, "n": 2, "t": 0.7, "model": "w"} for p in ("zero", "first", "second")]
   assert cli.main(["sample", "w"]) == 2
   assert "give --prompt TEXT" in capsys.readouterr().err
+
+
+def test_temperature_0_is_greedy_decoding(monkeypatch):
+  seen = []
+  monkeypatch.setattr(sampling, "stream", lambda *a, **k: seen.append((k["temperature"], k["top_k"])) or iter([0]))
+  policy = types.SimpleNamespace(model=ModelConfig(vocab_size=8, max_len=8, d_model=8, n_layers=1, n_heads=1),
+                                 tokenizer=types.SimpleNamespace(eos_id=0, pad_id=0, encode=lambda t: [1],
+                                                                 decode=lambda ids: ""), params={}, step=0)
+  list(chat.sample_records(policy, ["a"], chat.SamplingSettings(temperature=0.0)))
+  list(chat.sample_records(policy, ["a"], chat.SamplingSettings(temperature=0.7)))
+  assert seen == [(1.0, 1), (0.7, 0)]

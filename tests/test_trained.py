@@ -4,6 +4,7 @@ name what is missing, and exported for use elsewhere."""
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -59,3 +60,32 @@ def test_export_a_trained_run(smoke_lm, tmp_path):
   np.testing.assert_array_equal(logits_of(config, params, tokens), logits_of(run.model, run.params, tokens))
   assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (smoke_lm / "tokenizer.model").read_bytes()
   assert cli.main(["export", str(tmp_path / "nothing"), str(tmp_path / "out2")]) == 2
+
+
+def test_a_hugging_face_folder_loads_as_step_0_with_its_tokenizer(tmp_path):
+  from rlhf_jax.models import hf
+  from rlhf_jax.tokenizers import HFTokenizer
+  folder = Path(__file__).parent / "data" / "tiny_hf" / "qwen2"
+  run = trained.load(folder, sharding.make_mesh())
+  config, params = hf.load_hf(folder)
+  assert run.step == 0 and run.model == config and isinstance(run.tokenizer, HFTokenizer)
+  jax.tree.map(np.testing.assert_array_equal, run.params, params)
+  trained.copy_tokenizer(folder, tmp_path)  # what load_policy does for a run started from the folder
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["chat_template.jinja", "tokenizer.json",
+                                                        "tokenizer_config.json"]
+  assert trained.load_tokenizer(tmp_path).encode("Hello there") == run.tokenizer.encode("Hello there")
+
+
+@pytest.mark.slow
+def test_ppo_from_a_hugging_face_folder_exports_back_to_its_layout(tmp_path):
+  from rlhf_jax import runs
+  from rlhf_jax.models import hf
+  folder = Path(__file__).parent / "data" / "tiny_hf" / "qwen2"
+  runs.run_experiment(Path(__file__).parents[1] / "experiments" / "sentiment_ppo.py", smoke=True,
+                      workdir=tmp_path / "ppo", overrides=[f"policy.init_from={folder}"])
+  assert cli.main(["export", str(tmp_path / "ppo"), str(tmp_path / "out")]) == 0
+  assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+  run = trained.load(tmp_path / "ppo", sharding.make_mesh())
+  config, params = hf.load_hf(tmp_path / "out")
+  assert config == run.model
+  jax.tree.map(np.testing.assert_array_equal, params, run.params)

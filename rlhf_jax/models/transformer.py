@@ -1,10 +1,16 @@
-"""Decoder-only Transformer in the GPT-2 layout, pure-functional.
+"""Decoder-only Transformer, pure-functional: the GPT-2 layout and the Llama family.
 
 `Transformer(config).apply(params, tokens_BxT, positions_BxT)` returns a `ModelOutput` with
 float32 logits, an optional scalar head (value / reward) on the same trunk, and an updated KV cache
-when one was passed in. The layout follows GPT-2 (learned positions, pre-LayerNorm, GELU MLP, tied
-input/output embeddings) and so do the parameter names (`wte`, `wpe`, `h_0/attn/c_attn`, ...), so
-that GPT-2 checkpoints map onto it name by name.
+when one was passed in. `config.arch` picks the layout:
+- "gpt2": learned positions, pre-LayerNorm, GELU MLP, tied input/output embeddings, parameter
+  names `wte`, `wpe`, `h_0/attn/c_attn`, ... so that GPT-2 checkpoints map onto it name by name;
+- "llama" (Llama, Qwen2, Qwen3, Mistral): RMSNorm, rotary position embeddings (with the linear
+  and Llama 3 frequency scalings), a SwiGLU MLP, grouped-query attention (`n_kv_heads`), optional
+  q/k/v biases (Qwen2), q/k RMSNorm (Qwen3), sliding-window attention (Mistral), tied or untied
+  output embeddings; names `h_0/attn/q_proj`, `h_0/mlp/gate_proj`, ... (`models.hf` maps them).
+Everything else (caches, masks, preference embedding, scalar head) is the same for both, so every
+trainer, sampler and reward model takes either.
 
 Masking: `input_mask_BxT` marks real tokens (0 for padding). Keys at padded positions are never
 attended to, which is what makes left-padded prompts produce the same continuation as unpadded
@@ -47,23 +53,59 @@ class ModelConfig:
   # `preference_BxT` (Korbak et al. 2023's conditional training with an embedding instead of a
   # control token); id 0 is "unconditioned" and is what a call without preferences uses.
   n_preferences: int = 0
-  layer_norm_eps: float = 1e-5
+  layer_norm_eps: float = 1e-5  # LayerNorm's (gpt2) or RMSNorm's (llama) epsilon
   init_std: float = 0.02
+  # The layout (module docstring). The fields below it are the Llama family's; "gpt2" needs their defaults.
+  arch: Literal["gpt2", "llama"] = "gpt2"
+  n_kv_heads: int = 0  # grouped-query attention: key/value heads (0: n_heads)
+  head_size: int = 0  # per-head width when it is not d_model / n_heads (Qwen3); 0: d_model / n_heads
+  d_ff: int = 0  # the MLP's hidden width (0: mlp_ratio * d_model)
+  tie_embeddings: bool = True  # output projection = the input embedding (False: a separate lm_head)
+  attn_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+  qk_norm: bool = False  # RMSNorm over each head of q and k (Qwen3)
+  sliding_window: int = 0  # each query sees the last this many positions (Mistral); 0: all
+  rope_theta: float = 10000.0
+  # RoPE frequency scaling: "linear" divides positions by rope_factor; "llama3" rescales the low
+  # frequencies by rope_factor with a smooth band between them (Llama 3.1).
+  rope_scaling: Literal["none", "linear", "llama3"] = "none"
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
 
   def __post_init__(self):
-    if self.d_model % self.n_heads:
+    if self.arch == "gpt2" and self.d_model % self.n_heads:
       raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
     for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
-    if self.n_preferences < 0:
-      raise ValueError(f"model.n_preferences must be >= 0, got {self.n_preferences}")
+    for name in ("n_preferences", "n_kv_heads", "head_size", "d_ff", "sliding_window"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+    if self.n_heads % self.num_kv_heads:
+      raise ValueError(f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads}")
+    if self.arch == "gpt2":
+      llama_only = {"n_kv_heads": 0, "head_size": 0, "d_ff": 0, "tie_embeddings": True, "attn_bias": False,
+                    "qk_norm": False, "sliding_window": 0, "rope_scaling": "none"}
+      for name, default in llama_only.items():
+        if getattr(self, name) != default:
+          raise ValueError(f"model.{name}={getattr(self, name)!r} is for model.arch=llama, not gpt2")
+    if self.head_dim % 2 and self.arch == "llama":
+      raise ValueError(f"rotary embeddings need an even head width, got {self.head_dim}")
 
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.n_heads
+    return self.head_size or self.d_model // self.n_heads
+
+  @property
+  def num_kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def mlp_dim(self) -> int:
+    return self.d_ff or self.mlp_ratio * self.d_model
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -71,12 +113,20 @@ class ModelConfig:
 
   def num_params(self, include_embeddings: bool = True) -> int:
     d, L = self.d_model, self.n_layers
-    per_block = 4 * d  # two LayerNorms
-    per_block += d * 3 * d + 3 * d + d * d + d  # attention
-    per_block += 2 * self.mlp_ratio * d * d + self.mlp_ratio * d + d  # MLP
-    n = L * per_block + 2 * d  # final LayerNorm
+    if self.arch == "gpt2":
+      per_block = 4 * d  # two LayerNorms
+      per_block += d * 3 * d + 3 * d + d * d + d  # attention
+      per_block += 2 * self.mlp_ratio * d * d + self.mlp_ratio * d + d  # MLP
+      n = L * per_block + 2 * d  # final LayerNorm
+      positions = self.max_len * d
+    else:
+      q, kv = self.n_heads * self.head_dim, self.num_kv_heads * self.head_dim
+      per_block = 2 * d + d * (q + 2 * kv) + q * d + 3 * d * self.mlp_dim  # norms, attention, SwiGLU
+      per_block += (q + 2 * kv) * self.attn_bias + 2 * self.head_dim * self.qk_norm
+      n = L * per_block + d + (0 if self.tie_embeddings else self.vocab_size * d)
+      positions = 0
     if include_embeddings:
-      n += self.vocab_size * d + self.max_len * d + self.n_preferences * d
+      n += self.vocab_size * d + positions + self.n_preferences * d
     if self.scalar_head:
       n += d + 1
     return n
@@ -89,7 +139,8 @@ class ModelConfig:
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer for `S` slots, and which slots hold real tokens.
+  """Keys and values of every layer for `S` slots, and which slots hold real tokens (N is the
+  number of key/value heads: `n_kv_heads` under grouped-query attention).
 
   `index` is the next slot to write; all rows of the batch advance together (static shapes), so
   prompts of different lengths are left-padded and the padding slots are masked in `key_mask_BxS`.
@@ -101,7 +152,7 @@ class KVCache:
 
   @classmethod
   def init(cls, config: ModelConfig, batch_size: int, num_slots: int) -> "KVCache":
-    shape = (config.n_layers, batch_size, num_slots, config.n_heads, config.head_dim)
+    shape = (config.n_layers, batch_size, num_slots, config.num_kv_heads, config.head_dim)
     return cls(
         k_LxBxSxNxH=jnp.zeros(shape, config.compute_dtype),
         v_LxBxSxNxH=jnp.zeros(shape, config.compute_dtype),
@@ -135,13 +186,7 @@ class Attention(nn.Module):
     qkv_BxTx3D = _dense(cfg, 3 * cfg.d_model, "c_attn", cfg.init_std)(x_BxTxD)
     q, k, v = jnp.split(qkv_BxTx3D.reshape(B, T, 3 * cfg.n_heads, cfg.head_dim), 3, axis=2)
     if kv_cache is not None:
-      # The new keys and values go straight into the stacked [L, B, S, N, H] cache, which a decoding
-      # loop updates in place; slicing a layer out, updating it and stacking the layers again
-      # copied the whole cache every step.
-      start = (self.layer, 0, cache_index, 0, 0)
-      kv_cache = tuple(jax.lax.dynamic_update_slice(c_LxBxSxNxH, new[None].astype(c_LxBxSxNxH.dtype), start)
-                       for c_LxBxSxNxH, new in zip(kv_cache, (k, v)))
-      k, v = kv_cache[0][self.layer], kv_cache[1][self.layer]
+      kv_cache, k, v = _update_cache(kv_cache, self.layer, cache_index, k, v)
     out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None])
     out_BxTxD = _dense(cfg, cfg.d_model, "c_proj", resid_std)(out_BxTxNxH.reshape(B, T, cfg.d_model))
     return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic), kv_cache
@@ -160,13 +205,110 @@ class MLP(nn.Module):
     return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
+def rope_frequencies(config: ModelConfig) -> jax.Array:
+  """Rotary inverse frequencies [head_dim / 2]: theta^(-2i / head_dim) (Su et al. 2021), divided by
+  rope_factor for "linear" scaling; for "llama3", wavelengths longer than
+  rope_original_max_len / rope_low_freq_factor are stretched by rope_factor, shorter than
+  rope_original_max_len / rope_high_freq_factor kept, and the band between interpolated (Llama 3.1)."""
+  cfg = config
+  inv_F = 1.0 / cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim)
+  if cfg.rope_scaling == "linear":
+    return inv_F / cfg.rope_factor
+  if cfg.rope_scaling == "llama3":
+    wavelen_F = 2 * jnp.pi / inv_F
+    low_wavelen = cfg.rope_original_max_len / cfg.rope_low_freq_factor
+    high_wavelen = cfg.rope_original_max_len / cfg.rope_high_freq_factor
+    stretched_F = jnp.where(wavelen_F > low_wavelen, inv_F / cfg.rope_factor, inv_F)
+    smooth_F = ((cfg.rope_original_max_len / wavelen_F - cfg.rope_low_freq_factor)
+                / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
+    between_F = (1 - smooth_F) * stretched_F / cfg.rope_factor + smooth_F * stretched_F
+    in_band_F = (wavelen_F >= high_wavelen) & (wavelen_F <= low_wavelen)
+    return jnp.where(in_band_F, between_F, stretched_F)
+  return inv_F
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_F: jax.Array) -> jax.Array:
+  """Rotates each head's two halves by the angles position x frequency (the "rotate half" layout
+  of Llama's checkpoints); computed in float32."""
+  angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * inv_F
+  angles_BxTx1xH = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  first, second = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-second, first], axis=-1)
+  return (x * jnp.cos(angles_BxTx1xH) + rotated * jnp.sin(angles_BxTx1xH)).astype(x_BxTxNxH.dtype)
+
+
+def _rms_norm(config: ModelConfig, name: str) -> nn.RMSNorm:
+  return nn.RMSNorm(config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=jnp.float32, name=name)
+
+
+def _update_cache(kv_cache, layer: int, cache_index, k, v):
+  """Writes the new keys and values straight into the stacked [L, B, S, K, H] cache, which a
+  decoding loop updates in place (slicing a layer out, updating it and stacking the layers again
+  copied the whole cache every step); returns the cache and this layer's keys and values."""
+  start = (layer, 0, cache_index, 0, 0)
+  kv_cache = tuple(jax.lax.dynamic_update_slice(c_LxBxSxKxH, new[None].astype(c_LxBxSxKxH.dtype), start)
+                   for c_LxBxSxKxH, new in zip(kv_cache, (k, v)))
+  return kv_cache, kv_cache[0][layer], kv_cache[1][layer]
+
+
+class LlamaAttention(nn.Module):
+  """Grouped-query attention with rotary positions: n_heads queries share n_kv_heads keys/values."""
+  config: ModelConfig
+  layer: int = 0
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_BxTxS, kv_cache, cache_index, positions_BxT, deterministic):
+    cfg = self.config
+    B, T, _ = x_BxTxD.shape
+    N, K, H = cfg.n_heads, cfg.num_kv_heads, cfg.head_dim
+    resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+
+    def proj(features, name, bias, std=cfg.init_std):
+      return nn.Dense(features, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                      kernel_init=nn.initializers.normal(std), name=name)
+    q_BxTxNxH = proj(N * H, "q_proj", cfg.attn_bias)(x_BxTxD).reshape(B, T, N, H)
+    k_BxTxKxH = proj(K * H, "k_proj", cfg.attn_bias)(x_BxTxD).reshape(B, T, K, H)
+    v_BxTxKxH = proj(K * H, "v_proj", cfg.attn_bias)(x_BxTxD).reshape(B, T, K, H)
+    if cfg.qk_norm:
+      q_BxTxNxH, k_BxTxKxH = _rms_norm(cfg, "q_norm")(q_BxTxNxH), _rms_norm(cfg, "k_norm")(k_BxTxKxH)
+    inv_F = rope_frequencies(cfg)
+    q_BxTxNxH, k_BxTxKxH = apply_rope(q_BxTxNxH, positions_BxT, inv_F), apply_rope(k_BxTxKxH, positions_BxT, inv_F)
+    if kv_cache is not None:
+      kv_cache, k_BxTxKxH, v_BxTxKxH = _update_cache(kv_cache, self.layer, cache_index, k_BxTxKxH, v_BxTxKxH)
+    out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_BxTxS[:, None])
+    out_BxTxD = proj(cfg.d_model, "o_proj", False, resid_std)(out_BxTxNxH.reshape(B, T, N * H))
+    return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic), kv_cache
+
+
+class SwiGLU(nn.Module):
+  """down(silu(gate(x)) * up(x)) (Shazeer 2020), without biases."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, deterministic):
+    cfg = self.config
+    resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+
+    def proj(features, name, std=cfg.init_std):
+      return nn.Dense(features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                      kernel_init=nn.initializers.normal(std), name=name)
+    h_BxTxF = nn.silu(proj(cfg.mlp_dim, "gate_proj")(x_BxTxD)) * proj(cfg.mlp_dim, "up_proj")(x_BxTxD)
+    return nn.Dropout(cfg.dropout)(proj(cfg.d_model, "down_proj", resid_std)(h_BxTxF), deterministic=deterministic)
+
+
 class Block(nn.Module):
   config: ModelConfig
   layer: int = 0
 
   @nn.compact
-  def __call__(self, x_BxTxD, mask_BxTxS, kv_cache, cache_index, deterministic):
+  def __call__(self, x_BxTxD, mask_BxTxS, kv_cache, cache_index, positions_BxT, deterministic):
     cfg = self.config
+    if cfg.arch == "llama":
+      attn_out, kv_cache = LlamaAttention(cfg, self.layer, name="attn")(
+          _rms_norm(cfg, "ln_1")(x_BxTxD), mask_BxTxS, kv_cache, cache_index, positions_BxT, deterministic)
+      x_BxTxD = x_BxTxD + attn_out
+      return x_BxTxD + SwiGLU(cfg, name="mlp")(_rms_norm(cfg, "ln_2")(x_BxTxD), deterministic), kv_cache
     ln = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name=name)
     attn_out, kv_cache = Attention(cfg, self.layer, name="attn")(ln("ln_1")(x_BxTxD), mask_BxTxS, kv_cache,
                                                                  cache_index, deterministic)
@@ -208,13 +350,19 @@ class Transformer(nn.Module):
       cache_index = cache.index
       # Query t sits in slot index + t and sees every slot up to its own.
       causal_TxS = jnp.arange(S)[None, :] <= (cache_index + jnp.arange(T))[:, None]
+    if cfg.sliding_window:  # slots are positions apart by the same amount: padding only precedes a row
+      S = causal_TxS.shape[1]
+      q_slot_T = cache_index + jnp.arange(T)
+      causal_TxS = causal_TxS & (q_slot_T[:, None] - jnp.arange(S)[None, :] < cfg.sliding_window)
     mask_BxTxS = causal_TxS[None] & key_mask_BxS[:, None, :]
 
     wte = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                    embedding_init=nn.initializers.normal(cfg.init_std), name="wte")
-    wpe = nn.Embed(cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                   embedding_init=nn.initializers.normal(cfg.init_std / 2), name="wpe")
-    x_BxTxD = wte(tokens_BxT) + wpe(positions_BxT)
+    x_BxTxD = wte(tokens_BxT)
+    if cfg.arch == "gpt2":  # learned positions; the Llama family rotates q and k instead
+      wpe = nn.Embed(cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                     embedding_init=nn.initializers.normal(cfg.init_std / 2), name="wpe")
+      x_BxTxD = x_BxTxD + wpe(positions_BxT)
     if cfg.n_preferences:
       # Zero-initialized, so the model starts as the unconditioned one. A random row is a vector
       # shared by every position with that preference and as large as a token embedding (both
@@ -230,17 +378,26 @@ class Transformer(nn.Module):
       raise ValueError("preference_BxT was given but model.n_preferences is 0 (the model has no preference embedding)")
     x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
 
-    block_cls = (nn.remat(Block, static_argnums=(5,), policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
+    block_cls = (nn.remat(Block, static_argnums=(6,), policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
                  if cfg.remat else Block)
     kv_cache = None if cache is None else (cache.k_LxBxSxNxH, cache.v_LxBxSxNxH)
     for i in range(cfg.n_layers):
-      x_BxTxD, kv_cache = block_cls(cfg, i, name=f"h_{i}")(x_BxTxD, mask_BxTxS, kv_cache, cache_index, deterministic)
-    x_BxTxD = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name="ln_f")(x_BxTxD)
+      x_BxTxD, kv_cache = block_cls(cfg, i, name=f"h_{i}")(x_BxTxD, mask_BxTxS, kv_cache, cache_index, positions_BxT,
+                                                           deterministic)
+    if cfg.arch == "llama":
+      x_BxTxD = _rms_norm(cfg, "ln_f")(x_BxTxD)
+    else:
+      x_BxTxD = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name="ln_f")(x_BxTxD)
 
     # `logits_span=(start, stop)`: logits of those positions only. The vocabulary projection is the
     # largest matmul of a small model; log-probs of a response need none of the prompt's logits.
     x_for_logits = x_BxTxD if logits_span is None else x_BxTxD[:, logits_span[0]:logits_span[1]]
-    logits_BxTxV = wte.attend(x_for_logits).astype(jnp.float32)
+    if cfg.tie_embeddings:
+      logits_BxTxV = wte.attend(x_for_logits).astype(jnp.float32)
+    else:
+      logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                              kernel_init=nn.initializers.normal(cfg.init_std), name="lm_head")(x_for_logits)
+      logits_BxTxV = logits_BxTxV.astype(jnp.float32)
     scalar_BxT = None
     if cfg.scalar_head:
       kernel_init = (nn.initializers.zeros if cfg.scalar_head_init == "zeros"

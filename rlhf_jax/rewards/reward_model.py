@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from rlhf_jax import files, sharding, trained
+from rlhf_jax import sharding, trained
 from rlhf_jax.data import rows
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import ModelConfig, Transformer
@@ -101,7 +101,7 @@ def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelCo
   if init_from:
     start = trained.load(init_from, mesh)
     tokenizer = start.tokenizer
-    files.atomic_write_bytes(workdir / "tokenizer.model", (Path(init_from) / "tokenizer.model").read_bytes())
+    trained.copy_tokenizer(init_from, workdir)
     model = Transformer(dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward"))
     init, shardings = common.sharded_init(functools.partial(common.init_with_trunk, model=model, tx=tx), mesh,
                                           rules, key, start.params)
