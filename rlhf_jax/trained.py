@@ -6,7 +6,8 @@ policy. A run's workdir holds `config.json` (its experiment's config, whose `mod
 model unless `model.json` says otherwise), its tokenizer (`tokenizer.model`, or a Hugging Face
 `tokenizer.json`) and Orbax checkpoints; `load` reads the model back into this process's mesh,
 whichever trainer wrote it. A Hugging Face model folder (Llama, Qwen2, Qwen3, Mistral or GPT-2:
-`config.json`, safetensors, `tokenizer.json`) loads the same way, as step 0. A run whose model is not its
+`config.json`, safetensors, `tokenizer.json`) loads the same way, as step 0, and so does
+`hf:ORG/NAME[@REVISION]`, fetched from the Hub when (and only when) a setting names it. A run whose model is not its
 config's `model` section (a reward model grafted onto a pretrained LM, a PPO policy) records the
 model it trained with `save_model_config`.
 """
@@ -66,6 +67,29 @@ def copy_tokenizer(source: str | Path, target: str | Path) -> None:
     files.atomic_write_bytes(Path(target) / name, (Path(source) / name).read_bytes())
 
 
+# What a model folder needs from the Hub: configs, safetensors, tokenizer and chat template.
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+
+
+def resolve(name: str | Path, *, cache_dir: str | Path | None = None, offline: bool = False) -> Path:
+  """The folder `name` names: a path as it is, or `hf:ORG/NAME[@REVISION]` fetched from the Hugging
+  Face Hub into huggingface_hub's cache (only its configs, safetensors and tokenizer; a cached
+  snapshot is reused without asking the network when `offline`). Nothing is fetched unless named so."""
+  name = str(name)
+  if not name.startswith("hf:"):
+    return Path(name)
+  repo, _, revision = name[3:].partition("@")
+  try:
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES, cache_dir=cache_dir,
+                                  local_files_only=offline))
+  except Exception as e:  # no network, an unknown or gated repo, a missing revision: all end the same way
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f"{name}: cannot fetch it from the Hugging Face Hub ({reason}). Without a network, download the "
+                    f"folder elsewhere (`huggingface-cli download {repo} --local-dir DIR`) and name DIR "
+                    "instead") from None
+
+
 def is_hf_folder(folder: str | Path) -> bool:
   """Whether `folder` is a Hugging Face model folder (a transformers config.json), not a run's workdir."""
   config = Path(folder) / "config.json"
@@ -94,7 +118,7 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None, *,
   folder `checkpoints`, default `policy_checkpoints(workdir)`). Its model config is `model.json`
   (or the config's `model` section); parameters that do not fit it are an error naming the first
   misfit."""
-  workdir = Path(workdir)
+  workdir = resolve(workdir)
   saved = workdir / "config.json"
   if not saved.is_file():
     raise FileNotFoundError(f"{saved} not found: expected the workdir of a finished or running run "
@@ -138,7 +162,7 @@ def load_policy(init_from: str, workdir: str | Path, mesh: Mesh, *,
   Face folder), or (init_from="") a model that `pretrain(workdir=<workdir>/policy)` trains first
   (rerunning it resumes). The tokenizer is copied into `workdir` so the experiment's workdir is
   self-contained."""
-  policy_dir = Path(init_from) if init_from else Path(workdir) / "policy"
+  policy_dir = resolve(init_from) if init_from else Path(workdir) / "policy"
   if not init_from:
     pretrain(workdir=policy_dir)
   policy = load(policy_dir, mesh)
@@ -159,7 +183,7 @@ def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> 
   `model.safetensors` + `config.json` in Hugging Face's layout: GPT-2's (`models.gpt2`) or the
   Llama family's (`models.hf`), which transformers' `AutoModelForCausalLM.from_pretrained(out)` loads.
   """
-  workdir, out = Path(workdir), Path(out)
+  workdir, out = resolve(workdir), Path(out)
   run = load(workdir, sharding.make_mesh(), step)  # an LM, reward model, PPO or DPO policy
   params = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), run.params)
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf

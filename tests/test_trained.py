@@ -12,6 +12,7 @@ import pytest
 import safetensors.numpy
 
 from rlhf_jax import cli, sharding, trained
+from rlhf_jax.errors import UserError
 from rlhf_jax.models import gpt2
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 
@@ -89,3 +90,20 @@ def test_ppo_from_a_hugging_face_folder_exports_back_to_its_layout(tmp_path):
   config, params = hf.load_hf(tmp_path / "out")
   assert config == run.model
   jax.tree.map(np.testing.assert_array_equal, params, run.params)
+
+
+def test_hf_names_resolve_to_a_cached_hub_snapshot_and_otherwise_say_how_to_work_offline(tmp_path):
+  folder = Path(__file__).parent / "data" / "tiny_hf" / "qwen2"
+  commit = "0123456789abcdef0123456789abcdef01234567"
+  repo = tmp_path / "hub" / "models--acme--tiny"
+  shutil.copytree(folder, repo / "snapshots" / commit)
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text(commit)
+  path = trained.resolve("hf:acme/tiny", cache_dir=tmp_path / "hub", offline=True)
+  assert path == repo / "snapshots" / commit
+  assert trained.resolve(str(folder)) == folder  # a path is a path
+  run = trained.load(path, sharding.make_mesh())
+  assert run.model.arch == "llama" and run.step == 0
+  with pytest.raises(UserError, match=r"hf:acme/other: cannot fetch it from the Hugging Face Hub \(.*\)\. Without a "
+                                      r"network, download .*huggingface-cli download acme/other --local-dir DIR"):
+    trained.resolve("hf:acme/other", cache_dir=tmp_path / "hub", offline=True)

@@ -99,6 +99,7 @@ def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelCo
   """
   workdir = Path(workdir)
   if init_from:
+    init_from = str(trained.resolve(init_from))
     start = trained.load(init_from, mesh)
     tokenizer = start.tokenizer
     trained.copy_tokenizer(init_from, workdir)
