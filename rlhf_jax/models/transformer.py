@@ -169,9 +169,17 @@ class ModelOutput:
   hidden_BxTxD: jax.Array | None = None  # the final LayerNorm's output, for extra heads (e.g. ILQL's Q and V)
 
 
-def _dense(config: ModelConfig, features: int, name: str, std: float) -> nn.Dense:
-  return nn.Dense(features, dtype=config.compute_dtype, param_dtype=jnp.float32,
+def _dense(config: ModelConfig, features: int, name: str, std: float, bias: bool = True) -> nn.Dense:
+  return nn.Dense(features, use_bias=bias, dtype=config.compute_dtype, param_dtype=jnp.float32,
                   kernel_init=nn.initializers.normal(std), name=name)
+
+
+def _attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS, kv_cache, layer: int, cache_index):
+  """Attention of the queries over the new keys and values, or over the cache's once they are
+  written into it; K key/value heads serve N = K x G query heads (grouped-query attention)."""
+  if kv_cache is not None:
+    kv_cache, k_BxTxKxH, v_BxTxKxH = _update_cache(kv_cache, layer, cache_index, k_BxTxKxH, v_BxTxKxH)
+  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_BxTxS[:, None]), kv_cache
 
 
 class Attention(nn.Module):
@@ -185,9 +193,7 @@ class Attention(nn.Module):
     resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2: scale residual projections
     qkv_BxTx3D = _dense(cfg, 3 * cfg.d_model, "c_attn", cfg.init_std)(x_BxTxD)
     q, k, v = jnp.split(qkv_BxTx3D.reshape(B, T, 3 * cfg.n_heads, cfg.head_dim), 3, axis=2)
-    if kv_cache is not None:
-      kv_cache, k, v = _update_cache(kv_cache, self.layer, cache_index, k, v)
-    out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None])
+    out_BxTxNxH, kv_cache = _attend(q, k, v, mask_BxTxS, kv_cache, self.layer, cache_index)
     out_BxTxD = _dense(cfg, cfg.d_model, "c_proj", resid_std)(out_BxTxNxH.reshape(B, T, cfg.d_model))
     return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic), kv_cache
 
@@ -263,21 +269,15 @@ class LlamaAttention(nn.Module):
     B, T, _ = x_BxTxD.shape
     N, K, H = cfg.n_heads, cfg.num_kv_heads, cfg.head_dim
     resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
-
-    def proj(features, name, bias, std=cfg.init_std):
-      return nn.Dense(features, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                      kernel_init=nn.initializers.normal(std), name=name)
-    q_BxTxNxH = proj(N * H, "q_proj", cfg.attn_bias)(x_BxTxD).reshape(B, T, N, H)
-    k_BxTxKxH = proj(K * H, "k_proj", cfg.attn_bias)(x_BxTxD).reshape(B, T, K, H)
-    v_BxTxKxH = proj(K * H, "v_proj", cfg.attn_bias)(x_BxTxD).reshape(B, T, K, H)
+    q_BxTxNxH = _dense(cfg, N * H, "q_proj", cfg.init_std, cfg.attn_bias)(x_BxTxD).reshape(B, T, N, H)
+    k_BxTxKxH = _dense(cfg, K * H, "k_proj", cfg.init_std, cfg.attn_bias)(x_BxTxD).reshape(B, T, K, H)
+    v_BxTxKxH = _dense(cfg, K * H, "v_proj", cfg.init_std, cfg.attn_bias)(x_BxTxD).reshape(B, T, K, H)
     if cfg.qk_norm:
       q_BxTxNxH, k_BxTxKxH = _rms_norm(cfg, "q_norm")(q_BxTxNxH), _rms_norm(cfg, "k_norm")(k_BxTxKxH)
     inv_F = rope_frequencies(cfg)
     q_BxTxNxH, k_BxTxKxH = apply_rope(q_BxTxNxH, positions_BxT, inv_F), apply_rope(k_BxTxKxH, positions_BxT, inv_F)
-    if kv_cache is not None:
-      kv_cache, k_BxTxKxH, v_BxTxKxH = _update_cache(kv_cache, self.layer, cache_index, k_BxTxKxH, v_BxTxKxH)
-    out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_BxTxS[:, None])
-    out_BxTxD = proj(cfg.d_model, "o_proj", False, resid_std)(out_BxTxNxH.reshape(B, T, N * H))
+    out_BxTxNxH, kv_cache = _attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS, kv_cache, self.layer, cache_index)
+    out_BxTxD = _dense(cfg, cfg.d_model, "o_proj", resid_std, bias=False)(out_BxTxNxH.reshape(B, T, N * H))
     return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic), kv_cache
 
 
@@ -289,12 +289,10 @@ class SwiGLU(nn.Module):
   def __call__(self, x_BxTxD, deterministic):
     cfg = self.config
     resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
-
-    def proj(features, name, std=cfg.init_std):
-      return nn.Dense(features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                      kernel_init=nn.initializers.normal(std), name=name)
-    h_BxTxF = nn.silu(proj(cfg.mlp_dim, "gate_proj")(x_BxTxD)) * proj(cfg.mlp_dim, "up_proj")(x_BxTxD)
-    return nn.Dropout(cfg.dropout)(proj(cfg.d_model, "down_proj", resid_std)(h_BxTxF), deterministic=deterministic)
+    gate_BxTxF = _dense(cfg, cfg.mlp_dim, "gate_proj", cfg.init_std, bias=False)(x_BxTxD)
+    h_BxTxF = nn.silu(gate_BxTxF) * _dense(cfg, cfg.mlp_dim, "up_proj", cfg.init_std, bias=False)(x_BxTxD)
+    out_BxTxD = _dense(cfg, cfg.d_model, "down_proj", resid_std, bias=False)(h_BxTxF)
+    return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
 
 
 class Block(nn.Module):
