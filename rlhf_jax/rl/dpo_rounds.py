@@ -84,6 +84,9 @@ def train_dpo_rounds(config: trainer.Config, rounds: RoundsConfig, task: Task, p
   """Runs every round (module docstring); returns the last round's policy."""
   workdir = Path(workdir)
   mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+  if rounds.prompts_per_round > len(task.train.texts):
+    raise ValueError(f"rounds.prompts_per_round={rounds.prompts_per_round} exceeds the task's "
+                     f"{len(task.train.texts)} train prompts: a round would ask about a prompt twice")
   if rounds.prompts_per_round % rounds.sample_batch_size:
     raise ValueError(f"rounds.prompts_per_round={rounds.prompts_per_round} must be a multiple of "
                      f"rounds.sample_batch_size={rounds.sample_batch_size} (one compiled sampler)")
