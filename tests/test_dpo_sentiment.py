@@ -110,6 +110,13 @@ def test_online_dpo_in_feedback_rounds_labels_into_the_store_trains_each_round_a
   assert {r: logs.read_metrics(tmp_path / f"round_{r}") for r in (0, 1)} == before
   with FeedbackStore(tmp_path / "feedback.db") as store:
     assert len(store.judgements()) == judged
+  # Stopped after round 1's last checkpoint: the rerun starts from round 0's saved policy, finds
+  # round 1's pairs in the store, and ends where the unbroken run did.
+  (tmp_path / "round_1" / "round.json").unlink()
+  runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path, overrides=overrides)
+  assert {r: logs.read_metrics(tmp_path / f"round_{r}") for r in (0, 1)} == before
+  with FeedbackStore(tmp_path / "feedback.db") as store:
+    assert len(store.judgements()) == judged
   with pytest.raises(ValueError, match="rounds.prompts_per_round=100000 exceeds the task's"):
     runs.run_experiment(EXPERIMENT, smoke=True, workdir=tmp_path / "too_many",
                         overrides=overrides + ["rounds.prompts_per_round=100000", "rounds.sample_batch_size=100000"])

@@ -249,6 +249,17 @@ def _check_text(text: Any, what: str) -> str:
   return text
 
 
+def _checked_outcomes(comparisons: Iterable[tuple[Any, Any, str]], *, single: bool = True) -> list:
+  """`comparisons` as a list, each outcome one of OUTCOMES, or a FeedbackError naming the first
+  that is not (as "outcome" alone when `single` and there is one comparison)."""
+  comparisons = list(comparisons)
+  for i, (_, _, outcome) in enumerate(comparisons):
+    if outcome not in OUTCOMES:
+      what = "outcome" if single and len(comparisons) == 1 else f"outcome of comparison {i}"
+      raise FeedbackError(f"{what}: expected one of {list(OUTCOMES)}, got {outcome!r}")
+  return comparisons
+
+
 def _check_labeler(labeler: Any) -> str:
   return _check_text(labeler, "labeler")
 
@@ -554,12 +565,10 @@ class FeedbackStore:
     resumes exactly.
     """
     parsed = [parse_record(r, f"add_round record {i}") for i, r in enumerate(records)]
-    comparisons = list(comparisons)
+    comparisons = _checked_outcomes(comparisons, single=False)
     if comparisons:
       _check_labeler(labeler)
-    for k, (i, j, outcome) in enumerate(comparisons):
-      if outcome not in OUTCOMES:
-        raise FeedbackError(f"outcome of comparison {k}: expected one of {list(OUTCOMES)}, got {outcome!r}")
+    for k, (i, j, _) in enumerate(comparisons):
       if not (0 <= i < len(parsed) and 0 <= j < len(parsed)):
         raise FeedbackError(f"comparison {k}: expected indices into the {len(parsed)} records, got ({i}, {j})")
     with self._write() as c:
@@ -659,11 +668,7 @@ class FeedbackStore:
     transaction; returns their ids. A batch is stored whole or not at all: a bad comparison, or a
     process killed midway, stores none of it, so a labelling round is never half-recorded."""
     _check_labeler(labeler)
-    comparisons = list(comparisons)
-    for i, (_, _, outcome) in enumerate(comparisons):
-      if outcome not in OUTCOMES:
-        what = "outcome" if len(comparisons) == 1 else f"outcome of comparison {i}"
-        raise FeedbackError(f"{what}: expected one of {list(OUTCOMES)}, got {outcome!r}")
+    comparisons = _checked_outcomes(comparisons)
     with self._write() as c:
       return [self._insert_comparison(c, a, b, outcome, labeler) for a, b, outcome in comparisons]
 

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -193,14 +194,7 @@ stored in float16 or bfloat16 are widened to float32 one at a time."""
   if missing:
     raise UserError(f"{folder}: tensor for {missing[0]} missing (and {len(missing) - 1} more)" if len(missing) > 1
                     else f"{folder}: tensor for {missing[0]} missing")
-  params: dict[str, Any] = {}
-  for name, array in found.items():
-    node = params
-    *modules, leaf = name.split("/")
-    for m in modules:
-      node = node.setdefault(m, {})
-    node[leaf] = array
-  return config, params
+  return config, flax.traverse_util.unflatten_dict({tuple(name.split("/")): array for name, array in found.items()})
 
 
 def config_to_hf(config: ModelConfig, *, eos_token_id: int | None = None, bos_token_id: int | None = None) -> dict:

@@ -64,7 +64,9 @@ def adapt(model: nn.Module, settings: LoraConfig) -> nn.Module:
 
 def add_adapters(model: nn.Module, base_params: Any, key: jax.Array) -> Any:
   """The adapted model's parameters: `base_params`' arrays as they are, and fresh adapters."""
-  fresh = model.init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+  # Initialized under jit with the adapters as the only output, so the base model's fresh (and
+  # unused) initialization is compiled away instead of allocated next to `base_params`.
+  fresh = jax.jit(lambda k: _adapters(model.init(k, jnp.zeros((1, 1), jnp.int32))["params"]))(key)
 
   def join(base_tree, new_tree):
     out = dict(base_tree)
@@ -80,6 +82,17 @@ def add_adapters(model: nn.Module, base_params: Any, key: jax.Array) -> Any:
   if not any(is_adapter(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
     raise ValueError("lora.targets matched no projection of the model")
   return params
+
+
+def _adapters(params: dict) -> dict:
+  """The adapter leaves of `params` and the modules that hold them."""
+  out = {}
+  for name, value in params.items():
+    if name in ADAPTER_LEAVES:
+      out[name] = value
+    elif isinstance(value, dict) and (inner := _adapters(value)):
+      out[name] = inner
+  return out
 
 
 def is_adapter(path) -> bool:

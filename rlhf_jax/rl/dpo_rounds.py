@@ -61,14 +61,15 @@ def round_prompts(task: Task, round_index: int, count: int) -> list[str]:
   return [texts[(round_index * count + i) % len(texts)] for i in range(count)]
 
 
-def _sampler(policy: trained.TrainedModel, params, task: Task, temperature: float, mesh: Mesh):
-  """(prompts, key) -> one continuation each by `params`, at the task's prompt and response lengths."""
+def _sampler(policy: trained.TrainedModel, task: Task, temperature: float, mesh: Mesh):
+  """(params, prompts, key) -> one continuation each, at the task's prompt and response lengths: one
+  compiled sampler that every round's policy uses."""
   tok = policy.tokenizer
   generate = jax.jit(functools.partial(sampling.generate, model=Transformer(policy.model),
                                        max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id))
   by_text = dict(zip(task.train.texts, zip(task.train.tokens_NxP, task.train.mask_NxP)))
 
-  def sample(prompts: list[str], key: jax.Array) -> list[str]:
+  def sample(params, prompts: list[str], key: jax.Array) -> list[str]:
     tokens = np.stack([by_text[p][0] for p in prompts])
     mask = np.stack([by_text[p][1] for p in prompts])
     placed = sharding.put_batch({"tokens": tokens, "mask": mask}, mesh)
@@ -93,23 +94,29 @@ def train_dpo_rounds(config: trainer.Config, rounds: RoundsConfig, task: Task, p
   workdir.mkdir(parents=True, exist_ok=True)
   trained.save_model_config(workdir, policy.model)  # `trained.load(workdir)`: the last round's policy
   key = jax.random.fold_in(jax.random.key(config.seed), 20_000)
+  sample = _sampler(policy, task, config.dpo.temperature, mesh)
   current = policy
   for r in range(rounds.rounds):
     round_dir = workdir / f"round_{r}"
-    if not (round_dir / ROUND_DONE).is_file():
-      model = f"round_{r}@{current.step}"  # the samples' author in the store; unique per round
-      with FeedbackStore(workdir / "feedback.db") as store:
-        collect.collect_comparisons(
-            store, _sampler(policy, current.params, task, config.dpo.temperature, mesh),
-            round_prompts(task, r, rounds.prompts_per_round), labeler, samples_per_prompt=2,
-            batch_size=rounds.sample_batch_size, model=model, key=jax.random.fold_in(key, r),
-            source="dpo_rounds", collection=f"round_{r}")
-        if labeler is None:
-          collect.wait_for_comparisons(store, store.collection_progress(f"round_{r}")[2],
-                                       model=model, timeout_s=rounds.wait_timeout_s)
-        records = [p for p in store.export_preferences() if p["chosen_model"] == model]
-      train_offline_dpo(config, records, task, policy, round_dir, mesh,
-                        init_params=None if r == 0 else current.params)
-      files.atomic_write_text(round_dir / ROUND_DONE, json.dumps({"pairs": len(records)}) + "\n")
-    current = trained.load(workdir, mesh, checkpoints=round_dir / "checkpoints")
+    if (round_dir / ROUND_DONE).is_file():
+      current = None  # its policy is read back only if a later round starts from it
+      continue
+    if current is None:
+      current = trained.load(workdir, mesh, checkpoints=workdir / f"round_{r - 1}" / "checkpoints")
+    model = f"round_{r}@{current.step}"  # the samples' author in the store; unique per round
+    with FeedbackStore(workdir / "feedback.db") as store:
+      collect.collect_comparisons(
+          store, functools.partial(sample, current.params), round_prompts(task, r, rounds.prompts_per_round),
+          labeler, samples_per_prompt=2, batch_size=rounds.sample_batch_size, model=model,
+          key=jax.random.fold_in(key, r), source="dpo_rounds", collection=f"round_{r}")
+      if labeler is None:
+        collect.wait_for_comparisons(store, store.collection_progress(f"round_{r}")[2],
+                                     model=model, timeout_s=rounds.wait_timeout_s)
+      records = [p for p in store.export_preferences() if p["chosen_model"] == model]
+    state = train_offline_dpo(config, records, task, policy, round_dir, mesh,
+                              init_params=None if r == 0 else current.params)
+    files.atomic_write_text(round_dir / ROUND_DONE, json.dumps({"pairs": len(records)}) + "\n")
+    current = dataclasses.replace(current, params=state.params, step=int(state.step))
+  if current is None:  # every round was done before this call
+    current = trained.load(workdir, mesh, checkpoints=workdir / f"round_{rounds.rounds - 1}" / "checkpoints")
   return current
