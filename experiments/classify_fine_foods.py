@@ -110,9 +110,8 @@ def main(config: Config, workdir: Path):
                      f"{classify.batch_size})")
 
   key = jax.random.key(config.seed)
-  tx = common.make_optimizer(config.optim)
   start = reward_model.start_scalar_model(workdir, init_from=classify.init_from, fallback=config.model,
-                                          texts=[r.text for r in pool], mesh=mesh, tx=tx,
+                                          texts=[r.text for r in pool], mesh=mesh, optim=config.optim,
                                           key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
   model, tok = start.model, start.tokenizer
   if classify.seq_len > model.config.max_len:
@@ -123,7 +122,7 @@ def main(config: Config, workdir: Path):
   test_labels = np.array([r.great for r in test], np.int32)
   score_fn = jax.jit(functools.partial(reward.rewards, model=model))
   step_fn = common.jit_step(functools.partial(
-      reward.train_step, model=model, tx=tx, kind="rating", warmup_steps=config.optim.warmup_steps,
+      reward.train_step, model=model, tx=start.tx, kind="rating", warmup_steps=config.optim.warmup_steps,
       total_steps=classify.steps_per_round, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
 
   rng = np.random.default_rng(config.seed)
@@ -138,7 +137,7 @@ def main(config: Config, workdir: Path):
     if state is None:
       init_fn = start.init_fn
     else:  # fine-tune again from the last round's weights, with a fresh optimizer and schedule
-      init_fn = jax.jit(functools.partial(common.restart_state, tx=tx), out_shardings=start.state_shardings)
+      init_fn = jax.jit(functools.partial(common.restart_state, tx=start.tx), out_shardings=start.state_shardings)
       init_fn = functools.partial(init_fn, state.params)
     index = np.flatnonzero(labeled)
     dataset = rows.rows_dataset({"tokens": pool_tokens[index], "mask": pool_mask[index], "label": pool_labels[index]},

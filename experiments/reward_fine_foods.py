@@ -29,6 +29,7 @@ from rlhf_jax import sharding
 from rlhf_jax.data import fine_foods, rows
 from rlhf_jax.eval import reward_metrics
 from rlhf_jax.loop import LoopConfig, train_loop
+from rlhf_jax.models import lora
 from rlhf_jax.models.transformer import ModelConfig
 from rlhf_jax.rewards import reward_model, scorers
 from rlhf_jax.steps import common, reward
@@ -42,6 +43,7 @@ class RewardConfig:
   batch_size: int = 32
   eval_batch_size: int = 64
   baselines: tuple[str, ...] = ("vader", "textblob")  # lexicon labelers scored on the same test set
+  lora: lora.LoraConfig = lora.LoraConfig()  # rank > 0 (with init_from): train LoRA adapters and the head only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +88,10 @@ def main(config: Config, workdir: Path):
   train_reviews, test_reviews = fine_foods.load("train"), fine_foods.load("test")
 
   key = jax.random.key(config.seed)
-  tx = common.make_optimizer(config.optim)
   start = reward_model.start_scalar_model(workdir, init_from=reward_cfg.init_from, fallback=config.model,
-                                          texts=[r.text for r in train_reviews], mesh=mesh, tx=tx,
-                                          key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
+                                          texts=[r.text for r in train_reviews], mesh=mesh, optim=config.optim,
+                                          key=jax.random.fold_in(key, 0), rules=config.mesh.rules,
+                                          adapters=reward_cfg.lora)
   tokenizer, model, init_fn = start.tokenizer, start.model, start.init_fn
   if reward_cfg.seq_len > model.config.max_len:
     raise ValueError(f"reward.seq_len={reward_cfg.seq_len} exceeds the model's max_len={model.config.max_len}")
@@ -128,7 +130,7 @@ def main(config: Config, workdir: Path):
     return metrics
 
   step_fn = common.jit_step(functools.partial(
-      reward.train_step, model=model, tx=tx, kind=reward_cfg.kind, warmup_steps=config.optim.warmup_steps,
+      reward.train_step, model=model, tx=start.tx, kind=reward_cfg.kind, warmup_steps=config.optim.warmup_steps,
       total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
                     state_shardings=start.state_shardings, step_fn=step_fn, data_iterator=iter(dataset),

@@ -34,6 +34,7 @@ from rlhf_jax.eval import reward_metrics
 from rlhf_jax.feedback import collect, labelers
 from rlhf_jax.feedback.store import FeedbackStore
 from rlhf_jax.loop import LoopConfig, train_loop
+from rlhf_jax.models import lora
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.rewards import reward_model, scorers
 from rlhf_jax.steps import common, reward
@@ -70,6 +71,7 @@ class RewardConfig:
   batch_size: int = 32
   eval_batch_size: int = 64
   test_fraction: float = 0.2  # prompts held out (by prompt, so no pair leaks)
+  lora: lora.LoraConfig = lora.LoraConfig()  # rank > 0: train LoRA adapters of the trunk and the head only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +136,10 @@ def main(config: Config, workdir: Path):
   print(f"preferences: {len(train)} train, {len(test)} held out, from {workdir / 'feedback.db'}", flush=True)
 
   reward_cfg = config.reward
-  tx = common.make_optimizer(config.optim)
   start = reward_model.start_scalar_model(workdir, init_from=reward_cfg.init_from or str(policy_dir),
-                                          fallback=policy.model, texts=[], mesh=mesh, tx=tx,
-                                          key=jax.random.fold_in(key, 0), rules=config.mesh.rules)
+                                          fallback=policy.model, texts=[], mesh=mesh, optim=config.optim,
+                                          key=jax.random.fold_in(key, 0), rules=config.mesh.rules,
+                                          adapters=reward_cfg.lora)
   model, init_fn = start.model, start.init_fn
   pairs = functools.partial(preferences.reward_model_pairs, tokenizer=start.tokenizer, seq_len=reward_cfg.seq_len,
                             with_prompt=reward_cfg.with_prompt)
@@ -176,7 +178,7 @@ def main(config: Config, workdir: Path):
     raise ValueError(f"no held-out pairs with a preference: raise policy.num_prompts ({config.policy.num_prompts}) "
                      f"or reward.test_fraction ({reward_cfg.test_fraction})")
   step_fn = common.jit_step(functools.partial(
-      reward.train_step, model=model, tx=tx, kind="preference", warmup_steps=config.optim.warmup_steps,
+      reward.train_step, model=model, tx=start.tx, kind="preference", warmup_steps=config.optim.warmup_steps,
       total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio), mesh, start.state_shardings)
   (workdir / "data.json").write_text(json.dumps({"train_pairs": len(train), "test_pairs": len(test)}) + "\n")
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,

@@ -135,7 +135,8 @@ def _cmd_sample(args) -> int:
   if not prompts:
     raise UserError("give --prompt TEXT (repeatable) or --prompts-file FILE")
   policy = _load_policy(args.workdir)
-  for record in chat.sample_records(policy, prompts, _sampling_settings(args), num=args.num, name=args.workdir):
+  for record in chat.sample_records(policy, prompts, _sampling_settings(args), num=args.num, name=args.workdir,
+                                    raw=args.raw):
     print(json.dumps(record))
   return 0
 
@@ -143,7 +144,8 @@ def _cmd_sample(args) -> int:
 def _cmd_chat(args) -> int:
   from rlhf_jax import chat
   policy = _load_policy(args.workdir)
-  return chat.chat(policy, sys.stdin, sys.stdout, _sampling_settings(args), history=args.history, name=args.workdir)
+  return chat.chat(policy, sys.stdin, sys.stdout, _sampling_settings(args), history=args.history, name=args.workdir,
+                   raw=args.raw)
 
 
 def _cmd_data_prepare(args) -> int:
@@ -274,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="continue the text as it is, without the tokenizer's chat "
+                   "template (default: a model with one reads each prompt as a user's turn)")
 
   smp = sub.add_parser("sample", help="continue prompts with a trained policy (JSON lines)")
   sampling_flags(smp)

@@ -9,7 +9,9 @@ whichever trainer wrote it. A Hugging Face model folder (Llama, Qwen2, Qwen3, Mi
 `config.json`, safetensors, `tokenizer.json`) loads the same way, as step 0, and so does
 `hf:ORG/NAME[@REVISION]`, fetched from the Hub when (and only when) a setting names it. A run whose model is not its
 config's `model` section (a reward model grafted onto a pretrained LM, a PPO policy) records the
-model it trained with `save_model_config`.
+model it trained with `save_model_config`, and a run that trained LoRA adapters records their
+settings in `lora.json`: `load` merges them into the base weights, so what every later stage reads
+is a plain model.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from rlhf_jax import config as config_lib
 from rlhf_jax import files, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.errors import UserError
-from rlhf_jax.models import gpt2, hf
+from rlhf_jax.models import gpt2, hf, lora
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.tokenizers import HFTokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -144,6 +146,9 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None, *,
     checkpointer.close()
   params = state["params"]
   params = params.get("policy", params)
+  lora_file = model_file.with_name("lora.json")
+  if lora_file.is_file():
+    params = lora.merge(params, config_lib.from_dict(lora.LoraConfig, json.loads(lora_file.read_text())))
   expected = jax.eval_shape(functools.partial(Transformer(model_config).init, jax.random.key(0)),
                             jnp.zeros((1, 1), jnp.int32))["params"]
   got = {sharding.path_str(p): leaf.shape for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
@@ -170,9 +175,15 @@ def load_policy(init_from: str, workdir: str | Path, mesh: Mesh, *,
   return policy, policy_dir
 
 
-def save_model_config(workdir: str | Path, model: ModelConfig) -> None:
-  """Record the model a run trains (read back by `load` in place of the config's `model`)."""
-  files.atomic_write_text(Path(workdir) / "model.json", json.dumps(dataclasses.asdict(model), indent=2) + "\n")
+def save_model_config(workdir: str | Path, model: ModelConfig, adapters: lora.LoraConfig | None = None) -> None:
+  """Record the model a run trains (read back by `load` in place of the config's `model`), and the
+  LoRA `adapters` it trains, if any (`load` merges them)."""
+  workdir = Path(workdir)
+  files.atomic_write_text(workdir / "model.json", json.dumps(dataclasses.asdict(model), indent=2) + "\n")
+  if adapters is not None and adapters.rank:
+    files.atomic_write_text(workdir / "lora.json", json.dumps(dataclasses.asdict(adapters), indent=2) + "\n")
+  else:
+    (workdir / "lora.json").unlink(missing_ok=True)
 
 
 def export(workdir: str | Path, out: str | Path, *, step: int | None = None) -> list[str]:

@@ -61,13 +61,13 @@ def test_sample_records_use_one_key_per_prompt_and_sample_and_drop_eos(monkeypat
 
 def test_rlhf_jax_sample_prints_one_json_record_a_line(monkeypatch, capsys, tmp_path):
   monkeypatch.setattr(cli, "_load_policy", lambda workdir: "policy")
-  monkeypatch.setattr(chat, "sample_records", lambda policy, prompts, settings, num, name: (
-      {"prompt": p, "n": num, "t": settings.temperature, "model": name} for p in prompts))
+  monkeypatch.setattr(chat, "sample_records", lambda policy, prompts, settings, num, name, raw: (
+      {"prompt": p, "n": num, "t": settings.temperature, "model": name, "raw": raw} for p in prompts))
   (tmp_path / "prompts.txt").write_text("first\n\nsecond\n")
   assert cli.main(["sample", "w", "--prompt", "zero", "--prompts-file", str(tmp_path / "prompts.txt"), "--num", "2",
-                   "--temperature", "0.7"]) == 0
+                   "--temperature", "0.7", "--raw"]) == 0
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert lines == [{"prompt": p, "n": 2, "t": 0.7, "model": "w"} for p in ("zero", "first", "second")]
+  assert lines == [{"prompt": p, "n": 2, "t": 0.7, "model": "w", "raw": True} for p in ("zero", "first", "second")]
   assert cli.main(["sample", "w"]) == 2
   assert "give --prompt TEXT" in capsys.readouterr().err
 
@@ -81,3 +81,35 @@ def test_temperature_0_is_greedy_decoding(monkeypatch):
   list(chat.sample_records(policy, ["a"], chat.SamplingSettings(temperature=0.0)))
   list(chat.sample_records(policy, ["a"], chat.SamplingSettings(temperature=0.7)))
   assert seen == [(1.0, 1), (0.7, 0)]
+
+
+def test_a_tokenizer_with_a_chat_template_frames_prompts_and_every_turn_with_it(monkeypatch):
+  from pathlib import Path
+
+  from rlhf_jax.tokenizers import HFTokenizer
+  tok = HFTokenizer(Path(__file__).parent / "data" / "tiny_hf" / "qwen2")  # ChatML
+  answer = tok.encode("Hello there")
+  seen = []
+
+  def stream(params, context, key, **kwargs):
+    seen.append(list(context))
+    return iter(answer + [tok.eos_id])
+
+  monkeypatch.setattr(sampling, "stream", stream)
+  policy = types.SimpleNamespace(model=ModelConfig(vocab_size=96, max_len=64, d_model=8, n_layers=1, n_heads=1),
+                                 tokenizer=tok, params={}, step=0)
+  out = io.StringIO()
+  assert chat.chat(policy, io.StringIO("Hi\nHow are you?\n\n"), out, chat.SamplingSettings()) == 0
+  first = [{"role": "user", "content": "Hi"}]
+  second = first + [{"role": "assistant", "content": "Hello there"}, {"role": "user", "content": "How are you?"}]
+  assert seen == [tok.encode(tok.apply_chat_template(m, add_generation_prompt=True)) for m in (first, second)]
+  assert tok.decode(seen[1]).endswith("<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\n")
+  assert "Hello there" in out.getvalue()
+
+  seen.clear()
+  records = list(chat.sample_records(policy, ["Hi"], chat.SamplingSettings()))
+  assert seen == [tok.encode(tok.apply_chat_template(first, add_generation_prompt=True))]
+  assert records[0]["response"] == "Hello there"
+  seen.clear()
+  list(chat.sample_records(policy, ["Hi"], chat.SamplingSettings(), raw=True))  # --raw: the text as it is
+  assert seen == [tok.encode("Hi")]

@@ -13,7 +13,7 @@ from rlhf_jax.tokenizers import HFTokenizer, Tokenizer, render_chat_template
 FIXTURES = Path(__file__).parent / "data" / "tiny_hf"
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3", "mistral"])
 def test_encodings_decodings_and_chat_templates_match_transformers(arch):
   tok = HFTokenizer(FIXTURES / arch)
   reference = json.loads((FIXTURES / arch / "tokenizer_reference.json").read_text())

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("rewards", ("rlhf_jax.rewards",)),
     ("feedback", ("rlhf_jax.feedback",)),
     ("evaluation", ("rlhf_jax.eval",)),
-    ("trainers", ("rlhf_jax.rl",)),
+    ("trainers", ("rlhf_jax.rl", "rlhf_jax.lm_training")),
     ("runs", ("rlhf_jax.sweep", "rlhf_jax.runs")),
     ("command line", ("rlhf_jax.cli", "rlhf_jax.chat", "rlhf_jax.__main__")),
 ]

@@ -1,5 +1,6 @@
 """LoRA adapters (`models.lora`, through qwix) on a Qwen2 checkpoint and on the GPT-2 layout."""
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -11,6 +12,7 @@ import pytest
 from rlhf_jax.losses import next_token_loss
 from rlhf_jax.models import hf, lora
 from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.steps import common
 
 QWEN2 = Path(__file__).parent / "data" / "tiny_hf" / "qwen2"
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(3, 90, (4, 12)), jnp.int32)
@@ -41,22 +43,23 @@ def test_at_init_the_adapted_model_is_the_base_model_and_the_reference_shares_it
 
 def test_training_moves_only_the_adapters_and_the_optimizer_holds_state_for_them_only(qwen2):
   config, base_params, settings, model, params = qwen2
-  tx = lora.only_adapters(optax.adam(1e-2))
+  tx = common.make_optimizer(common.OptimConfig(learning_rate=1e-2, warmup_steps=0), lora.trainable())
   state = tx.init(params)
   adapter_size = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params) if lora.is_adapter(path))
   state_size = sum(x.size for x in jax.tree.leaves(state) if x.ndim)
   assert state_size == 2 * adapter_size  # adam's two moments, for the adapters alone
 
-  def loss(p):
-    total, count = next_token_loss(model.apply({"params": p}, TOKENS[:, :-1]).logits_BxTxV, TOKENS[:, 1:],
-                                   jnp.ones_like(TOKENS[:, 1:]))
-    return total / count
+  def loss(p, batch, key):
+    del key
+    total, count = next_token_loss(model.apply({"params": p}, batch[:, :-1]).logits_BxTxV, batch[:, 1:],
+                                   jnp.ones_like(batch[:, 1:]))
+    return total, {"count": count}
 
   @jax.jit
   def step(p, s):
-    value, grads = jax.value_and_grad(loss)(p)
+    value, sums, grads = common.accumulate_gradients(loss, p, TOKENS, jax.random.key(0), tx=tx)
     updates, s = tx.update(grads, s, p)
-    return optax.apply_updates(p, updates), s, value
+    return optax.apply_updates(p, updates), s, value / sums["count"]
   losses = []
   new = params
   for _ in range(5):
@@ -86,3 +89,12 @@ def test_the_gpt2_layout_adapts_too_and_a_pattern_that_matches_nothing_is_an_err
     lora.LoraConfig(rank=2, alpha=0.0)
   with pytest.raises(ValueError, match="lora.targets: not a regular expression"):
     lora.LoraConfig(rank=2, targets="(")
+
+
+def test_a_bfloat16_model_stays_bfloat16_through_its_adapters(qwen2):
+  config, base_params, settings, _, params = qwen2
+  config = dataclasses.replace(config, dtype="bfloat16")
+  model = lora.adapt(Transformer(config), settings)
+  hidden = jax.jit(model.apply)({"params": params}, TOKENS).hidden_BxTxD
+  # float32 adapters would promote the residual stream (and its activation memory) to float32.
+  assert hidden.dtype == jnp.bfloat16 == Transformer(config).apply({"params": base_params}, TOKENS).hidden_BxTxD.dtype

@@ -23,6 +23,7 @@ from rlhf_jax import rollout as rollout_lib
 from rlhf_jax import sharding, trained, vmapped
 from rlhf_jax.data import preferences
 from rlhf_jax.loop import LoopConfig
+from rlhf_jax.models import lora
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.rewards import signals
 from rlhf_jax.rl import trainer
@@ -113,6 +114,58 @@ def test_algorithms_raise_the_reward_in_one_jitted_iteration(algorithm):
   assert np.mean(scores[-6:]) > np.mean(scores[:6]) + 0.05, scores
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert int(state.step) == 24 * config.updates_per_iteration
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_lora_trains_the_adapters_only_and_the_reference_is_the_base_model_it_holds(algorithm):
+  config = _config(algorithm)
+  # Adapters take a larger step than full fine-tuning (Hu et al. 2021 tune it separately).
+  config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, lora=lora.LoraConfig(rank=4, alpha=8)),
+                               optim=dataclasses.replace(config.optim, learning_rate=2e-2))
+  # A base with larger weights than a fresh model's: the adapters leave the (tied) embeddings as
+  # they are, and at init_std=0.02 those bound every logit within about a nat of the others.
+  base_config = dataclasses.replace(POLICY, init_std=0.2)
+  base = jax.jit(Transformer(base_config).init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  models = rl.start_models(config, trained.TrainedModel(base_config, base, DigitTokenizer(), 0),
+                           key=jax.random.key(3))
+  alg = rl.build_algorithm(config, policy_model=models.policy_model, value_model=models.value_model,
+                           max_new_tokens=N, eos_id=EOS, pad_id=PAD)
+  state = jax.jit(alg.init)(models.start_params, models.value_params, 0.02)
+  trainable = {sharding.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.params)
+               if lora.is_adapter(p) or "scalar_head" in sharding.path_str(p)}
+  moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
+  assert moments == 2 * sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(state.params)
+                            if sharding.path_str(p) in trainable)  # Adam's state: the adapters (+ value head) only
+  frozen = {**_frozen(), "ref": None}  # the reference: the policy's own base weights
+  sample = jax.jit(functools.partial(rl.sample, policy_model=models.policy_model, max_new_tokens=N, eos_id=EOS,
+                                     pad_id=PAD))
+  prompts = _prompts(0, config)
+  r = sample(rl.trainer.iteration_lib.policy_params_of(state.params), None, prompts["prompt"],
+             prompts["prompt_mask"], jax.random.key(4), jnp.float32(1))
+  np.testing.assert_array_equal(r.logp_BxN, r.ref_logp_BxN)  # at the start the policy is its reference
+
+  step = jax.jit(alg.iteration)
+  start = jax.tree.map(np.asarray, state.params)
+  scores = []
+  for i in range(24):
+    state, metrics = step(state, _prompts(i, config), jax.random.key(1), alg.hp, frozen)
+    scores.append(float(metrics["score_raw"]))
+  assert np.mean(scores[-6:]) > np.mean(scores[:6]) + 0.05, scores
+  for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(start), jax.tree.leaves(state.params)):
+    name = sharding.path_str(path)
+    if name in trainable and not name.endswith(("kernel_lora_a", "scalar_head/bias")):
+      assert not np.array_equal(before, after), name
+    elif name not in trainable:
+      np.testing.assert_array_equal(before, after, err_msg=name)  # the base model never moves
+  # After training, the rollout's reference log-probs are the base model's own.
+  policy_params = rl.trainer.iteration_lib.policy_params_of(state.params)
+  r = sample(policy_params, None, prompts["prompt"], prompts["prompt_mask"], jax.random.key(4), jnp.float32(1))
+  tokens = jnp.concatenate([r.prompt_BxP, r.response_BxN], axis=1)
+  base_logp = jax.nn.log_softmax(Transformer(base_config).apply({"params": base}, tokens).logits_BxTxV, -1)
+  base_logp = jnp.take_along_axis(base_logp[:, P - 1:-1], r.response_BxN[..., None], -1)[..., 0]
+  np.testing.assert_allclose(np.where(r.response_mask_BxN, r.ref_logp_BxN, 0),
+                             np.where(r.response_mask_BxN, base_logp, 0), atol=1e-5)
+  assert float(jnp.sum(jnp.abs(r.logp_BxN - r.ref_logp_BxN) * r.response_mask_BxN)) > 0.1
 
 
 def test_online_dpo_pairs_and_best_of_n_rows_equal_a_loop_over_groups():
@@ -353,7 +406,7 @@ def test_reference_normalization_measures_mean_and_std_and_keeps_the_scale_of_a_
 
     def sample(params, frozen, prompt_BxP, mask_BxP, key, temperature):
       return None, next(batches)
-    return trainer.reference_normalization(sample, {"ref": None}, tokens_NxP, mask_NxP, batch_size=4, num_samples=8,
+    return trainer.reference_normalization(sample, None, {"ref": None}, tokens_NxP, mask_NxP, batch_size=4, num_samples=8,
                                            key=jax.random.key(0), temperature=jnp.float32(1.0), mesh=mesh)
 
   varied = norm_of(np.array([0, 1, 2, 3, 4, 5, 6, 7], np.float32))
@@ -413,7 +466,7 @@ def test_reference_normalization_gives_mean_0_and_std_1_on_the_samples_it_measur
   sample = trainer.make_sampler(Transformer(POLICY), IDS_REWARD, max_new_tokens=N, eos_id=EOS, pad_id=PAD)
   frozen, key = _frozen(IDS_REWARD), jax.random.key(6)
   tokens_NxP, mask_NxP = task.train.tokens_NxP, task.train.mask_NxP
-  norm = trainer.reference_normalization(sample, frozen, tokens_NxP, mask_NxP, batch_size=4, num_samples=10, key=key,
+  norm = trainer.reference_normalization(sample, frozen["ref"], frozen, tokens_NxP, mask_NxP, batch_size=4, num_samples=10, key=key,
                                          temperature=jnp.float32(1.0), mesh=mesh)
   assert norm["samples"] == 8  # the whole batches among the first 10 prompts
   r, _ = _drawn(sample, frozen["ref"], frozen, tokens_NxP[:8], mask_NxP[:8], 4, key, mesh)

@@ -1,9 +1,9 @@
 """Writes tests/data/tiny_hf/<arch>/: randomly initialised tiny Llama, Qwen2, Qwen3 and Mistral
 models saved by Hugging Face transformers (config.json + safetensors, one of them sharded with an
-index), with reference logits on fixed tokens and a greedy continuation (reference.npz). The Qwen2
-and Llama folders also get a tiny BPE tokenizer (tokenizer.json, tokenizer_config.json) with a
-ChatML and a Llama-3-style chat template, and transformers' encodings and chat renderings of a few
-texts and conversations (tokenizer_reference.json).
+index), with reference logits on fixed tokens and a greedy continuation (reference.npz). Each folder
+also gets a tiny BPE tokenizer (tokenizer.json, tokenizer_config.json) with its family's kind of
+chat template (ChatML for Qwen, Llama 3's headers, Mistral's [INST]), and transformers' encodings
+and chat renderings of a few texts and conversations (tokenizer_reference.json).
 
 The import tests compare `models.hf` on these weights with transformers' own numbers, so the
 fixtures must come from transformers itself. Needs torch and transformers (not dependencies of
@@ -58,10 +58,19 @@ LLAMA3 = (
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}\n"
     "{%- endfor %}\n"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+MISTRAL = (
+    "{{- bos_token }}\n"
+    "{%- for message in messages %}\n"
+    "{%- if message['role'] == 'system' %}{{- message['content'] + '\\n\\n' }}\n"
+    "{%- elif message['role'] == 'user' %}{{- '[INST] ' + message['content'] + ' [/INST]' }}\n"
+    "{%- else %}{{- message['content'] + eos_token }}{%- endif %}\n"
+    "{%- endfor %}")
 TOKENIZERS = {  # arch -> (special tokens, chat template, eos, bos, pad)
     "qwen2": (["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"], CHATML, "<|im_end|>", None, "<|endoftext|>"),
     "llama": (["<unk>", "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                "<|eot_id|>"], LLAMA3, "<|eot_id|>", "<|begin_of_text|>", None),
+    "qwen3": (["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"], CHATML, "<|im_end|>", None, "<|endoftext|>"),
+    "mistral": (["<unk>", "<s>", "</s>", "[INST]", "[/INST]"], MISTRAL, "</s>", "<s>", None),
 }
 TEXTS = ["The movie was good.", " a bad day", "Hello there,\nhow are you?", "", "cats and dogs!"]
 CHATS = [[{"role": "user", "content": "Tell me a joke. "}],

@@ -8,8 +8,9 @@ the adapted model like any other; its parameters are the base tree with `kernel_
 
   model = lora.adapt(Transformer(config), settings)          # the adapted module
   params = lora.add_adapters(model, base_params, key)        # base arrays reused, adapters fresh
-  tx = lora.only_adapters(optax.adamw(...))                   # optimizer state for the adapters only
-  lora.base(params)                                           # the reference: same arrays, no adapter
+  tx = common.make_optimizer(optim, lora.trainable())         # adapters trained, the base frozen
+  model.apply({"params": lora.disabled(params)}, ...)         # the reference: the base model's function
+  lora.base(params)                                           # the base tree itself (no copy)
   lora.merge(params, settings)                                # plain params for export
 
 qwix over a hand-written adapter because it needs no change to the model definition and is what
@@ -19,15 +20,16 @@ tunix uses; it fits the pure-functional model (the adapted module is still `appl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 import qwix
 
+from rlhf_jax import sharding
 from rlhf_jax.config import check_range
 
 ADAPTER_LEAVES = ("kernel_lora_a", "kernel_lora_b")
@@ -54,12 +56,23 @@ class LoraConfig:
     return self.alpha / self.rank
 
 
+class _Provider(qwix.LoraProvider):
+  """qwix's LoRA with each adapted projection's output in the projection's own compute dtype.
+
+  The adapters are float32 like every parameter; in a bfloat16 model (`model.dtype`) their float32
+  update would promote the residual stream to float32 from the first adapted projection on, and a
+  LoRA train step would then hold more activation memory than full fine-tuning."""
+
+  def dot_general(self, lhs, rhs, *args, **kwargs):
+    return super().dot_general(lhs, rhs, *args, **kwargs).astype(lhs.dtype)
+
+
 def adapt(model: nn.Module, settings: LoraConfig) -> nn.Module:
   """`model` with adapters on the projections `settings.targets` matches."""
   if not settings.rank:
     raise ValueError("lora.rank is 0: there are no adapters to add")
   rule = qwix.LoraRule(module_path=settings.targets, rank=settings.rank, alpha=settings.alpha)
-  return qwix.apply_lora_to_model(model, qwix.LoraProvider([rule]))
+  return qwix.apply_lora_to_model(model, _Provider([rule]))
 
 
 def add_adapters(model: nn.Module, base_params: Any, key: jax.Array) -> Any:
@@ -79,7 +92,7 @@ def add_adapters(model: nn.Module, base_params: Any, key: jax.Array) -> Any:
         out[name] = join(base_tree[name], value)
     return out
   params = join(base_params, fresh)
-  if not any(is_adapter(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
+  if not has_adapters(params):
     raise ValueError("lora.targets matched no projection of the model")
   return params
 
@@ -106,11 +119,32 @@ def base(params: Any) -> Any:
   return {k: base(v) for k, v in params.items() if k not in ADAPTER_LEAVES}
 
 
-def only_adapters(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`tx` on the adapters; every other parameter is frozen and holds no optimizer state."""
-  def labels(params):
-    return jax.tree_util.tree_map_with_path(lambda path, _: "adapter" if is_adapter(path) else "frozen", params)
-  return optax.multi_transform({"adapter": tx, "frozen": optax.set_to_zero()}, labels)
+def trainable(also: str = "") -> Callable[[Any], bool]:
+  """`(key path) -> bool` for `common.make_optimizer`: the adapters train, and the parameters `also`
+  matches (a regex on paths such as `value/scalar_head/kernel`: a reward or value model's new
+  head); the base model is frozen."""
+  return functools.partial(_trainable, also=also)
+
+
+def _trainable(path, *, also: str) -> bool:
+  return is_adapter(path) or bool(also and re.search(also, sharding.path_str(path)))
+
+
+def disabled(params: Any) -> Any:
+  """The adapted model's parameters with every update set to zero: through the adapted module, the
+  base model's function. The reference policy of a LoRA run, built where it is used (a few
+  adapter-sized zeros) from the same base arrays the policy trains around, so the base model is
+  never held twice."""
+  if not isinstance(params, dict):
+    return params
+  out = {k: disabled(v) for k, v in params.items()}
+  if "kernel_lora_b" in params:
+    out["kernel_lora_b"] = jnp.zeros_like(params["kernel_lora_b"])
+  return out
+
+
+def has_adapters(params: Any) -> bool:
+  return any(is_adapter(path) for path, _ in jax.tree_util.tree_leaves_with_path(params))
 
 
 def merge(params: Any, settings: LoraConfig) -> Any:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from rlhf_jax import sharding, trained
 from rlhf_jax.data import rows
 from rlhf_jax.errors import UserError
+from rlhf_jax.models import lora
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, reward
 from rlhf_jax.tokenizers import SentencePieceTokenizer
@@ -81,23 +82,41 @@ class RewardModelScorer:
 class ScalarModelStart:
   """Where a scalar-head model (reward model, classifier) starts: tokenizer, model, initializer."""
   tokenizer: SentencePieceTokenizer
-  model: Transformer
+  model: Transformer  # with LoRA, the adapted module
   init_fn: Any  # no-argument jitted initializer of the TrainState, created on its shards
   state_shardings: Any  # of that TrainState, by the sharding rules asked for
+  tx: common.Optimizer  # with LoRA, training the adapters and the head only
 
 
 def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelConfig, texts: list[str],
-                       mesh: Mesh, tx: optax.GradientTransformation, key: jax.Array,
-                       rules: str = "replicated") -> ScalarModelStart:
+                       mesh: Mesh, optim: common.OptimConfig, key: jax.Array, rules: str = "replicated",
+                       adapters: lora.LoraConfig = lora.LoraConfig()) -> ScalarModelStart:
   """A scalar-head model grafted onto the LM in `init_from`, or (init_from="") a fresh one.
 
   With `init_from`, the LM's tokenizer is copied into `workdir` and its trunk into the model; the
-  head is new (`scalar_head_init="reward"`). Without, a tokenizer is trained on `texts` (or
-  reused from `workdir` on resume) and `fallback` is initialised at random. Either way the model
-  config is written to `workdir/model.json`, so the trained model loads back with `trained.load`. The
-  state is created on the shards `sharding.RULES[rules]` gives it (FSDP with `rules="fsdp"`).
+  head is new (`scalar_head_init="reward"`); with `adapters.rank` set, the trunk is frozen and
+  LoRA adapters of its projections train with the head. Without, a tokenizer is trained on `texts`
+  (or reused from `workdir` on resume) and `fallback` is initialised at random. Either way the model
+  config is written to `workdir/model.json` (and the adapters' to `lora.json`), so the trained
+  model loads back with `trained.load`. The state is created on the shards `sharding.RULES[rules]`
+  gives it (FSDP with `rules="fsdp"`).
   """
   workdir = Path(workdir)
+  if adapters.rank and not init_from:
+    raise UserError("LoRA adapters (lora.rank) need a trained trunk to adapt: set the reward model's init_from")
+  tx = common.make_optimizer(optim, lora.trainable(also=r"^scalar_head/") if adapters.rank else None)
+  if adapters.rank:
+    start = trained.load(trained.resolve(init_from), mesh)
+    trained.copy_tokenizer(trained.resolve(init_from), workdir)
+    model = Transformer(dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward"))
+    # The head `init_with_trunk` gives, initialized alone (the rest of the fresh model compiled away).
+    head = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"]["scalar_head"])(key)
+    model = lora.adapt(model, adapters)
+    params = lora.add_adapters(model, {**start.params, "scalar_head": head}, jax.random.fold_in(key, 1))
+    init, shardings = common.sharded_init(functools.partial(common.restart_state, tx=tx), mesh, rules, params)
+    trained.save_model_config(workdir, model.config, adapters)
+    return ScalarModelStart(tokenizer=start.tokenizer, model=model, init_fn=functools.partial(init, params),
+                            state_shardings=shardings, tx=tx)
   if init_from:
     init_from = str(trained.resolve(init_from))
     start = trained.load(init_from, mesh)
@@ -115,4 +134,4 @@ def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelCo
     init, shardings = common.sharded_init(functools.partial(common.init_state, model=model, tx=tx), mesh, rules, key)
     init_fn = functools.partial(init, key)
   trained.save_model_config(workdir, model.config)
-  return ScalarModelStart(tokenizer=tokenizer, model=model, init_fn=init_fn, state_shardings=shardings)
+  return ScalarModelStart(tokenizer=tokenizer, model=model, init_fn=init_fn, state_shardings=shardings, tx=tx)

@@ -11,12 +11,13 @@ from rlhf_jax.rl.offline_dpo import train_offline_dpo
 from rlhf_jax.rl.offline_ilql import train_offline_ilql
 from rlhf_jax.rl.task import (PromptFileConfig, Prompts, SentimentConfig, Task, prompt_file_task, read_prompts,
                               sentiment_task)
-from rlhf_jax.rl.trainer import (ALGORITHMS, Algorithm, Config, PolicyConfig, RLConfig, build_algorithm, evaluate,
-                                 make_sampler, smoke, start_policy, start_sentiment, train, value_model_config,
-                                 zero_value_params)
+from rlhf_jax.rl.trainer import (ALGORITHMS, Algorithm, Config, Models, PolicyConfig, RLConfig, build_algorithm,
+                                 evaluate, make_sampler, smoke, start_models, start_policy, start_sentiment, train,
+                                 value_model_config, zero_value_params)
 
-__all__ = ["ALGORITHMS", "Algorithm", "BestOfNConfig", "Config", "PolicyConfig", "PromptFileConfig", "Prompts",
-           "RLConfig", "RoundsConfig", "SentimentConfig", "Task", "build_algorithm", "evaluate", "evaluate_best_of_n",
-           "make_sampler", "prompt_file_task", "read_prompts", "repeat_rows", "rl_iteration", "sample",
-           "sentiment_task", "smoke", "start_policy", "start_sentiment", "train", "train_dpo_rounds",
-           "train_offline_dpo", "train_offline_ilql", "value_model_config", "vmapped_iteration", "zero_value_params"]
+__all__ = ["ALGORITHMS", "Algorithm", "BestOfNConfig", "Config", "Models", "PolicyConfig", "PromptFileConfig",
+           "Prompts", "RLConfig", "RoundsConfig", "SentimentConfig", "Task", "build_algorithm", "evaluate",
+           "evaluate_best_of_n", "make_sampler", "prompt_file_task", "read_prompts", "repeat_rows", "rl_iteration",
+           "sample", "sentiment_task", "smoke", "start_models", "start_policy", "start_sentiment", "train",
+           "train_dpo_rounds", "train_offline_dpo", "train_offline_ilql", "value_model_config", "vmapped_iteration",
+           "zero_value_params"]

@@ -5,7 +5,8 @@
 `batch` holds B prompt rows (`prompt`, `prompt_mask`, [B, P], left-padded), one response
 sampled per row; for RLOO/GRPO groups each prompt fills K consecutive rows (`repeat_rows`, done
 by the input pipeline so that the whole batch shards over the devices like any batch). `frozen` holds what
-no update changes: the reference policy's parameters (`ref`), the reward (`rewards.Reward`, a
+no update changes: the reference policy's parameters (`ref`; None in a LoRA run, whose reference is
+the policy's own base weights: `reference_params`), the reward (`rewards.Reward`, a
 pytree) and its normalization (`norm`: mean and std of the raw reward on reference samples,
 Ziegler et al. 2019). The update is a step with the `(state, batch, key, hp)` signature
 (`steps.ppo.ppo_step`, `steps.pg.pg_step`) bound to its static settings.
@@ -28,6 +29,7 @@ import numpy as np
 
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax import sampling
+from rlhf_jax.models import lora
 from rlhf_jax.models.transformer import Transformer
 
 
@@ -40,6 +42,12 @@ def value_params_of(params: Any) -> Any:
   return params["value"] if isinstance(params, dict) and "value" in params else None
 
 
+def reference_params(policy_params: Any, ref_params: Any) -> Any:
+  """The reference's parameters: `ref_params`, or (None: a LoRA run) the policy's own base weights
+  with the adapters' updates at zero, built here from the arrays the policy already holds."""
+  return lora.disabled(policy_params) if ref_params is None else ref_params
+
+
 def normalized(raw_B: jax.Array, norm: dict[str, jax.Array]) -> jax.Array:
   return (raw_B - norm["mean"]) / norm["std"]
 
@@ -48,9 +56,9 @@ def sample(policy_params, ref_params, prompt_BxP: jax.Array, prompt_mask_BxP: ja
            temperature: jax.Array, *, policy_model: Transformer, max_new_tokens: int, eos_id: int,
            pad_id: int) -> rollout_lib.Rollout:
   """A rollout without values: what evaluation and reward normalization score."""
-  return rollout_lib.rollout(policy_params, None, ref_params, prompt_BxP, prompt_mask_BxP, key, temperature,
-                             policy_model=policy_model, value_model=None, max_new_tokens=max_new_tokens,
-                             eos_id=eos_id, pad_id=pad_id)
+  return rollout_lib.rollout(policy_params, None, reference_params(policy_params, ref_params), prompt_BxP,
+                             prompt_mask_BxP, key, temperature, policy_model=policy_model, value_model=None,
+                             max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
 
 
 def rl_iteration(state, batch: dict[str, jax.Array], key: jax.Array, hp, frozen: dict, *, update: Callable,
@@ -61,9 +69,10 @@ def rl_iteration(state, batch: dict[str, jax.Array], key: jax.Array, hp, frozen:
   key_t = jax.random.fold_in(key, state.step)
   prompt_BxP, prompt_mask_BxP = batch["prompt"], batch["prompt_mask"]
   policy_params = policy_params_of(state.params)
-  r = rollout_lib.rollout(policy_params, value_params_of(state.params), frozen["ref"], prompt_BxP, prompt_mask_BxP,
-                          jax.random.fold_in(key_t, 0), hp.temperature, policy_model=policy_model,
-                          value_model=value_model, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+  r = rollout_lib.rollout(policy_params, value_params_of(state.params), reference_params(policy_params, frozen["ref"]),
+                          prompt_BxP, prompt_mask_BxP, jax.random.fold_in(key_t, 0), hp.temperature,
+                          policy_model=policy_model, value_model=value_model, max_new_tokens=max_new_tokens,
+                          eos_id=eos_id, pad_id=pad_id)
   reward = frozen["reward"]
   raw_B = reward.score(r.prompt_BxP, r.prompt_mask_BxP, r.response_BxN, r.response_mask_BxN)
   step_batch = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}

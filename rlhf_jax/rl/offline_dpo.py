@@ -65,17 +65,21 @@ def train_offline_dpo(config: trainer.Config, records: Sequence[dict], task: Tas
   trainer.check_task(config, task, policy, mesh)
   sharding.check_batch_divisible(pairs_per_step, mesh, "rl.batch_size / 2 (pairs per step)")
   workdir.mkdir(parents=True, exist_ok=True)
-  trained.save_model_config(workdir, policy.model)
-  model, tok = Transformer(policy.model), policy.tokenizer
+  trained.save_model_config(workdir, policy.model, config.policy.lora)
+  models = trainer.start_models(config, policy, key=jax.random.fold_in(jax.random.key(config.seed), 2),
+                                value=False)
+  model, tok = models.policy_model, policy.tokenizer
   hp = config.dpo.hparams(config.optim)
-  frozen, _, sample = trainer.reference_and_reward(config, task, policy, workdir, mesh, temperature=hp.temperature)
+  frozen, _, sample = trainer.reference_and_reward(config, task, policy, workdir, mesh, temperature=hp.temperature,
+                                                   models=models)
 
   pairs = preferences.policy_pairs(records, tok, task.prompt_len, task.max_new_tokens)
-  pairs.update(reference_logprobs(frozen["ref"], pairs, model=model, batch_size=rc.eval_batch_size,
+  # The starting parameters are the reference's function (with LoRA, adapters whose update is zero).
+  pairs.update(reference_logprobs(models.start_params, pairs, model=model, batch_size=rc.eval_batch_size,
                                   temperature=hp.temperature, mesh=mesh))
   tqdm.write(f"{len(records)} preference pairs, {pairs_per_step} a step")
-  tx = common.make_optimizer(config.optim)
-  start = policy.params if init_params is None else init_params
+  tx = trainer.optimizer(config)
+  start = models.start_params if init_params is None else init_params
   init, state_shardings = common.sharded_init(functools.partial(common.restart_state, tx=tx), mesh,
                                               config.mesh.rules, start)
   step = common.jit_step(functools.partial(

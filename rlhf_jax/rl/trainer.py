@@ -40,6 +40,7 @@ from rlhf_jax.advantages import sequence_kl
 from rlhf_jax.config import check_range
 from rlhf_jax.data import rows
 from rlhf_jax.loop import LoopConfig, train_loop
+from rlhf_jax.models import lora
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.rewards import scorers
 from rlhf_jax.rl import iteration as iteration_lib
@@ -53,6 +54,9 @@ ALGORITHMS = ("ppo",) + pg.ESTIMATORS + ("online_dpo", "rsft")
 class PolicyConfig:
   init_from: str = ""  # an LM workdir; "" pretrains one into <workdir>/policy first (`start_policy`)
   pretrain_smoke: bool = False  # that pretraining in its --smoke mode
+  # rank > 0: train LoRA adapters of the policy (and of PPO's value model, whose scalar head trains
+  # too) instead of every weight; the reference is the same base weights without the adapters.
+  lora: lora.LoraConfig = lora.LoraConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +137,54 @@ def zero_value_params(policy_params: Any, value_config: ModelConfig) -> Any:
   return {**policy_params, "scalar_head": head}
 
 
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The modules an RL run trains and the parameters they start from."""
+  policy_model: Transformer  # with `policy.lora`, the adapted module
+  start_params: Any  # the policy's starting parameters (with fresh adapters under LoRA)
+  value_model: Transformer | None = None  # PPO's
+  value_params: Any = None
+
+
+def start_models(config: Config, policy: trained.TrainedModel, *, reward: Any = None, key: jax.Array,
+                 value: bool | None = None) -> Models:
+  """The policy (and, with `value`, default for PPO, the value model: the policy's trunk with a zero
+  head, or the reward model `reward` with rl.value_init=reward), adapted by `config.policy.lora`
+  when its rank is set: the loaded arrays are the base, the adapters are fresh (`lora.add_adapters`,
+  no copy)."""
+  adapters = config.policy.lora
+  policy_model, start_params = Transformer(policy.model), policy.params
+  value_model, value_params = None, None
+  if config.rl.algorithm == "ppo" if value is None else value:
+    if config.rl.value_init == "reward":
+      if not isinstance(reward, rewards.RewardModelReward):
+        raise ValueError(f"rl.value_init=reward needs a reward model on the policy's tokens, got the reward "
+                         f"{getattr(reward, 'name', reward)!r}")
+      value_model, value_params = reward.model, reward.params
+    else:
+      value_model = Transformer(value_model_config(policy.model))
+      value_params = zero_value_params(policy.params, value_model.config)
+  if adapters.rank:
+    policy_model = lora.adapt(policy_model, adapters)
+    start_params = lora.add_adapters(policy_model, start_params, jax.random.fold_in(key, 0))
+    if value_model is not None:
+      value_model = lora.adapt(value_model, adapters)
+      value_params = lora.add_adapters(value_model, value_params, jax.random.fold_in(key, 1))
+  return Models(policy_model, start_params, value_model, value_params)
+
+
+def optimizer(config: Config) -> common.Optimizer:
+  """`config.optim`'s AdamW on what an RL run trains: every policy (and value) weight, or with
+  `policy.lora` the adapters and PPO's value head (`value/scalar_head`), nothing else."""
+  return common.make_optimizer(config.optim, lora.trainable(also=r"^value/scalar_head/")
+                               if config.policy.lora.rank else None)
+
+
 def build_algorithm(config: Config, *, policy_model: Transformer, value_model: Transformer | None,
                     max_new_tokens: int, eos_id: int, pad_id: int) -> Algorithm:
-  """The iteration, initializer and hyperparameters of `config.rl.algorithm`."""
-  tx = common.make_optimizer(config.optim)
+  """The iteration, initializer and hyperparameters of `config.rl.algorithm` (with `policy.lora`,
+  `policy_model` and `value_model` are the adapted modules of `start_models`)."""
+  tx = optimizer(config)
   schedule = dict(warmup_steps=config.optim.warmup_steps, min_lr_ratio=config.optim.min_lr_ratio,
                   total_steps=config.loop.steps * config.updates_per_iteration)
   algorithm = config.rl.algorithm
@@ -228,14 +276,15 @@ def make_sampler(policy_model: Transformer, reward, *, max_new_tokens: int, eos_
   return sample
 
 
-def reference_normalization(sample, frozen: dict, tokens_NxP: np.ndarray, mask_NxP: np.ndarray, *, batch_size: int,
-                            num_samples: int, key: jax.Array, temperature: jax.Array, mesh: Mesh) -> dict[str, float]:
+def reference_normalization(sample, params, frozen: dict, tokens_NxP: np.ndarray, mask_NxP: np.ndarray, *,
+                            batch_size: int, num_samples: int, key: jax.Array, temperature: jax.Array,
+                            mesh: Mesh) -> dict[str, float]:
   """{"mean", "std", "samples"} of the raw reward on the reference policy's samples of the first
-  `num_samples` prompts (whole batches of `batch_size`)."""
+  `num_samples` prompts (whole batches of `batch_size`), drawn with the policy's starting `params`."""
   scores = []
   for i in range(0, min(num_samples, len(tokens_NxP)) - batch_size + 1, batch_size):
     placed = sharding.put_batch({"p": tokens_NxP[i:i + batch_size], "m": mask_NxP[i:i + batch_size]}, mesh)
-    _, raw_B = sample(frozen["ref"], frozen, placed["p"], placed["m"], jax.random.fold_in(key, i), temperature)
+    _, raw_B = sample(params, frozen, placed["p"], placed["m"], jax.random.fold_in(key, i), temperature)
     scores.append(np.asarray(raw_B, np.float64))
   if not scores:
     raise ValueError(f"no whole batch of {batch_size} prompts among the first {num_samples} to normalize the reward on "
@@ -314,21 +363,27 @@ def _saved_normalization(path: str | Path, measure: Callable[[], dict[str, float
 
 
 def reference_and_reward(config: Config, task: Task, policy: trained.TrainedModel, workdir: Path, mesh: Mesh, *,
-                         temperature: jax.Array) -> tuple[dict, Any, Callable]:
+                         temperature: jax.Array, models: Models | None = None) -> tuple[dict, Any, Callable]:
   """`(frozen, frozen_shardings, sample)`: what no update changes, placed on `mesh` (the reference's
   parameters `ref`, the task's `reward` and its normalization `norm`), and the sampler of
   `make_sampler`. The normalization (Ziegler et al. 2019: gain and bias that give the reference
   policy's samples at `temperature` mean 0 and std 1) is measured once and saved to
-  `<workdir>/reward_norm.json`, so a resumed run optimizes and reports the same reward."""
+  `<workdir>/reward_norm.json`, so a resumed run optimizes and reports the same reward.
+
+  With LoRA (`models` from `start_models`, whose starting parameters hold adapters) `ref` is None:
+  the reference is the policy's own base weights (`iteration.reference_params`), not a copy."""
   rc, tok = config.rl, policy.tokenizer
-  frozen = {"ref": policy.params, "reward": task.reward, "norm": _norm_arrays({"mean": 0.0, "std": 1.0})}
+  policy_model, start_params = ((models.policy_model, models.start_params) if models is not None
+                                else (Transformer(policy.model), policy.params))
+  ref = None if lora.has_adapters(start_params) else start_params
+  frozen = {"ref": ref, "reward": task.reward, "norm": _norm_arrays({"mean": 0.0, "std": 1.0})}
   frozen_shardings = sharding.tree_shardings(frozen, mesh, config.mesh.rules)
   frozen = jax.device_put(frozen, frozen_shardings)
-  sample = make_sampler(Transformer(policy.model), task.reward, max_new_tokens=task.max_new_tokens,
+  sample = make_sampler(policy_model, task.reward, max_new_tokens=task.max_new_tokens,
                         eos_id=tok.eos_id, pad_id=tok.pad_id)
   key = jax.random.fold_in(jax.random.key(config.seed), 10_000)
   norm = _saved_normalization(workdir / "reward_norm.json", functools.partial(
-      reference_normalization, sample, frozen, task.train.tokens_NxP, task.train.mask_NxP,
+      reference_normalization, sample, start_params, frozen, task.train.tokens_NxP, task.train.mask_NxP,
       batch_size=rc.batch_size, num_samples=rc.normalize_samples, key=key, temperature=temperature, mesh=mesh),
       enabled=rc.normalize_reward)
   frozen = {**frozen, "norm": jax.device_put(_norm_arrays(norm), sharding.replicated(mesh))}
@@ -367,32 +422,21 @@ def train(config: Config, task: Task, policy: trained.TrainedModel, workdir: str
   check_task(config, task, policy, mesh)
   if len(task.train) < prompts_per_batch:
     raise ValueError(f"only {len(task.train)} train prompts for {prompts_per_batch} prompts per iteration")
-  if rc.algorithm == "ppo" and rc.value_init == "reward" and not isinstance(task.reward, rewards.RewardModelReward):
-    raise ValueError(f"rl.value_init=reward needs a reward model on the policy's tokens, got the reward "
-                     f"{task.reward.name!r}")
-  workdir.mkdir(parents=True, exist_ok=True)
-  trained.save_model_config(workdir, policy.model)
-  tok = policy.tokenizer
   key = jax.random.key(config.seed)
-  policy_model = Transformer(policy.model)
-
-  value_model, value_params = None, None
-  if rc.algorithm == "ppo":
-    if rc.value_init == "reward":
-      value_model, value_params = task.reward.model, task.reward.params
-    else:
-      value_model = Transformer(value_model_config(policy.model))
-      value_params = zero_value_params(policy.params, value_model.config)
-  algorithm = build_algorithm(config, policy_model=policy_model, value_model=value_model,
+  models = start_models(config, policy, reward=task.reward, key=jax.random.fold_in(key, 2))
+  workdir.mkdir(parents=True, exist_ok=True)
+  trained.save_model_config(workdir, policy.model, config.policy.lora)
+  tok = policy.tokenizer
+  algorithm = build_algorithm(config, policy_model=models.policy_model, value_model=models.value_model,
                               max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
   hp = algorithm.hp
   repl = sharding.replicated(mesh)
   frozen, frozen_shardings, sample = reference_and_reward(config, task, policy, workdir, mesh,
-                                                          temperature=hp.temperature)
+                                                          temperature=hp.temperature, models=models)
 
-  init, state_shardings = common.sharded_init(algorithm.init, mesh, config.mesh.rules, policy.params, value_params,
-                                              initial_kl_coef(config))
-  init_fn = functools.partial(init, policy.params, value_params, initial_kl_coef(config))
+  init, state_shardings = common.sharded_init(algorithm.init, mesh, config.mesh.rules, models.start_params,
+                                              models.value_params, initial_kl_coef(config))
+  init_fn = functools.partial(init, models.start_params, models.value_params, initial_kl_coef(config))
   step = jax.jit(algorithm.iteration, in_shardings=(state_shardings, sharding.batch_sharded(mesh), repl, repl,
                                                     frozen_shardings),
                  out_shardings=(state_shardings, repl), donate_argnums=0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import flax.linen as nn
 import flax.struct
@@ -119,20 +119,43 @@ def _decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def _adamw(learning_rate, weight_decay, grad_clip, b1, b2, lr_mults=()) -> optax.GradientTransformation:
-  return optax.chain(
+def _adamw(learning_rate, weight_decay, grad_clip, b1, b2, lr_mults=(), trainable=None) -> optax.GradientTransformation:
+  tx = optax.chain(
       optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
       optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask),
       # After Adam, so a multiplier scales the step itself (Adam would normalize a scaled gradient away).
       scale_by_lr_mults(lr_mults) if lr_mults else optax.identity(),
   )
+  if trainable is None:
+    return tx
+  # Frozen parameters get no state (multi_transform keeps none for set_to_zero) and a zero update.
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: trainable_labels(params, trainable))
 
 
-def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
-  """AdamW whose learning rate and weight decay live in the optimizer state (set by the step)."""
-  return optax.inject_hyperparams(_adamw, static_args=("grad_clip", "b1", "b2", "lr_mults"))(
+def trainable_labels(params: Any, trainable: Callable[[Any], bool]) -> Any:
+  """"train" or "frozen" for each leaf of `params`, by `trainable(key path)`."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: "train" if trainable(path) else "frozen", params)
+
+
+class Optimizer(NamedTuple):
+  """An optax transformation that knows which parameters it trains: `trainable(key path) -> bool`,
+  or None for all of them. A frozen parameter holds no optimizer state and gets no update, and
+  `accumulate_gradients(..., tx=)` does not differentiate it, so the backward pass never computes
+  its weight gradient (LoRA's base model: `models.lora.trainable`)."""
+  init: Callable
+  update: Callable
+  trainable: Callable[[Any], bool] | None = None
+
+
+def make_optimizer(config: OptimConfig, trainable: Callable[[Any], bool] | None = None) -> Optimizer:
+  """AdamW whose learning rate and weight decay live in the optimizer state (set by the step), on
+  the parameters `trainable` selects (default all)."""
+  tx = optax.inject_hyperparams(_adamw, static_args=("grad_clip", "b1", "b2", "lr_mults", "trainable"))(
       learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-      grad_clip=config.grad_clip, b1=config.b1, b2=config.b2, lr_mults=parse_lr_mults(config.lr_mults))
+      grad_clip=config.grad_clip, b1=config.b1, b2=config.b2, lr_mults=parse_lr_mults(config.lr_mults),
+      trainable=trainable)
+  return Optimizer(tx.init, tx.update, trainable)
 
 
 def lr_multiplier(step: jax.Array, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> jax.Array:
@@ -180,11 +203,29 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def accumulate_gradients(loss_fn: LossFn, params, batch: Batch, key: jax.Array, num_microbatches: int = 1):
+def accumulate_gradients(loss_fn: LossFn, params, batch: Batch, key: jax.Array, num_microbatches: int = 1, *,
+                         tx: Any = None):
   """Summed loss, summed aux values and the gradient of the exact mean loss over the whole batch.
 
   Returns `(loss_sum, sums, grads)` where grads = d(sum of loss_sum) / d params / sum of counts.
+  With an `Optimizer` `tx` that freezes some parameters, only the ones it trains are
+  differentiated; the frozen ones get zero gradients, which the compiler folds away.
   """
+  trainable = getattr(tx, "trainable", None)
+  if trainable is None:
+    return _accumulate(loss_fn, params, batch, key, num_microbatches)
+  leaves, treedef = jax.tree.flatten(params)
+  flags = [bool(trainable(path)) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+  def join(trained_leaves, frozen_leaf):
+    it = iter(trained_leaves)
+    return treedef.unflatten([next(it) if flag else frozen_leaf(leaf) for leaf, flag in zip(leaves, flags)])
+  loss_sum, sums, grads = _accumulate(lambda live, b, k: loss_fn(join(live, lambda x: x), b, k),
+                                      [leaf for leaf, flag in zip(leaves, flags) if flag], batch, key, num_microbatches)
+  return loss_sum, sums, join(grads, jnp.zeros_like)
+
+
+def _accumulate(loss_fn: LossFn, params, batch: Batch, key: jax.Array, num_microbatches: int):
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if num_microbatches == 1:
     (loss_sum, sums), grads = grad_fn(params, batch, key)

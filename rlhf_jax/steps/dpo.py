@@ -175,7 +175,7 @@ def dpo_step(state: common.TrainState, batch, key: jax.Array, hp: DPOHparams, *,
                                  temperature=hp.temperature)
   total, sums, grads = common.accumulate_gradients(
       functools.partial(_loss_sums, hp=hp, model=model, kind=kind, kto_z0=kto_z0), state.params, batch, key,
-      num_microbatches)
+      num_microbatches, tx=tx)
   state, lr = common.apply_gradients(state, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                                      min_lr_ratio=min_lr_ratio)
   n = jnp.maximum(sums["count"], 1.0)

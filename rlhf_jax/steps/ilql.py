@@ -147,7 +147,7 @@ def ilql_step(state: ILQLState, batch, key: jax.Array, hp: ILQLHparams, *, model
   """One AdamW update on the ILQL loss, then a Polyak step of the target Q heads."""
   key = jax.random.fold_in(key, state.step)
   sums_fn = functools.partial(_loss_sums, hp=hp, target_heads=state.target_heads, model=model)
-  total, sums, grads = common.accumulate_gradients(sums_fn, state.params, batch, key)
+  total, sums, grads = common.accumulate_gradients(sums_fn, state.params, batch, key, tx=tx)
   state, lr = common.apply_gradients(state, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                                      min_lr_ratio=min_lr_ratio)
   target = jax.tree.map(lambda t, p: (1 - hp.polyak) * t + hp.polyak * p, state.target_heads, state.params["heads"])

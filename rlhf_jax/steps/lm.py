@@ -62,7 +62,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hparams, *, 
   key = jax.random.fold_in(key, state.step)
   loss_fn = functools.partial(loss_sum, model=model, contrastive_weight=contrastive_weight,
                               preference_flip=preference_flip)
-  total, sums, grads = accumulate_gradients(loss_fn, state.params, batch, key, num_microbatches)
+  total, sums, grads = accumulate_gradients(loss_fn, state.params, batch, key, num_microbatches, tx=tx)
   state, lr = apply_gradients(state, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                               min_lr_ratio=min_lr_ratio)
   metrics = {

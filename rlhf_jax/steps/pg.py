@@ -135,7 +135,7 @@ def pg_step(state: PGState, batch: dict[str, jax.Array], key: jax.Array, hp: PGH
                               kl_estimator=config.kl_estimator)
 
   def update(st, epoch_key):
-    total, sums, grads = common.accumulate_gradients(sums_fn, st.params, data, epoch_key)
+    total, sums, grads = common.accumulate_gradients(sums_fn, st.params, data, epoch_key, tx=tx)
     st, lr = common.apply_gradients(st, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                                     min_lr_ratio=min_lr_ratio)
     return st, {**sums, "loss": total, "learning_rate": lr, "grad_norm": optax.tree.norm(grads)}

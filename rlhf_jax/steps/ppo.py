@@ -169,7 +169,7 @@ def ppo_step(state: PPOState, batch: dict[str, jax.Array], key: jax.Array, hp: P
     st = carry
     epoch_key, index_b = xs
     mb = jax.tree.map(lambda x: x[index_b], per_row)
-    total, sums, grads = common.accumulate_gradients(sums_fn, st.params, mb, epoch_key)
+    total, sums, grads = common.accumulate_gradients(sums_fn, st.params, mb, epoch_key, tx=tx)
     st, lr = common.apply_gradients(st, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                                     min_lr_ratio=min_lr_ratio)
     return st, {**sums, "loss": total, "learning_rate": lr, "grad_norm": optax.tree.norm(grads)}

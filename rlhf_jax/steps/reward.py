@@ -105,7 +105,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hparams, *, 
   """One AdamW update of a reward model; `kind` is a key of `SUMS`."""
   key = jax.random.fold_in(key, state.step)
   total, sums, grads = accumulate_gradients(sums_fn(kind, model, num_levels), state.params, batch, key,
-                                            num_microbatches)
+                                            num_microbatches, tx=tx)
   state, lr = apply_gradients(state, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                               min_lr_ratio=min_lr_ratio)
   count = jnp.maximum(sums["count"], 1.0)

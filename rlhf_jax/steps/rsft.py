@@ -72,7 +72,7 @@ def rsft_step(state: common.TrainState, batch: dict[str, jax.Array], key: jax.Ar
   sums_fn = functools.partial(_nll_sums, hp=hp, model=model)
 
   def update(st, epoch_key):
-    total, sums, grads = common.accumulate_gradients(sums_fn, st.params, best, epoch_key)
+    total, sums, grads = common.accumulate_gradients(sums_fn, st.params, best, epoch_key, tx=tx)
     st, lr = common.apply_gradients(st, grads, hp, tx=tx, warmup_steps=warmup_steps, total_steps=total_steps,
                                     min_lr_ratio=min_lr_ratio)
     return st, {"loss": total / jnp.maximum(sums["count"], 1.0), "learning_rate": lr,

@@ -1,0 +1,87 @@
+"""Bring your own model: every stage started from a Hugging Face folder by `init_from` alone.
+
+SFT, a reward model, PPO and GRPO with LoRA, and DPO, each in its experiment's --smoke mode, on the
+tiny checkpoints of each architecture that transformers wrote (tests/data/tiny_hf). The default
+run takes each stage once, on a different architecture each; the rest of the grid is slow.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax import cli, logs, runs, sharding, trained
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.models import hf, lora
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "data" / "tiny_hf"
+ARCHS = ("llama", "qwen2", "qwen3", "mistral")
+STAGES = {  # stage -> (experiment, settings with {folder})
+    "sft": ("sft.py", ("init_from={folder}", "lora.rank=4")),
+    "reward": ("reward_fine_foods.py", ("reward.init_from={folder}", "reward.lora.rank=4")),
+    "ppo_lora": ("sentiment_ppo.py", ("policy.init_from={folder}", "policy.lora.rank=4")),
+    "grpo_lora": ("sentiment_pg.py", ("policy.init_from={folder}", "policy.lora.rank=4", "rl.algorithm=grpo")),
+    "dpo": ("dpo_sentiment.py", ("policy.init_from={folder}", "data.source=fine_foods")),
+}
+DEFAULT = {("sft", "qwen2"), ("reward", "mistral"), ("grpo_lora", "llama"), ("dpo", "qwen3")}
+
+
+def _run(stage: str, arch: str, workdir: Path) -> Path:
+  experiment, settings = STAGES[stage]
+  runs.run_experiment(ROOT / "experiments" / experiment, smoke=True, workdir=workdir,
+                      overrides=[s.format(folder=FIXTURES / arch) for s in settings])
+  return workdir
+
+
+def _saved_params(workdir: Path):
+  checkpointer = Checkpointer(workdir / "checkpoints")
+  try:
+    return checkpointer.restore_saved_tree(checkpointer.latest_step(), sharding.replicated(sharding.make_mesh()))["params"]
+  finally:
+    checkpointer.close()
+
+
+def _check_stage(stage: str, arch: str, workdir: Path) -> None:
+  evals, train = logs.read_metrics(workdir, "eval"), logs.read_metrics(workdir, "train")
+  mesh = sharding.make_mesh()
+  if stage == "dpo":
+    # The first step's policy is its reference (the folder's model): every margin is 0, the loss log 2.
+    assert abs(train[0]["loss"] - np.log(2)) < 1e-5 and abs(train[0]["reward_margin"]) < 1e-5
+    config, base = hf.load_hf(FIXTURES / arch)
+    loaded = trained.load(workdir, mesh)
+    assert loaded.model == config
+    assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(base))) > 0
+    return
+  # Every other stage trains LoRA adapters: the base weights in the checkpoint are the folder's,
+  # the adapters moved, and the run loads back as the merged model.
+  _, base = hf.load_hf(FIXTURES / arch)
+  saved = _saved_params(workdir)
+  policy = saved.get("policy", saved)
+  adapters = {sharding.path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(policy) if lora.is_adapter(p)}
+  assert adapters and any(np.abs(x).max() > 0 for name, x in adapters.items() if name.endswith("lora_b"))
+  jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in lora.base(policy).items() if k != "scalar_head"},
+               base)
+  settings = lora.LoraConfig(**json.loads((workdir / "lora.json").read_text()))
+  loaded = trained.load(workdir, mesh)
+  jax.tree.map(np.testing.assert_array_equal, loaded.params, lora.merge(policy, settings))
+  if stage == "sft":
+    assert evals[-1]["loss"] < evals[0]["loss"]  # validation loss falls
+  elif stage == "reward":
+    assert loaded.model.scalar_head
+    assert np.mean([m["loss"] for m in train[-3:]]) < np.mean([m["loss"] for m in train[:3]])
+  else:  # RL: the run exports back to the folder's layout as the merged policy
+    out = workdir.parent / f"{workdir.name}_export"
+    assert cli.main(["export", str(workdir), str(out)]) == 0
+    config, params = hf.load_hf(out)
+    assert config == loaded.model
+    jax.tree.map(np.testing.assert_array_equal, params, loaded.params)
+
+
+@pytest.mark.parametrize("stage,arch", [
+    pytest.param(stage, arch, marks=() if (stage, arch) in DEFAULT else pytest.mark.slow)
+    for stage in STAGES for arch in ARCHS])
+def test_each_stage_starts_from_a_hugging_face_folder(stage, arch, tmp_path):
+  _check_stage(stage, arch, _run(stage, arch, tmp_path / stage))
