@@ -72,4 +72,5 @@ def main(config: Config, workdir: Path):
                                          num_threads=config.data.tokenizer_threads)
   print(f"tokens: train {tokens.train_N.size:,}, validation {tokens.validation_M.size:,}", flush=True)
 
-  return lm_training.train(config, workdir, model=Transformer(config.model), tokenizer=tokenizer, tokens=tokens)
+  data = lm_training.corpus_data(config.data, tokens, seed=config.seed, pad_id=tokenizer.pad_id)
+  return lm_training.train(config, workdir, model=Transformer(config.model), tokenizer=tokenizer, data=data)

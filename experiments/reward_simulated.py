@@ -154,16 +154,8 @@ def main(config: Config, workdir: Path):
   pair_fn = jax.jit(functools.partial(reward.pair_rewards, model=model))
 
   def evaluate(state) -> dict[str, float]:
-    margins = []
-    for batch in test_batches:
-      r_chosen, r_rejected = pair_fn(state.params, sharding.put_batch(
-          {k: v for k, v in batch.items() if k != "row_mask"}, mesh))
-      margins.append(np.asarray(r_chosen - r_rejected)[batch["row_mask"] > 0])
-    margin = np.concatenate(margins)
-    # Against the labeler's own (noisy) labels. Each pair is shown in a fixed random orientation
-    # (chosen first or second), so calibration sees both outcomes, not only "first side wins".
-    flip = np.random.default_rng(0).random(margin.size) < 0.5
-    vs_labels = reward_metrics.pairwise_metrics(np.where(flip, -margin, margin), ~flip)
+    margin = reward_metrics.pair_margins(pair_fn, state.params, test_batches, mesh)
+    vs_labels = reward_metrics.chosen_first_metrics(margin)  # against the labeler's own (noisy) labels
     metrics = {"accuracy_vs_labels": vs_labels["accuracy"], "ece_vs_labels": vs_labels["ece"],
                "brier_vs_labels": vs_labels["brier"],
                "accuracy_vs_noiseless": float(np.mean((margin > 0) == (true_margin > 0), where=untied)),

@@ -1,13 +1,14 @@
-"""Language-model training on a token stream: pretraining from scratch and fine-tuning (SFT).
+"""Language-model training: pretraining from scratch and fine-tuning (SFT).
 
-  lm_training.train(config, workdir, model=Transformer(model_config), tokenizer=tok, tokens=tokens)
-  lm_training.train(config, workdir, model=adapted, tokenizer=tok, tokens=tokens, start_params=params)
+  data = lm_training.corpus_data(config.data, tokens, seed=config.seed)     # windows of a corpus
+  data = lm_training.sft_data(train_rows, held_out_rows, tok, ...)          # demonstrations, packed
+  lm_training.train(config, workdir, model=Transformer(model_config), tokenizer=tok, data=data)
+  lm_training.train(config, workdir, model=adapted, tokenizer=tok, data=data, start_params=params)
 
-`config` is an LM experiment's config: `seed`, `microbatches`, `data` (`lm_pipeline.LMDataConfig`),
-`optim`, `loop`, `mesh` and `sample` (`SampleConfig`). Windows of `data.seq_len` tokens train with
-the next-token loss, data-parallel over every device (and FSDP with `mesh.rules`); each
-evaluation reports validation perplexity and writes samples of `sample.prompts` to
-`samples.jsonl`. Without `start_params` the model starts at random (pretraining); with them it
+`config` is an LM experiment's config: `seed`, `microbatches`, `data` (with `batch_size` and
+`eval_batch_size`), `optim`, `loop`, `mesh` and `sample` (`SampleConfig`). Batches train with the
+next-token loss, data-parallel over every device (and FSDP with `mesh.rules`); each evaluation
+reports held-out perplexity and writes samples of `sample.prompts` to `samples.jsonl`. Without `start_params` the model starts at random (pretraining); with them it
 starts there with a fresh optimizer (fine-tuning), and when they hold LoRA adapters
 (`models.lora.add_adapters`) only the adapters train. Rerunning resumes from the checkpoints.
 """
@@ -22,8 +23,11 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
+import grain
+
 from rlhf_jax import logs, sampling, sharding
-from rlhf_jax.data import lm_pipeline
+from rlhf_jax.data import lm_pipeline, sft_pipeline
+from rlhf_jax.errors import UserError
 from rlhf_jax.eval import perplexity
 from rlhf_jax.loop import train_loop
 from rlhf_jax.models import lora
@@ -40,14 +44,54 @@ class SampleConfig:
   top_p: float = 0.95
 
 
-def train(config: Any, workdir: str | Path, *, model: Transformer, tokenizer: Tokenizer,
-          tokens: lm_pipeline.LMTokens, start_params: Any = None) -> Any:
-  """Trains `model` on `tokens` (module docstring); returns the final state (also saved)."""
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """What a run trains and evaluates on."""
+  train: grain.IterDataset  # batches {"inputs", "targets", "loss_mask"[, "segment_ids"]} of this process's rows
+  validation: list[dict]  # every held-out target once (loss_mask 0 on padding)
+  tokens_per_step: int  # of the global batch, for throughput
+  prompts: tuple[str, ...] = ()  # sampled at each evaluation (default: the config's `sample.prompts`)
+
+
+def corpus_data(config: lm_pipeline.LMDataConfig, tokens: lm_pipeline.LMTokens, *, seed: int, pad_id: int) -> Data:
+  """Windows of `config.seq_len` tokens of a corpus' train stream, and its validation stream."""
+  # Each process loads its own rows of the global batch (one process: all of them).
+  train = lm_pipeline.lm_dataset(tokens.train_N, config.seq_len, config.batch_size // jax.process_count(),
+                                 seed=seed, shard_index=jax.process_index(), shard_count=jax.process_count())
+  validation = lm_pipeline.eval_batches(tokens.validation_M, config.seq_len, config.eval_batch_size, pad_id=pad_id)
+  return Data(train, validation, config.batch_size * config.seq_len)
+
+
+def sft_data(train_rows, held_out_rows, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
+             eval_batch_size: int, seed: int, pack: bool = True, num_samples: int = 4) -> Data:
+  """Text rows (`records.as_text`: prompt + completion, or text) as `sft_pipeline` batches: the
+  loss on completions only, several examples packed to a row; each evaluation samples the first
+  `num_samples` held-out prompts. A row whose prompt fills all
+  `seq_len` tokens has nothing to learn from and is left out (and counted)."""
+  kept = {}
+  for name, rows in (("train", train_rows), ("held-out", held_out_rows)):
+    examples = sft_pipeline.examples(rows, tokenizer, seq_len)
+    kept[name] = [e for e in examples if e["loss_mask"].any()]
+    if len(kept[name]) < len(examples):
+      tqdm.write(f"{len(examples) - len(kept[name])} of {len(examples)} {name} rows left out: their prompt fills all "
+                 f"data.seq_len={seq_len} tokens")
+    if not kept[name]:
+      raise UserError(f"no {name} row has a completion token within data.seq_len={seq_len} tokens: raise it (up to "
+                      "the model's max_len) or shorten the prompts")
+  train = sft_pipeline.dataset(kept["train"], seq_len, batch_size // jax.process_count(), seed=seed, pack=pack,
+                               shard_index=jax.process_index(), shard_count=jax.process_count())
+  prompts = tuple(r["prompt"] for r in held_out_rows[:num_samples]) if "prompt" in held_out_rows[0] else ()
+  return Data(train, sft_pipeline.eval_batches(kept["held-out"], seq_len, eval_batch_size), batch_size * seq_len,
+              prompts)
+
+
+def train(config: Any, workdir: str | Path, *, model: Transformer, tokenizer: Tokenizer, data: Data,
+          start_params: Any = None) -> Any:
+  """Trains `model` on `data` (module docstring); returns the final state (also saved)."""
   workdir = Path(workdir)
-  data = config.data
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_divisible(data.batch_size, mesh, "data.batch_size")
-  sharding.check_batch_divisible(data.eval_batch_size, mesh, "data.eval_batch_size")
+  sharding.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
+  sharding.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   adapters = start_params is not None and lora.has_adapters(start_params)
   tx = common.make_optimizer(config.optim, lora.trainable() if adapters else None)
   key = jax.random.key(config.seed)
@@ -63,21 +107,15 @@ def train(config: Any, workdir: str | Path, *, model: Transformer, tokenizer: To
     init_fn = functools.partial(init, start_params)
   step_fn = lm.jit_train_step(mesh, model=model, tx=tx, optim=config.optim, total_steps=config.loop.steps,
                               num_microbatches=config.microbatches, state_shardings=state_shardings)
-  # Each process loads its own rows of the global batch (one process: all of them).
-  dataset = lm_pipeline.lm_dataset(tokens.train_N, data.seq_len, data.batch_size // jax.process_count(),
-                                   seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
-
   eval_step = lm.jit_eval_step(mesh, model=model, param_shardings=state_shardings.params)
-  val_batches = lm_pipeline.eval_batches(tokens.validation_M, data.seq_len, data.eval_batch_size,
-                                         pad_id=tokenizer.pad_id)
   generate = jax.jit(functools.partial(
       sampling.generate, model=model, max_new_tokens=config.sample.max_new_tokens,
       temperature=config.sample.temperature, top_p=config.sample.top_p,
       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
-  prompts = list(config.sample.prompts)
+  prompts = list(data.prompts or config.sample.prompts)
 
   def evaluate(state) -> dict[str, float]:
-    metrics = perplexity.perplexity(eval_step, state.params, val_batches, mesh)
+    metrics = perplexity.perplexity(eval_step, state.params, data.validation, mesh)
     step = int(state.step)
     completions = sampling.complete(generate, state.params, tokenizer, prompts,
                                     jax.random.fold_in(jax.random.fold_in(key, 2), step))
@@ -89,6 +127,6 @@ def train(config: Any, workdir: str | Path, *, model: Transformer, tokenizer: To
     return metrics
 
   return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=init_fn,
-                    state_shardings=state_shardings, step_fn=step_fn, data_iterator=iter(dataset),
+                    state_shardings=state_shardings, step_fn=step_fn, data_iterator=iter(data.train),
                     hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
-                    tokens_per_step=data.batch_size * data.seq_len, evaluate=evaluate)
+                    tokens_per_step=data.tokens_per_step, evaluate=evaluate)

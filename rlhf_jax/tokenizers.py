@@ -17,6 +17,7 @@ text the policy produced.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import io
@@ -369,6 +370,18 @@ def render_chat_template(template: str, messages: Sequence[dict], *, add_generat
   a `tojson` filter that does not escape HTML, and `raise_exception` / `strftime_now`; the template
   sees `messages`, `add_generation_prompt`, `tools=None`, `documents=None` and the special tokens
   (`bos_token`, `eos_token`, ...). A template's `raise_exception` is a UserError with its message."""
+  import jinja2
+
+  try:
+    return _compiled_template(template).render(messages=[dict(m) for m in messages], tools=None, documents=None,
+                                               add_generation_prompt=add_generation_prompt, **special_tokens)
+  except jinja2.exceptions.TemplateError as e:
+    raise UserError(f"chat template: {e}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_template(template: str):
+  """The template compiled once (rendering a dataset renders it for every row)."""
   import datetime
 
   import jinja2
@@ -386,7 +399,6 @@ def render_chat_template(template: str, messages: Sequence[dict], *, add_generat
   env.globals["raise_exception"] = raise_exception
   env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
   try:
-    return env.from_string(template).render(messages=[dict(m) for m in messages], tools=None, documents=None,
-                                             add_generation_prompt=add_generation_prompt, **special_tokens)
+    return env.from_string(template)
   except jinja2.exceptions.TemplateError as e:
     raise UserError(f"chat template: {e}") from None

@@ -24,13 +24,15 @@ def test_own_rl_trains_on_a_jsonl_prompt_file_with_a_python_reward(smoke_lm, tmp
   assert (tmp_path / "run" / "done.json").is_file()
 
 
-def test_prompt_files_are_read_or_rejected_naming_the_line(tmp_path):
+def test_prompt_files_are_read_or_rejected_naming_the_row(tmp_path):
+  from rlhf_jax.data import records
+  from rlhf_jax.errors import UserError
   text = tmp_path / "p.txt"
   text.write_text("first prompt\n\nsecond prompt\n")
-  assert rl.read_prompts(text) == ["first prompt", "second prompt"]
+  assert records.prompts(records.load(text), tokenizer=None) == ["first prompt", "second prompt"]
   bad = tmp_path / "p.jsonl"
   bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
-  with pytest.raises(ValueError, match=r"p.jsonl:2: expected an object with a string field 'prompt'"):
-    rl.read_prompts(bad)
-  with pytest.raises(FileNotFoundError, match="does not exist"):
-    rl.read_prompts(tmp_path / "missing.txt")
+  with pytest.raises(UserError, match=r"p.jsonl: row 1: no field 'prompt'"):
+    records.load(bad)
+  with pytest.raises(FileNotFoundError, match="no such file"):
+    records.load(tmp_path / "missing.txt")

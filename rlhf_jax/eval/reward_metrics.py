@@ -106,6 +106,25 @@ def pairwise_metrics(margins: Sequence[float] | np.ndarray, outcomes: Sequence[b
           "log_loss": cal["log_loss"], "pairs": float(margins.size)}
 
 
+def chosen_first_metrics(margins: Sequence[float] | np.ndarray) -> dict[str, float]:
+  """`pairwise_metrics` of pairs whose first side is the chosen one (margins r(chosen) - r(rejected)).
+  Each pair is shown in a fixed random orientation (chosen first or second), so calibration sees
+  both outcomes, not only "the first side wins"."""
+  margins = np.asarray(margins, np.float64)
+  flip = np.random.default_rng(0).random(margins.size) < 0.5
+  return pairwise_metrics(np.where(flip, -margins, margins), ~flip)
+
+
+def pair_margins(pair_fn: Callable, params, batches: Sequence[dict], mesh) -> np.ndarray:
+  """r(chosen) - r(rejected) of every pair of `batches` (`rows.eval_row_batches`: padding rows
+  dropped), in order; `pair_fn(params, batch) -> (r_chosen, r_rejected)`."""
+  margins = []
+  for batch in batches:
+    chosen, rejected = pair_fn(params, sharding.put_batch({k: v for k, v in batch.items() if k != "row_mask"}, mesh))
+    margins.append(np.asarray(chosen - rejected)[batch["row_mask"] > 0])
+  return np.concatenate(margins)
+
+
 def score_all(score_fn: Callable, params, tokens_NxT: np.ndarray, mask_NxT: np.ndarray, batch_size: int,
               mesh) -> np.ndarray:
   """`score_fn(params, tokens, mask) -> [B]` over every row, in fixed-size batches (one compile).

@@ -320,6 +320,15 @@ def default_positions(input_mask_BxT: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(input_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
+  """Positions that restart at 0 where each segment of a packed row starts."""
+  T = segment_ids_BxT.shape[-1]
+  t_T = jnp.arange(T)
+  starts_BxT = jnp.concatenate([jnp.ones_like(segment_ids_BxT[:, :1], jnp.bool_),
+                                segment_ids_BxT[:, 1:] != segment_ids_BxT[:, :-1]], axis=-1)
+  return t_T - jax.lax.cummax(jnp.where(starts_BxT, t_T, 0), axis=1)
+
+
 class Transformer(nn.Module):
   config: ModelConfig
 
@@ -327,13 +336,20 @@ class Transformer(nn.Module):
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None, *,
                input_mask_BxT: jax.Array | None = None, cache: KVCache | None = None,
                preference_BxT: jax.Array | None = None, deterministic: bool = True,
-               logits_span: tuple[int, int] | None = None) -> ModelOutput:
+               logits_span: tuple[int, int] | None = None, segment_ids_BxT: jax.Array | None = None) -> ModelOutput:
+    # `segment_ids_BxT`: rows packed with several sequences (ids 1, 2, ...; 0 is padding). A token
+    # attends only within its own sequence and positions restart at each, so a packed sequence is
+    # computed exactly as it would be alone.
     cfg = self.config
     B, T = tokens_BxT.shape
+    if segment_ids_BxT is not None and cache is not None:
+      raise ValueError("segment_ids_BxT (packed rows) is for training and scoring, not for decoding with a cache")
     if input_mask_BxT is None:
       input_mask_BxT = jnp.ones((B, T), jnp.bool_)
     input_mask_BxT = input_mask_BxT.astype(jnp.bool_)
-    if positions_BxT is None:
+    if positions_BxT is None and segment_ids_BxT is not None:
+      positions_BxT = segment_positions(segment_ids_BxT)
+    elif positions_BxT is None:
       positions_BxT = default_positions(input_mask_BxT)
       if cache is not None:
         positions_BxT = positions_BxT + cache.key_mask_BxS.sum(-1, keepdims=True).astype(jnp.int32)
@@ -353,6 +369,8 @@ class Transformer(nn.Module):
       q_slot_T = cache_index + jnp.arange(T)
       causal_TxS = causal_TxS & (q_slot_T[:, None] - jnp.arange(S)[None, :] < cfg.sliding_window)
     mask_BxTxS = causal_TxS[None] & key_mask_BxS[:, None, :]
+    if segment_ids_BxT is not None:
+      mask_BxTxS = mask_BxTxS & (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])
 
     wte = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                    embedding_init=nn.initializers.normal(cfg.init_std), name="wte")

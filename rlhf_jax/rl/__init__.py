@@ -9,15 +9,16 @@ from rlhf_jax.rl.dpo_rounds import RoundsConfig, train_dpo_rounds
 from rlhf_jax.rl.iteration import repeat_rows, rl_iteration, sample, vmapped_iteration
 from rlhf_jax.rl.offline_dpo import train_offline_dpo
 from rlhf_jax.rl.offline_ilql import train_offline_ilql
-from rlhf_jax.rl.task import (PromptFileConfig, Prompts, SentimentConfig, Task, prompt_file_task, read_prompts,
+from rlhf_jax.rl.task import (PromptFileConfig, Prompts, SentimentConfig, Task, prompt_file_task,
                               sentiment_task)
-from rlhf_jax.rl.trainer import (ALGORITHMS, Algorithm, Config, Models, PolicyConfig, RLConfig, build_algorithm,
-                                 evaluate, make_sampler, smoke, start_models, start_policy, start_sentiment, train,
-                                 value_model_config, zero_value_params)
+from rlhf_jax.rl.trainer import (ALGORITHMS, Algorithm, Config, Models, PolicyConfig, PromptsConfig, RLConfig,
+                                 build_algorithm, evaluate, make_sampler, prompts_config, smoke, start_models,
+                                 start_policy, start_sentiment, train, train_on_prompts, value_model_config,
+                                 zero_value_params)
 
 __all__ = ["ALGORITHMS", "Algorithm", "BestOfNConfig", "Config", "Models", "PolicyConfig", "PromptFileConfig",
-           "Prompts", "RLConfig", "RoundsConfig", "SentimentConfig", "Task", "build_algorithm", "evaluate",
-           "evaluate_best_of_n", "make_sampler", "prompt_file_task", "read_prompts", "repeat_rows", "rl_iteration",
-           "sample", "sentiment_task", "smoke", "start_models", "start_policy", "start_sentiment", "train",
-           "train_dpo_rounds", "train_offline_dpo", "train_offline_ilql", "value_model_config", "vmapped_iteration",
-           "zero_value_params"]
+           "Prompts", "PromptsConfig", "RLConfig", "RoundsConfig", "SentimentConfig", "Task", "build_algorithm",
+           "evaluate", "evaluate_best_of_n", "make_sampler", "prompt_file_task", "prompts_config", "repeat_rows",
+           "rl_iteration", "sample", "sentiment_task", "smoke", "start_models", "start_policy", "start_sentiment",
+           "train", "train_dpo_rounds", "train_offline_dpo", "train_offline_ilql", "train_on_prompts",
+           "value_model_config", "vmapped_iteration", "zero_value_params"]

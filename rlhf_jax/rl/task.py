@@ -7,21 +7,21 @@ learned reward only approximates). Builders:
 
 - `sentiment_task`: WordNet openings continued by the policy (Ziegler et al. 2019's sentiment
   task, on packaged data), the reward any named reward, the gold a lexicon;
-- `prompt_file_task`: a user's prompts from a text file (one per line) or a JSONL file (a
-  `prompt` field per line) and any reward.
+- `prompt_file_task`: a user's prompts, from any dataset `data.records` reads (a prompt-only file,
+  or the prompts of a preference or completion dataset), and any reward.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rlhf_jax import rewards as rewards_lib
 from rlhf_jax.data import prompts as prompts_lib
+from rlhf_jax.data import records
+from rlhf_jax.errors import UserError
 from rlhf_jax.rewards import scorers
 
 
@@ -108,40 +108,46 @@ def sentiment_task(config: SentimentConfig, *, tokenizer, mesh, seed: int) -> Ta
               gold_name=config.gold)
 
 
-def read_prompts(path: str | Path) -> list[str]:
-  """Prompts from a text file (one per line) or a JSONL file (`{"prompt": ...}` per line)."""
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
-  lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-  if path.suffix != ".jsonl":
-    return [line for _, line in lines]
-  prompts = []
-  for i, line in lines:
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{i}: not a JSON object ({e.msg})") from None
-    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-      raise ValueError(f"{path}:{i}: expected an object with a string field 'prompt'")
-    prompts.append(row["prompt"])
-  return prompts
-
-
 @dataclasses.dataclass(frozen=True)
 class PromptFileConfig:
-  path: str = ""  # a prompt per line (.txt) or JSONL with a "prompt" field (`read_prompts`)
-  prompt_len: int = 8  # tokens; prompts are left-padded or cut to this
+  """A user's prompts: any dataset `data.records` reads that has a prompt column (prompt rows, or
+  the prompts of preference, completion or rating rows; a .txt file holds a prompt a line)."""
+  path: str = ""  # .jsonl / .parquet / .csv / .txt, tfds:NAME[/CONFIG][:SPLIT], hf:ORG/NAME[/CONFIG][:SPLIT]
+  format: str = ""  # a `records.KINDS`; "" infers it from the columns
+  fields: tuple[str, ...] = ()  # "prompt=question": our column = the file's
+  max_rows: int = 0
+  prompt_len: int = 8  # tokens; prompts are left-padded or cut (keeping their end) to this
   max_new_tokens: int = 24
   test_fraction: float = 0.1  # prompts held out for evaluation (by a hash of the text)
+  eval_prompts: int = 0  # evaluate on at most this many held-out prompts (0: all)
+  # The reward, when the experiment does not pass one: a lexicon, rm:WORKDIR or py:MODULE:FUNCTION
+  # (`rewards.from_spec`), reading the response (and its prompt with reward_with_prompt).
+  reward: str = "vader"
+  reward_with_prompt: bool = False
+  gold: str = ""  # a scorer of responses that evaluation also reports (gold_score); "" none
+
+  def __post_init__(self):
+    records.DataConfig(path=self.path, format=self.format, fields=self.fields, test_fraction=self.test_fraction,
+                       max_rows=self.max_rows)  # the same checks
+    for name in ("prompt_len", "max_new_tokens"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def prompt_file_task(config: PromptFileConfig, *, tokenizer, reward, gold=None, gold_name: str = "gold") -> Task:
-  """A user's prompts (`read_prompts`) split by a hash of the text, and any reward on tokens."""
-  train, test = prompts_lib.split_prompts(read_prompts(config.path), config.test_fraction)
+def prompt_file_task(config: PromptFileConfig, *, tokenizer, mesh=None, reward=None) -> Task:
+  """The prompts of `config.path` split by a hash of their text, and `reward` (default: the
+  reward `config.reward` names)."""
+  dataset = records.load(config.path, kind=config.format, fields=config.fields, max_rows=config.max_rows)
+  texts = records.prompts(dataset, tokenizer)
+  train, test = prompts_lib.split_prompts(texts, config.test_fraction)
   if not train or not test:
-    raise ValueError(f"{config.path}: {len(train)} train and {len(test)} held-out prompts after the split "
-                     f"(test_fraction={config.test_fraction}): need at least one of each")
+    raise UserError(f"{config.path}: {len(train)} train and {len(test)} held-out prompts after the split "
+                    f"(task.test_fraction={config.test_fraction}): need at least one of each")
+  if reward is None:
+    reward = rewards_lib.from_spec(config.reward, tokenizer=tokenizer, mesh=mesh, with_prompt=config.reward_with_prompt,
+                                   max_len=config.prompt_len + config.max_new_tokens)
+  test = test[:config.eval_prompts] if config.eval_prompts else test
   return Task(train=Prompts.encode(tokenizer, train, config.prompt_len),
               test=Prompts.encode(tokenizer, test, config.prompt_len), max_new_tokens=config.max_new_tokens,
-              reward=reward, gold=gold, gold_name=gold_name)
+              reward=reward, gold=_gold(config.gold, reward) if config.gold else None,
+              gold_name=config.gold or "gold")

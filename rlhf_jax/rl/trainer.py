@@ -44,7 +44,7 @@ from rlhf_jax.models import lora
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.rewards import scorers
 from rlhf_jax.rl import iteration as iteration_lib
-from rlhf_jax.rl.task import Task, sentiment_task
+from rlhf_jax.rl.task import PromptFileConfig, Task, prompt_file_task, sentiment_task
 from rlhf_jax.steps import common, dpo, ilql, pg, ppo, rsft
 
 ALGORITHMS = ("ppo",) + pg.ESTIMATORS + ("online_dpo", "rsft")
@@ -453,6 +453,34 @@ def train(config: Config, task: Task, policy: trained.TrainedModel, workdir: str
                     state_shardings=state_shardings, step_fn=step_fn, data_iterator=iter(dataset), hp=hp,
                     rng=jax.random.fold_in(key, 1), mesh=mesh,
                     tokens_per_step=rc.batch_size * (task.prompt_len + task.max_new_tokens), evaluate=evaluate_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptsConfig(Config):
+  """`Config` whose task is a user's prompts (`task.path`) and the reward `task.reward` names: the
+  config of the ppo and grpo recipes (`train_on_prompts`)."""
+  task: PromptFileConfig = PromptFileConfig(prompt_len=16, max_new_tokens=24)
+
+
+def prompts_config(algorithm: str, *, path: str, smoke_mode: bool = False) -> PromptsConfig:
+  """A recipe's `PromptsConfig` for `algorithm` on the prompts of `path` (its `--smoke` mode with
+  `smoke_mode`: shorter responses and runs, `smoke`)."""
+  config = PromptsConfig(rl=RLConfig(algorithm=algorithm, batch_size=32, eval_batch_size=8),
+                         task=PromptFileConfig(path=path, prompt_len=16, max_new_tokens=24))
+  if smoke_mode:
+    config = smoke(config)
+    config = dataclasses.replace(config, rl=dataclasses.replace(config.rl, eval_batch_size=8),
+                                 task=dataclasses.replace(config.task, max_new_tokens=8, test_fraction=0.2))
+  return config
+
+
+def train_on_prompts(config: PromptsConfig, workdir: str | Path) -> Any:
+  """RL on a user's prompts (`config.task`, a `task.PromptFileConfig`) with the reward it names,
+  from `config.policy.init_from` (a run or a Hugging Face folder): what the ppo and grpo recipes run."""
+  mesh = sharding.make_mesh(config.mesh)
+  policy = start_policy(config.policy, workdir, mesh)
+  task = prompt_file_task(config.task, tokenizer=policy.tokenizer, mesh=mesh)
+  return train(config, task, policy, workdir, mesh)
 
 
 def smoke(config: Config) -> Config:

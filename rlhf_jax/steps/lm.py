@@ -33,8 +33,9 @@ def loss_sum(params, batch: Batch, key: jax.Array, *, model: Transformer, contra
   deterministic = model.config.dropout == 0.0
   rngs = None if deterministic else {"dropout": key}
   pref_BxT = batch.get("preference")
+  # Packed batches (`lm_pipeline.sft_dataset`) carry each token's sequence: "segment_ids".
   out = model.apply({"params": params}, batch["inputs"], preference_BxT=pref_BxT, deterministic=deterministic,
-                    rngs=rngs)
+                    rngs=rngs, segment_ids_BxT=batch.get("segment_ids"))
   total, count = losses.next_token_loss(out.logits_BxTxV, batch["targets"], batch["loss_mask"])
   sums = {"count": count}
   if contrastive_weight:
