@@ -177,10 +177,25 @@ def _cmd_label(args) -> int:
 
 
 def _cmd_feedback(args) -> int:
+  from rlhf_jax.data import records
   from rlhf_jax.feedback.store import FeedbackStore
   with FeedbackStore(args.store, create=args.feedback_command == "import") as feedback:
     if args.feedback_command == "import":
-      print(f"{feedback.import_samples_jsonl(args.file)} new samples imported from {args.file}")
+      first = next(records.read_rows(args.file), {})
+      if "response" in first and not args.labeler:  # sample records ({prompt, response, model}), to be judged here
+        print(f"{feedback.import_samples_jsonl(args.file)} new samples imported from {args.file}")
+        return 0
+      dataset = records.load(args.file, kind=args.format, fields=args.fields)
+      if not args.labeler:
+        raise UserError(f"{args.file}: {dataset.kind} rows are judgements: name who made them with --labeler NAME")
+      added, held = feedback.import_dataset(dataset, labeler=args.labeler, scale=args.scale)
+      print(f"{added} {dataset.kind} judgements by {args.labeler} imported from {args.file} "
+            f"({held} already in the store)")
+    elif args.trl or Path(args.out).suffix in (".parquet", ".csv"):
+      kind = "preference" if args.kind == "preferences" else "rating"
+      conversational = {"plain": False, "conversational": True}.get(args.form)
+      written = records.write(feedback.export_dataset(kind, conversational=conversational), args.out)
+      print(f"{written} {args.kind} written to {args.out} (TRL's {kind} format)")
     else:
       export = feedback.export_preferences if args.kind == "preferences" else feedback.export_ratings
       print(f"{len(export(args.out))} {args.kind} written to {args.out}")
@@ -316,14 +331,24 @@ def build_parser() -> argparse.ArgumentParser:
 
   feedback = sub.add_parser("feedback", help="move samples and judgements in and out of a store")
   feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)
-  imp = feedback_sub.add_parser("import", help="add samples from JSONL ({prompt, response, model, meta?})")
-  imp.add_argument("file")
+  imp = feedback_sub.add_parser("import", help="add samples to judge ({prompt, response, model, meta?} JSONL), or "
+                                "existing judgements: preference or rating rows in TRL's formats (--labeler)")
+  imp.add_argument("file", help=".jsonl, .parquet or .csv (judgements also tfds:... or hf:...)")
   imp.add_argument("--store", required=True)
+  imp.add_argument("--labeler", default="", help="who made the judgements in the file (e.g. 'annotators-2024')")
+  imp.add_argument("--scale", type=int, default=5, help="ratings are integers in 1..SCALE (default 5)")
+  imp.add_argument("--format", default="", help="the rows' kind when the columns do not say it")
+  imp.add_argument("--fields", nargs="*", default=(), help="column renames OURS=THEIRS, e.g. prompt=question")
   imp.set_defaults(func=_cmd_feedback)
-  exp = feedback_sub.add_parser("export", help="write judgements as a JSONL dataset")
+  exp = feedback_sub.add_parser("export", help="write judgements as a dataset")
   exp.add_argument("kind", choices=["preferences", "ratings"])
   exp.add_argument("--store", required=True)
-  exp.add_argument("--out", required=True)
+  exp.add_argument("--out", required=True, help=".jsonl (.parquet and .csv write TRL's columns)")
+  exp.add_argument("--trl", action="store_true", help="TRL's columns only (prompt, chosen, rejected / prompt, "
+                   "completion, rating) instead of every judgement's labeler, models and ids")
+  exp.add_argument("--form", choices=["stored", "plain", "conversational"], default="stored",
+                   help="with TRL's columns: texts as stored (imported conversations as messages), all plain, or "
+                   "all conversational (a user turn and an assistant turn)")
   exp.set_defaults(func=_cmd_feedback)
 
   export = sub.add_parser("export", help="write a run's model as safetensors (+ the Hugging Face layout)")

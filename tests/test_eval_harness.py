@@ -1,6 +1,8 @@
 """Evaluation pieces on inputs checked by hand: diversity, win rates with bootstrap intervals, the
 head-to-head flow through the feedback store. (Loading a run's model: test_trained.py.)"""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -105,7 +107,16 @@ def test_prompt_sets_are_versioned_and_files_read(tmp_path):
   prompts = harness.load_prompts("wordnet-openings-v1")
   assert len(prompts) > 128 and prompts == harness.load_prompts("wordnet-openings-v1")
   (tmp_path / "p.txt").write_text("first\n\n second \n")
-  assert harness.load_prompts(f"file:{tmp_path / 'p.txt'}") == ["first", "second"]
+  assert harness.load_prompts(f"file:{tmp_path / 'p.txt'}") == ["first", " second "]  # lines as they are
+  # Any prompt dataset: here the distinct prompts of preference rows, conversations rendered.
+  from rlhf_jax.data import records
+  from rlhf_jax.tokenizers import HFTokenizer
+  chat = [{"role": "user", "content": "Sky?"}]
+  records.write([{"prompt": chat, "chosen": [{"role": "assistant", "content": "Blue."}],
+                  "rejected": [{"role": "assistant", "content": "Red."}]}] * 2, tmp_path / "prefs.jsonl")
+  tok = HFTokenizer(Path(__file__).parent / "data" / "tiny_hf" / "qwen2")
+  assert harness.load_prompts(str(tmp_path / "prefs.jsonl"), tok) == [
+      tok.apply_chat_template(chat, add_generation_prompt=True)]
   with pytest.raises(ValueError, match="wordnet-openings-v1"):
     harness.load_prompts("wordnet")
   with pytest.raises(FileNotFoundError, match="nope.txt"):

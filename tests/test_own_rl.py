@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax import logs, rl, runs
+from rlhf_jax import logs, runs
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "own_rl.py"
 

@@ -34,7 +34,7 @@ def test_the_loss_counts_the_completion_and_its_eos_only(tok):
   assert len(text["inputs"]) == 4 and text["loss_mask"].tolist() == [1, 1, 1, 1]  # cut to seq_len, all counted
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", [pytest.param("gpt2", marks=pytest.mark.slow), "llama"])
 def test_a_packed_batch_has_the_loss_of_its_examples_computed_alone(tok, arch):
   config = ModelConfig(arch=arch, vocab_size=tok.vocab_size, max_len=128, d_model=32, n_layers=2, n_heads=4,
                        **({"n_kv_heads": 2} if arch == "llama" else {}))

@@ -117,3 +117,14 @@ def test_tfds_spec_with_field_and_bad_field(tiny_reviews):
   assert sorted(d.text for d in docs) == [f"title {i}" for i in range(6)]
   with pytest.raises(ValueError, match="no feature 'text'"):
     corpora.load_documents("tfds:tiny_reviews#text", tfds_data_dir=tiny_reviews)
+
+
+def test_a_tfds_dataset_is_a_dataset_of_rows_too(tiny_reviews):
+  from rlhf_jax.data import records
+  spec = dict(fields=("prompt=title", "completion=body"), tfds_data_dir=tiny_reviews)
+  unpaired = records.load("tfds:tiny_reviews:validation", **spec)  # a 0/1 label: KTO's unpaired preferences
+  assert unpaired.kind == "unpaired_preference"
+  assert sorted((r["prompt"], r["completion"], r["label"]) for r in unpaired.rows) == [
+      (f"title {i}", f"review body {i} \u00e9", bool(i % 2)) for i in (6, 7, 8)]
+  demos = records.load("tfds:tiny_reviews:validation", kind="prompt_completion", **spec)
+  assert demos.kind == "prompt_completion" and len(demos) == 3

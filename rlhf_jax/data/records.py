@@ -90,12 +90,13 @@ def parse_fields(fields: Sequence[str]) -> dict[str, str]:
   return out
 
 
-def load(source: str | Path, *, kind: str = "", fields: Sequence[str] = (), max_rows: int = 0) -> Dataset:
+def load(source: str | Path, *, kind: str = "", fields: Sequence[str] = (), max_rows: int = 0,
+         tfds_data_dir: str | Path | None = None) -> Dataset:
   """The rows of `source` as a checked `Dataset` (module docstring)."""
   source = str(source)
   rename = parse_fields(fields)
   raw = []
-  for row in read_rows(source):
+  for row in read_rows(source, tfds_data_dir=tfds_data_dir):
     raw.append({rename.get(k, k): v for k, v in row.items()})
     if max_rows and len(raw) >= max_rows:
       break
@@ -257,10 +258,10 @@ def split(rows: Sequence[dict], test_fraction: float, *, key: str = "prompt") ->
   return [r for r, t in zip(rows, test) if not t], [r for r, t in zip(rows, test) if t]
 
 
-def read_rows(source: str) -> Iterator[dict]:
+def read_rows(source: str, *, tfds_data_dir: str | Path | None = None) -> Iterator[dict]:
   """The raw rows of `source`, as dicts of the file's columns."""
   if source.startswith("tfds:"):
-    yield from _tfds_rows(source[5:])
+    yield from _tfds_rows(source[5:], tfds_data_dir)
   elif source.startswith("hf:"):
     yield from _hf_rows(source[3:])
   else:
@@ -321,11 +322,12 @@ def _decoded(value: Any) -> Any:
   return value
 
 
-def _tfds_rows(spec: str) -> Iterator[dict]:
-  from rlhf_jax.data import corpora
+def _tfds_rows(spec: str, data_dir: str | Path | None) -> Iterator[dict]:
   import tensorflow_datasets as tfds
+
+  from rlhf_jax.data import corpora
   name, split, _ = corpora.parse_tfds_spec(spec)
-  for record in tfds.data_source(name, split=split):
+  for record in tfds.data_source(name, split=split, data_dir=data_dir):
     yield {k: _decoded(v) for k, v in record.items()}
 
 

@@ -41,6 +41,7 @@ from rlhf_jax.advantages import sequence_kl
 from rlhf_jax.config import check_range
 from rlhf_jax.data import lm_pipeline
 from rlhf_jax.data import prompts as prompts_lib
+from rlhf_jax.data import records
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import diversity, head_to_head, perplexity
 from rlhf_jax.feedback import labelers
@@ -55,29 +56,28 @@ def _wordnet_heldout(seed: int) -> list[str]:
   return prompts_lib.split_prompts(prompts_lib.wordnet_openings(4096, 4, seed), 0.05)[1]
 
 
-# Versioned: a set's name changes whenever what it returns would. "file:PATH" reads one prompt a line.
+# Versioned: a set's name changes whenever what it returns would. Anything else names a dataset.
 PROMPT_SETS = {
     "wordnet-openings-v1": functools.partial(_wordnet_heldout, 0),
 }
 
 
-def load_prompts(name: str) -> list[str]:
-  if name.startswith("file:"):
-    path = Path(name[len("file:"):])
-    if not path.is_file():
-      raise FileNotFoundError(f"prompts: {path} not found (file:PATH needs a text file, one prompt a line)")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-      raise UserError(f"prompts: {path} has no non-empty lines")
-    return prompts
-  if name not in PROMPT_SETS:
-    raise UserError(f"prompts: expected one of {sorted(PROMPT_SETS)} or file:PATH, got {name!r}")
-  return PROMPT_SETS[name]()
+def load_prompts(name: str, tokenizer=None) -> list[str]:
+  """A versioned set's prompts, or the distinct prompts of any dataset `data.records` reads (a
+  .txt of a prompt a line, JSONL/Parquet/CSV prompt, preference, completion or rating rows, tfds:,
+  hf:; conversational prompts rendered by `tokenizer`'s chat template)."""
+  if name in PROMPT_SETS:
+    return PROMPT_SETS[name]()
+  source = name[len("file:"):] if name.startswith("file:") else name
+  if not source.startswith(("tfds:", "hf:")) and Path(source).suffix not in records.FILE_SUFFIXES:
+    raise UserError(f"prompts: expected one of {sorted(PROMPT_SETS)} or a dataset (.txt, .jsonl, .parquet, .csv, "
+                    f"tfds:NAME, hf:ORG/NAME), got {name!r}")
+  return records.prompts(records.load(source), tokenizer)
 
 
 @dataclasses.dataclass(frozen=True)
 class HarnessConfig:
-  prompts: str = "wordnet-openings-v1"
+  prompts: str = "wordnet-openings-v1"  # a versioned set, or any prompt dataset (`load_prompts`)
   num_prompts: int = 128  # the first this many of the set
   prompt_len: int = 8
   max_new_tokens: int = 24
@@ -217,7 +217,8 @@ def evaluate(workdirs: Sequence[str | Path], hc: HarnessConfig, out: str | Path,
     raise UserError("expected at least one run's workdir")
   mesh = mesh if mesh is not None else sharding.make_mesh()
   sharding.check_batch_divisible(hc.batch_size, mesh, "eval.batch_size")
-  prompts = load_prompts(hc.prompts)[:hc.num_prompts]
+  first = trained.load_tokenizer(trained.resolve(workdirs[0])) if hc.prompts not in PROMPT_SETS else None
+  prompts = load_prompts(hc.prompts, first)[:hc.num_prompts]
   by_name = {name: scorers.get_scorer(name) for name in hc.scorers}
   judges = {name: by_name.get(name) or scorers.get_scorer(name) for name in hc.judges}
   fluency = trained.load(hc.fluency_lm, mesh) if hc.fluency_lm else None

@@ -870,6 +870,79 @@ class FeedbackStore:
       finally:
         c.execute("COMMIT")
 
+  # --- datasets in and out ----------------------------------------------------------------
+
+  def import_dataset(self, dataset: Any, *, labeler: str, scale: int = 5, model: str = "imported") -> tuple[int, int]:
+    """Stores a preference or rating dataset (`data.records.Dataset`: existing human labels, in
+    TRL's formats) as `labeler`'s judgements, in one transaction; returns (judgements added,
+    judgements it already held). Each row's prompt and responses become samples of `model`; a
+    preference row becomes the comparison "chosen over rejected", a rating row a rating in
+    1..`scale`. Conversations are kept as their messages (JSON text, marked in the sample's meta),
+    so an export gives them back as they came. Importing the same file again adds nothing."""
+    _check_labeler(labeler)
+    if dataset.kind not in ("preference", "rating"):
+      raise FeedbackError(f"{dataset.source}: the store takes preference or rating rows, not {dataset.kind}")
+    meta = json.dumps({"conversational": True}) if dataset.conversational else "{}"
+    text = (lambda v: json.dumps(v, ensure_ascii=False)) if dataset.conversational else (lambda v: v)
+    for i, row in enumerate(dataset.rows):
+      for name in ("prompt", "chosen", "rejected", "completion"):
+        if name in row:
+          _check_text(text(row[name]), f"{dataset.source}: row {i}: field {name!r}")
+      if dataset.kind == "rating" and not (float(row["rating"]).is_integer() and 1 <= row["rating"] <= scale):
+        raise FeedbackError(f"{dataset.source}: row {i}: field 'rating': expected an integer in 1..{scale} "
+                            f"(--scale), got {row['rating']}")
+    added = held = 0
+    with self._write() as c:
+      for row in dataset.rows:
+        prompt_id = self._insert_prompt(c, text(row["prompt"]), dataset.source)
+        if dataset.kind == "preference":
+          chosen, _ = self._insert_sample(c, prompt_id, text(row["chosen"]), model, meta)
+          rejected, _ = self._insert_sample(c, prompt_id, text(row["rejected"]), model, meta)
+          if chosen == rejected:
+            raise FeedbackError(f"{dataset.source}: a row's chosen and rejected responses are the same text")
+          done = c.execute("SELECT 1 FROM comparisons WHERE labeler = ? AND retracted_at IS NULL AND "
+                           "sample_a IN (?, ?) AND sample_b IN (?, ?)", (labeler, chosen, rejected, chosen,
+                                                                         rejected)).fetchone()
+          if not done:
+            self._insert_comparison(c, chosen, rejected, "a", labeler)
+        else:
+          sample, _ = self._insert_sample(c, prompt_id, text(row["completion"]), model, meta)
+          done = c.execute("SELECT 1 FROM ratings WHERE sample_id = ? AND labeler = ? AND retracted_at IS NULL",
+                           (sample, labeler)).fetchone()
+          if not done:
+            c.execute("INSERT INTO ratings (sample_id, labeler, value, scale, created) VALUES (?, ?, ?, ?, ?)",
+                      (sample, labeler, int(row["rating"]), scale, self._clock()))
+        added, held = added + (not done), held + bool(done)
+    return added, held
+
+  def export_dataset(self, kind: str, *, conversational: bool | None = None) -> list[dict[str, Any]]:
+    """The live judgements in TRL's columns: "preference" -> {"prompt", "chosen", "rejected"},
+    "rating" -> {"prompt", "completion", "rating"}. Imported conversations come back as messages;
+    `conversational=True` also turns plain text into a user turn and an assistant turn, False
+    keeps every text as it is stored."""
+    if kind == "preference":
+      rows = [(r["prompt"], {"chosen": r["chosen"], "rejected": r["rejected"]}, r["chosen_id"])
+              for r in self.export_preferences()]
+    elif kind == "rating":
+      rows = [(r["prompt"], {"completion": r["response"], "rating": r["rating"]}, r["sample_id"])
+              for r in self.export_ratings()]
+    else:
+      raise FeedbackError(f"kind: expected 'preference' or 'rating', got {kind!r}")
+    stored_as_messages = {sample_id for sample_id, meta in self._read("SELECT id, meta FROM samples")
+                          if json.loads(meta or "{}").get("conversational")}
+    out = []
+    for prompt, fields, sample_id in rows:
+      messages = sample_id in stored_as_messages
+      if messages and conversational is not False:
+        row = {"prompt": json.loads(prompt), **{k: json.loads(v) if k != "rating" else v for k, v in fields.items()}}
+      elif conversational and not messages:
+        row = {"prompt": [{"role": "user", "content": prompt}],
+               **{k: [{"role": "assistant", "content": v}] if k != "rating" else v for k, v in fields.items()}}
+      else:
+        row = {"prompt": prompt, **fields}
+      out.append(row)
+    return out
+
   # --- exports ----------------------------------------------------------------------------
 
   def export_preferences(self, path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
