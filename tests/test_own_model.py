@@ -8,6 +8,7 @@ takes each of the main stages once, on a different architecture each; the rest o
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -107,3 +108,26 @@ def test_kto_trains_on_unpaired_rows(tmp_path):
   with pytest.raises(Exception, match="trains on preference rows"):
     runs.run_experiment(ROOT / "experiments" / "dpo.py", smoke=True, workdir=tmp_path / "dpo", overrides=[
         f"policy.init_from={FIXTURES / 'qwen2'}", f"data.path={unpaired}"])
+
+
+@pytest.mark.slow
+def test_sft_on_conversations_packs_and_resumes_where_an_unbroken_run_would_be(tmp_path, capsys):
+  # The fixture's 64 positions cannot hold a ChatML conversation: the same weights with more
+  # (rotary positions have no table to outgrow).
+  folder = tmp_path / "qwen2_long"
+  shutil.copytree(FIXTURES / "qwen2", folder)
+  config = json.loads((folder / "config.json").read_text())
+  (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 256}))
+  settings = [f"init_from={folder}", f"data.path={DATA / 'reviews_chat_sft.jsonl'}", "data.seq_len=192",
+              "data.test_fraction=0.2", "loop.checkpoint_every=4"]
+  runs.run_experiment(ROOT / "experiments" / "sft.py", smoke=True, workdir=tmp_path / "a", overrides=settings)
+  evals = logs.read_metrics(tmp_path / "a", "eval")
+  assert evals[-1]["loss"] < evals[0]["loss"]
+  # Take the run back to its step-4 checkpoint and rerun it: it ends where the unbroken run ended.
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  shutil.rmtree(tmp_path / "b" / "checkpoints" / "8")
+  (tmp_path / "b" / "done.json").unlink()
+  capsys.readouterr()
+  runs.run_experiment(ROOT / "experiments" / "sft.py", smoke=True, workdir=tmp_path / "b", overrides=settings)
+  assert "resuming from the checkpoint at step 4" in capsys.readouterr().out  # with the packer's state
+  assert logs.read_metrics(tmp_path / "b", "train") == logs.read_metrics(tmp_path / "a", "train")
