@@ -9,7 +9,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from rlhf_jax import rewards, rl, runs, sharding
+from rlhf_jax import rl, runs
 
 HERE = Path(__file__).parent  # the example prompts and the tiny LM pretrained when policy.init_from is empty
 
@@ -20,21 +20,14 @@ def reward(texts: list[str]) -> list[float]:
   return [float(sum(w.strip(".,;:!?").lower() in cheerful for w in t.split())) for t in texts]
 
 
-@dataclasses.dataclass(frozen=True)
-class Config(rl.Config):
-  # Your prompts: a prompt per line, or JSONL with a "prompt" field (e.g. TRL's prompt-only files).
-  task: rl.PromptFileConfig = rl.PromptFileConfig(path=str(HERE / "data" / "prompts.txt"), test_fraction=0.25)
+def get_config(smoke: bool = False) -> rl.PromptsConfig:
+  # Your prompts: any prompt dataset (a prompt a line in .txt, TRL's prompt-only JSONL, ...).
+  config = rl.prompts_config("ppo", path=str(HERE / "data" / "prompts.txt"), smoke_mode=smoke)
+  config = dataclasses.replace(config, rl=dataclasses.replace(config.rl, eval_batch_size=16),
+                               task=dataclasses.replace(config.task, prompt_len=8, test_fraction=0.25))
+  return config
 
 
-def get_config(smoke: bool = False) -> Config:
-  config = Config(rl=rl.RLConfig(eval_batch_size=16))
-  return rl.smoke(config) if smoke else config
-
-
-def main(config: Config, workdir: Path):
-  mesh = sharding.make_mesh(config.mesh)
-  policy = rl.start_policy(config.policy, workdir, mesh, pretrain=functools.partial(
+def main(config: rl.PromptsConfig, workdir: Path):
+  return rl.train_on_prompts(config, workdir, reward_fn=reward, pretrain=functools.partial(
       runs.run_experiment, HERE / "pretrain_tiny.py", smoke=config.policy.pretrain_smoke))
-  on_tokens = rewards.from_texts(reward, policy.tokenizer)  # the Python function, called on decoded samples
-  task = rl.prompt_file_task(config.task, tokenizer=policy.tokenizer, reward=on_tokens)
-  return rl.train(config, task, policy, workdir, mesh)

@@ -474,12 +474,16 @@ def prompts_config(algorithm: str, *, path: str, smoke_mode: bool = False) -> Pr
   return config
 
 
-def train_on_prompts(config: PromptsConfig, workdir: str | Path) -> Any:
-  """RL on a user's prompts (`config.task`, a `task.PromptFileConfig`) with the reward it names,
-  from `config.policy.init_from` (a run or a Hugging Face folder): what the ppo and grpo recipes run."""
+def train_on_prompts(config: PromptsConfig, workdir: str | Path, *,
+                     reward_fn: Callable[[list[str]], Any] | None = None,
+                     pretrain: Callable[..., Any] | None = None) -> Any:
+  """RL on a user's prompts (`config.task`, a `task.PromptFileConfig`) with the reward it names, or
+  `reward_fn` (a Python function of response texts), from `config.policy.init_from` (a run or a
+  Hugging Face folder; "" with `pretrain`: `start_policy`): what the ppo and grpo recipes run."""
   mesh = sharding.make_mesh(config.mesh)
-  policy = start_policy(config.policy, workdir, mesh)
-  task = prompt_file_task(config.task, tokenizer=policy.tokenizer, mesh=mesh)
+  policy = start_policy(config.policy, workdir, mesh, pretrain=pretrain)
+  reward = rewards.from_texts(reward_fn, policy.tokenizer) if reward_fn is not None else None
+  task = prompt_file_task(config.task, tokenizer=policy.tokenizer, mesh=mesh, reward=reward)
   return train(config, task, policy, workdir, mesh)
 
 
