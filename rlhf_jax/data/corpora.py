@@ -293,6 +293,8 @@ class Synset:
   words: tuple[str, ...]
   definition: str
   examples: tuple[str, ...]
+  # (pointer symbol, target offset, target pos letter): "@" hypernym, "@i" instance hypernym, ...
+  pointers: tuple[tuple[str, str, str], ...] = ()
 
 
 def parse_wordnet_line(pos: str, line: str) -> Synset | None:
@@ -308,7 +310,10 @@ def parse_wordnet_line(pos: str, line: str) -> Synset | None:
   examples = tuple(e.strip() for e in re.findall(r'"([^"]+)"', gloss) if e.strip())
   definition = re.sub(r'"[^"]*"', "", gloss)
   definition = re.sub(r"\s*;(\s*;)*\s*", "; ", definition).strip(" ;")
-  return Synset(pos, fields[0], words, definition, examples)
+  at = 4 + 2 * n_words
+  n_pointers = int(fields[at]) if len(fields) > at else 0
+  pointers = tuple((fields[at + 1 + 4 * k], fields[at + 2 + 4 * k], fields[at + 3 + 4 * k]) for k in range(n_pointers))
+  return Synset(pos, fields[0], words, definition, examples, pointers)
 
 
 def read_synsets(root: Path) -> Iterator[Synset]:

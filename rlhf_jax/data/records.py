@@ -14,7 +14,7 @@ two projects:
   rating                prompt, completion, rating     (a number; rlhf_jax's, not TRL's)
 
 `load(source)` reads `PATH.jsonl` (or `.json` lines), `PATH.parquet`, `PATH.csv`, `PATH.txt` (a
-prompt a line),
+prompt a line), a packaged dataset (`wordnet-qa-v1[:train|test]`: `data.wordnet_qa`),
 `tfds:NAME[/CONFIG][:SPLIT]` (array_record data sources, no TensorFlow) or
 `hf:ORG/NAME[/CONFIG][:SPLIT]` (the `datasets` library, only when named: nothing downloads by
 default). The kind is inferred from the columns (`kind=` forces one), and `fields` maps our column
@@ -258,16 +258,28 @@ def split(rows: Sequence[dict], test_fraction: float, *, key: str = "prompt") ->
   return [r for r, t in zip(rows, test) if not t], [r for r, t in zip(rows, test) if t]
 
 
+def builtin(source: str) -> tuple[Any, str] | None:
+  """(rows function, split) of a packaged dataset named `NAME[:SPLIT]`, or None."""
+  from rlhf_jax.data import wordnet_qa
+  builtins = {wordnet_qa.VERSION: wordnet_qa.rows}
+  name, _, split_name = source.partition(":")
+  return (builtins[name], split_name or "train") if name in builtins else None
+
+
 def read_rows(source: str, *, tfds_data_dir: str | Path | None = None) -> Iterator[dict]:
   """The raw rows of `source`, as dicts of the file's columns."""
-  if source.startswith("tfds:"):
+  if (packaged := builtin(source)) is not None:
+    rows_fn, split_name = packaged
+    yield from rows_fn(split_name)
+  elif source.startswith("tfds:"):
     yield from _tfds_rows(source[5:], tfds_data_dir)
   elif source.startswith("hf:"):
     yield from _hf_rows(source[3:])
   else:
     path = Path(source)
     if path.suffix not in FILE_SUFFIXES:
-      raise UserError(f"{source}: expected a {', '.join(FILE_SUFFIXES)} file, tfds:NAME or hf:ORG/NAME")
+      raise UserError(f"{source}: expected a {', '.join(FILE_SUFFIXES)} file, tfds:NAME, hf:ORG/NAME or "
+                      "wordnet-qa-v1[:SPLIT]")
     if not path.is_file():
       raise FileNotFoundError(f"{source}: no such file")
     yield from _FILE_READERS[path.suffix](path)

@@ -69,7 +69,8 @@ def load_prompts(name: str, tokenizer=None) -> list[str]:
   if name in PROMPT_SETS:
     return PROMPT_SETS[name]()
   source = name[len("file:"):] if name.startswith("file:") else name
-  if not source.startswith(("tfds:", "hf:")) and Path(source).suffix not in records.FILE_SUFFIXES:
+  if (not source.startswith(("tfds:", "hf:")) and Path(source).suffix not in records.FILE_SUFFIXES
+      and records.builtin(source) is None):
     raise UserError(f"prompts: expected one of {sorted(PROMPT_SETS)} or a dataset (.txt, .jsonl, .parquet, .csv, "
                     f"tfds:NAME, hf:ORG/NAME), got {name!r}")
   return records.prompts(records.load(source), tokenizer)
