@@ -40,6 +40,9 @@ RULES: dict[str, Rules] = {
     "fsdp": (
         (r"(wte|wpe|wpref)/embedding$", (FSDP_AXIS, None)),
         (r"kernel$", (FSDP_AXIS, None)),
+        # LoRA adapters (`models.lora`): A [in, rank] and B [rank, out], split along the kernel's dims.
+        (r"kernel_lora_a$", (FSDP_AXIS, None)),
+        (r"kernel_lora_b$", (None, FSDP_AXIS)),
     ),
     # Megatron: qkv and the MLP's first layer(s) split by columns, the projections after them by rows
     # (one all-reduce per block each way); the vocabulary split too. GPT-2 and Llama-family names.
@@ -51,6 +54,11 @@ RULES: dict[str, Rules] = {
         (r"(c_attn|c_fc|q_proj|k_proj|v_proj)/bias$", (TENSOR_AXIS,)),
         (r"(c_proj|o_proj|down_proj)/kernel$", (TENSOR_AXIS, FSDP_AXIS)),
         (r"kernel$", (FSDP_AXIS, None)),
+        # LoRA adapters follow their kernel: a column-split kernel's B by columns, a row-split one's A by rows.
+        (r"(c_attn|c_fc|q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel_lora_a$", (FSDP_AXIS, None)),
+        (r"(c_attn|c_fc|q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel_lora_b$", (None, TENSOR_AXIS)),
+        (r"(c_proj|o_proj|down_proj)/kernel_lora_a$", (TENSOR_AXIS, None)),
+        (r"(c_proj|o_proj|down_proj)/kernel_lora_b$", (None, FSDP_AXIS)),
     ),
 }
 

@@ -98,3 +98,16 @@ def test_a_bfloat16_model_stays_bfloat16_through_its_adapters(qwen2):
   hidden = jax.jit(model.apply)({"params": params}, TOKENS).hidden_BxTxD
   # float32 adapters would promote the residual stream (and its activation memory) to float32.
   assert hidden.dtype == jnp.bfloat16 == Transformer(config).apply({"params": base_params}, TOKENS).hidden_BxTxD.dtype
+
+
+def test_adapters_are_split_over_the_fsdp_axis_like_their_kernels(qwen2):
+  from rlhf_jax import sharding
+  *_, params = qwen2
+  mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=8))
+  specs = {sharding.path_str(p): s.spec for p, s in
+           jax.tree_util.tree_leaves_with_path(sharding.tree_shardings(params, mesh, "fsdp"))}
+  # qwen2's fixture: d 32, MLP 48, rank 4 (not split: 4 < 8 devices).
+  assert specs["h_0/mlp/up_proj/kernel_lora_a"] == jax.sharding.PartitionSpec("fsdp", None)
+  assert specs["h_0/mlp/down_proj/kernel_lora_b"] == jax.sharding.PartitionSpec(None, "fsdp")
+  placed = jax.device_put(params, sharding.tree_shardings(params, mesh, "fsdp"))
+  np.testing.assert_allclose(logits(qwen2[3], placed), logits(qwen2[3], params), atol=1e-5)  # computes on shards
