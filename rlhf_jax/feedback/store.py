@@ -16,7 +16,7 @@ and `rate` refuse (`LeaseHeldError`) a pair or sample leased to another labeler 
 expires, so one labeler cannot answer the task another is looking at. A task nobody holds can be
 judged without a lease (simulated labelers write whole batches that way).
 
-Schema (version 1; times are Unix seconds as REAL):
+Schema (version 2; times are Unix seconds as REAL; a version-1 store gains `scores` when opened):
 
     meta(key, value)              app = "rlhf_jax.feedback", schema_version, created
     prompts(id, text, source, created)                       text is unique: a prompt is its text
@@ -29,6 +29,8 @@ Schema (version 1; times are Unix seconds as REAL):
             created, retracted_at)
     comparisons(id, prompt_id, pair_id, sample_a, sample_b,  sample_a/sample_b as the labeler saw
                 outcome, labeler, created, retracted_at)     them; outcome in a, b, tie, skip
+    scores(id, judgement, sample_id, labeler, criterion,     a rubric judgement: one row per
+           value, scale, created, retracted_at)              criterion, sharing `judgement`
 
 A labeler has at most one live judgement per pair and per sample (a partial unique index), so a
 double submit is an error instead of a doubled vote. Adding the same prompt text, or the same
@@ -67,7 +69,7 @@ from rlhf_jax import files
 from rlhf_jax.errors import UserError
 
 APP_NAME = "rlhf_jax.feedback"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rubric scores (a version-1 store gains the table when opened)
 OUTCOMES = ("a", "b", "tie", "skip")
 RECORD_FIELDS = ("prompt", "response", "model", "meta")
 _REQUIRED_FIELDS = ("prompt", "response", "model")
@@ -125,6 +127,23 @@ _SCHEMA = (
     "CREATE UNIQUE INDEX comparisons_live ON comparisons(pair_id, labeler) "
     "WHERE retracted_at IS NULL",
     "CREATE INDEX comparisons_by_labeler ON comparisons(labeler, created)",
+)
+# Version 2: a rubric judgement scores one sample on several criteria; its rows share `judgement`
+# (the id of its first row), so undo retracts them together.
+_SCHEMA_V2 = (
+    """CREATE TABLE scores (
+         id INTEGER PRIMARY KEY,
+         judgement INTEGER NOT NULL,
+         sample_id INTEGER NOT NULL REFERENCES samples(id),
+         labeler TEXT NOT NULL CHECK (labeler <> ''),
+         criterion TEXT NOT NULL CHECK (criterion <> ''),
+         value INTEGER NOT NULL,
+         scale INTEGER NOT NULL,
+         created REAL NOT NULL,
+         retracted_at REAL,
+         CHECK (scale >= 2 AND value BETWEEN 1 AND scale))""",
+    "CREATE UNIQUE INDEX scores_live ON scores(sample_id, labeler, criterion) WHERE retracted_at IS NULL",
+    "CREATE INDEX scores_by_labeler ON scores(labeler, created)",
 )
 _TABLES = frozenset({"meta", "prompts", "samples", "pairs", "ratings", "comparisons"})
 
@@ -193,7 +212,19 @@ class Comparison:
   retracted_at: float | None
 
 
-Judgement = Rating | Comparison
+@dataclasses.dataclass(frozen=True)
+class Scores:
+  """One rubric judgement: a labeler's score of a sample on each criterion."""
+  id: int  # the judgement (its first row's id)
+  sample_id: int
+  values: dict[str, int]  # criterion -> 1..scale
+  scales: dict[str, int]
+  labeler: str
+  created: float
+  retracted_at: float | None
+
+
+Judgement = Rating | Comparison | Scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +408,7 @@ def _schema_version(conn: sqlite3.Connection, path: Path) -> int | None:
   if version < 1:
     raise FeedbackError(
         f"{path}: schema version {version} is unknown; expected 1..{SCHEMA_VERSION}")
-  missing = _TABLES - tables
+  missing = (_TABLES | ({"scores"} if version >= 2 else set())) - tables
   if missing:
     raise FeedbackError(f"{path}: feedback store without tables {', '.join(sorted(missing))}; "
                         "the file is damaged")
@@ -440,9 +471,20 @@ class FeedbackStore:
             self._create(c)
       else:
         self._set_pragmas()
+        if _schema_version(self._conn, self.path) < SCHEMA_VERSION:
+          self._upgrade()
     except BaseException:
       self._conn.close()
       raise
+
+  def _upgrade(self) -> None:
+    """Brings an older store to SCHEMA_VERSION in one transaction, adding tables and touching no
+    row that is there (version 1 -> 2: the rubric scores table)."""
+    with self._write() as c:
+      if _schema_version(c, self.path) == 1:  # another process may have upgraded it meanwhile
+        for statement in _SCHEMA_V2:
+          c.execute(statement)
+        c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
   def _set_pragmas(self) -> None:
     mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -453,7 +495,7 @@ class FeedbackStore:
     self._conn.execute("PRAGMA foreign_keys=ON")
 
   def _create(self, c: sqlite3.Connection) -> None:
-    for statement in _SCHEMA:
+    for statement in _SCHEMA + _SCHEMA_V2:
       c.execute(statement)
     c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
                   [("app", APP_NAME), ("schema_version", str(SCHEMA_VERSION)),
@@ -672,6 +714,54 @@ class FeedbackStore:
     with self._write() as c:
       return [self._insert_comparison(c, a, b, outcome, labeler) for a, b, outcome in comparisons]
 
+  def score(self, sample_id: int, values: Mapping[str, int], *, scales: Mapping[str, int], labeler: str) -> int:
+    """Records `labeler`'s rubric judgement of a sample, one score in 1..scales[c] for each
+    criterion c of `values`, in one transaction; returns the judgement's id.
+
+    LeaseHeldError (nothing stored) while another labeler holds the sample's lease; an error if
+    the labeler already scored the sample on one of these criteria (undo it first)."""
+    _check_labeler(labeler)
+    if not values:
+      raise FeedbackError("values: expected a score for at least one criterion")
+    for criterion, value in values.items():
+      _check_text(criterion, "criterion")
+      if criterion not in scales:
+        raise FeedbackError(f"scales: no scale for criterion {criterion!r}")
+      if _check_int(scales[criterion], f"scales[{criterion!r}]") < 2:
+        raise FeedbackError(f"scales[{criterion!r}]: expected an int >= 2, got {scales[criterion]}")
+      if not 1 <= _check_int(value, f"values[{criterion!r}]") <= scales[criterion]:
+        raise FeedbackError(f"values[{criterion!r}]: expected an int in 1..{scales[criterion]}, got {value}")
+    with self._write() as c:
+      self._sample_row(c, sample_id)
+      self._check_lease(c, "samples", sample_id, f"sample {sample_id}", labeler)
+      done = c.execute(f"SELECT criterion FROM scores WHERE sample_id = ? AND labeler = ? AND retracted_at IS NULL "
+                       f"AND criterion IN ({', '.join('?' * len(values))})",
+                       (sample_id, labeler, *values)).fetchone()
+      if done:
+        raise FeedbackError(f"labeler {labeler!r} already scored sample {sample_id} on {done[0]!r}; undo it first "
+                            "to change it")
+      now, judgement = self._clock(), None
+      for criterion, value in values.items():
+        row_id = c.execute("INSERT INTO scores (judgement, sample_id, labeler, criterion, value, scale, created) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (judgement or 0, sample_id, labeler, criterion, value, scales[criterion], now)).lastrowid
+        judgement = judgement or row_id
+      c.execute("UPDATE scores SET judgement = ? WHERE id = ?", (judgement, judgement))
+      c.execute("UPDATE samples SET claimed_by = NULL, claimed_until = NULL WHERE id = ? AND claimed_by = ?",
+                (sample_id, labeler))
+      return judgement
+
+  def _scores(self, c: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[Scores]:
+    rows = c.execute(f"SELECT judgement, sample_id, criterion, value, scale, labeler, created, retracted_at "
+                     f"FROM scores WHERE {where} ORDER BY judgement, id", params).fetchall()
+    out: dict[int, Scores] = {}
+    for judgement, sample_id, criterion, value, scale, labeler, created, retracted in rows:
+      if judgement not in out:
+        out[judgement] = Scores(judgement, sample_id, {}, {}, labeler, created, retracted)
+      out[judgement].values[criterion] = value
+      out[judgement].scales[criterion] = scale
+    return list(out.values())
+
   def _insert_comparison(self, c: sqlite3.Connection, sample_a: int, sample_b: int, outcome: str,
                          labeler: str) -> int:
     a = self._sample_row(c, sample_a, "sample_a")
@@ -713,7 +803,8 @@ class FeedbackStore:
       raise LeaseHeldError(what, holder, until, labeler)
 
   def undo_last(self, labeler: str) -> Judgement | None:
-    """Retracts `labeler`'s most recent live judgement (rating or comparison) and returns it.
+    """Retracts `labeler`'s most recent live judgement (rating, comparison or rubric scores) and
+    returns it.
 
     Nothing is deleted: the row gets `retracted_at`. The pair or sample goes back to the queue,
     leased to this labeler (unless someone else holds it), so their next task is the one they
@@ -729,13 +820,19 @@ class FeedbackStore:
                                    "labeler = ? AND retracted_at IS NULL "
                                    "ORDER BY created DESC, id DESC LIMIT 1",
                                    (labeler,)).fetchone())) if row]
+      latest = c.execute("SELECT judgement FROM scores WHERE labeler = ? AND retracted_at IS NULL "
+                         "ORDER BY created DESC, id DESC LIMIT 1", (labeler,)).fetchone()
+      if latest:
+        candidates += self._scores(c, "judgement = ?", latest)
       if not candidates:
         return None
       last = max(candidates, key=lambda j: j.created)
       now = self._clock()
       until = now + self.lease_seconds
-      if isinstance(last, Rating):
-        c.execute("UPDATE ratings SET retracted_at = ? WHERE id = ?", (now, last.id))
+      if isinstance(last, (Rating, Scores)):
+        table = "ratings" if isinstance(last, Rating) else "scores"
+        column = "id" if isinstance(last, Rating) else "judgement"
+        c.execute(f"UPDATE {table} SET retracted_at = ? WHERE {column} = ?", (now, last.id))
         c.execute("UPDATE samples SET claimed_by = NULL, claimed_until = NULL "
                   "WHERE claimed_by = ?", (labeler,))
         c.execute("UPDATE samples SET claimed_by = ?, claimed_until = ? WHERE id = ? AND "
@@ -915,14 +1012,18 @@ class FeedbackStore:
         added, held = added + (not done), held + bool(done)
     return added, held
 
-  def export_dataset(self, kind: str, *, conversational: bool | None = None) -> list[dict[str, Any]]:
+  def export_dataset(self, kind: str, *, conversational: bool | None = None,
+                     criterion: str = "") -> list[dict[str, Any]]:
     """The live judgements in TRL's columns: "preference" -> {"prompt", "chosen", "rejected"},
-    "rating" -> {"prompt", "completion", "rating"}. Imported conversations come back as messages;
-    `conversational=True` also turns plain text into a user turn and an assistant turn, False
-    keeps every text as it is stored."""
+    "rating" -> {"prompt", "completion", "rating"} (with `criterion`: the rubric scores of that
+    criterion). Imported conversations come back as messages; `conversational=True` also turns
+    plain text into a user turn and an assistant turn, False keeps every text as it is stored."""
     if kind == "preference":
       rows = [(r["prompt"], {"chosen": r["chosen"], "rejected": r["rejected"]}, r["chosen_id"])
               for r in self.export_preferences()]
+    elif kind == "rating" and criterion:
+      rows = [(r["prompt"], {"completion": r["response"], "rating": r["scores"][criterion]}, r["sample_id"])
+              for r in self.export_scores() if criterion in r["scores"]]
     elif kind == "rating":
       rows = [(r["prompt"], {"completion": r["response"], "rating": r["rating"]}, r["sample_id"])
               for r in self.export_ratings()]
@@ -977,6 +1078,24 @@ class FeedbackStore:
     keys = ("prompt", "response_a", "response_b", "labeler", "model_a", "model_b", "prompt_id",
             "sample_a", "sample_b", "comparison_id", "created")
     return _export(path, [dict(zip(keys, row)) for row in rows])
+
+  def export_scores(self, path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """One record per live rubric judgement, in the order they were made:
+
+        {"prompt", "response", "scores": {criterion: value}, "scales": {criterion: scale},
+         "labeler", "model", "prompt_id", "sample_id", "judgement_id", "created"}
+    """
+    with self._lock:
+      judgements = self._scores(self._connection(), "retracted_at IS NULL", ())
+    samples = {row[0]: row[1:] for row in self._read(
+        "SELECT s.id, p.text, s.text, s.model, p.id FROM samples s JOIN prompts p ON p.id = s.prompt_id")}
+    records = []
+    for j in sorted(judgements, key=lambda j: j.id):
+      prompt, response, model, prompt_id = samples[j.sample_id]
+      records.append({"prompt": prompt, "response": response, "scores": j.values, "scales": j.scales,
+                      "labeler": j.labeler, "model": model, "prompt_id": prompt_id, "sample_id": j.sample_id,
+                      "judgement_id": j.id, "created": j.created})
+    return _export(path, records)
 
   def export_ratings(self, path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """One record per live rating, in the order they were made:
