@@ -64,3 +64,31 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_every_judgement(tmp_path
     assert store.export_scores()[0]["scores"] == {"accuracy": 5}
   with sqlite3.connect(tmp_path / "f.db") as conn:
     assert dict(conn.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+
+
+def test_simulated_experts_score_each_criterion_from_its_signal():
+  import numpy as np
+
+  from rlhf_jax.feedback import rubric
+  gold = [["canine", "domestic animal"]] * 4
+  answers = [" canine.", " a canine but also many other things that go on and on about it.", " cat.", ""]
+  logp = np.array([-1.0, -1.0, -6.0, -3.5])  # nats per token under the fluency LM
+  exact = rubric.SimulatedExpert(fluency_logp=lambda p, a: logp, noise=0.0)
+  scores = exact.score(["q"] * 4, answers, gold)
+  assert scores["accuracy"].tolist() == [5, 2, 2, 1]  # the long answer is not "canine" up to its first comma
+  assert scores["fluency"].tolist() == [5, 5, 1, 3]
+  # satisfaction = 0.6 accuracy + 0.25 fluency + 0.15 brevity (5 up to 4 words, 1 from 20 on)
+  brevity = np.array([5, 1 + 4 * (20 - 14) / 16, 5, 5])  # 14 words
+  expected = np.rint(0.6 * np.array([5, 2, 2, 1]) + 0.25 * np.array([5, 5, 1, 3]) + 0.15 * brevity)
+  assert scores["satisfaction"].tolist() == expected.astype(int).tolist()
+  harsh = rubric.SimulatedExpert(fluency_logp=lambda p, a: logp, noise=0.0, bias={"fluency": -1.0})
+  assert harsh.score(["q"] * 4, answers, gold)["fluency"].tolist() == [4, 4, 1, 2]
+  noisy = [rubric.SimulatedExpert(fluency_logp=lambda p, a: logp, noise=1.0, seed=s).score(["q"] * 4, answers, gold)
+           for s in (0, 0, 1)]
+  assert noisy[0]["fluency"].tolist() == noisy[1]["fluency"].tolist()  # the seed fixes the draws
+  assert any(noisy[0][c].tolist() != noisy[2][c].tolist() for c in noisy[0])
+  assert all(((1 <= v) & (v <= 5)).all() for n in noisy for v in n.values())
+  assert rubric.Rubric.parse("accuracy:5, fluency:3,satisfaction").scales == {
+      "accuracy": 5, "fluency": 3, "satisfaction": 5}
+  with pytest.raises(ValueError, match="distinct criteria"):
+    rubric.Rubric.parse("accuracy,accuracy")
