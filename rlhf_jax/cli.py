@@ -167,11 +167,16 @@ def _cmd_label(args) -> int:
     except OSError as e:  # the port is taken, the address is not this machine's
       raise UserError(str(e)) from e
     return 0
-  from rlhf_jax.feedback import terminal
+  from rlhf_jax.feedback import rubric, terminal
   if len(args.labeler) != 1:  # one console is one person
     raise UserError(f"--terminal labels as one labeler; got --labeler {len(args.labeler)} times")
+  try:
+    scheme = None if args.rubric is None else rubric.DEFAULT if args.rubric == "default" else rubric.Rubric.parse(
+        args.rubric)
+  except ValueError as e:
+    raise UserError(f"--rubric: {e}") from None
   n = terminal.run(args.store, args.labeler[0], rate_scale=args.rate, stdin=sys.stdin, stdout=sys.stdout,
-                   seed=args.seed)
+                   seed=args.seed, rubric=scheme)
   print(f"{n} judgements saved to {args.store}")
   return 0
 
@@ -326,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the web page prints one URL per labeler, whose token is that labeler's identity")
   label.add_argument("--rate", type=int, default=None, metavar="N",
                      help="rate single samples from 1 to N instead of comparing pairs")
+  label.add_argument("--rubric", default=None, metavar="SPEC",
+                     help="(--terminal) score each answer on several criteria: 'default' (accuracy, fluency, "
+                          "satisfaction, 1..5) or NAME:SCALE,... ")
   label.add_argument("--seed", type=int, default=0, help="seed of the left/right order of pairs")
   label.set_defaults(func=_cmd_label)
 

@@ -92,3 +92,21 @@ def test_simulated_experts_score_each_criterion_from_its_signal():
       "accuracy": 5, "fluency": 3, "satisfaction": 5}
   with pytest.raises(ValueError, match="distinct criteria"):
     rubric.Rubric.parse("accuracy,accuracy")
+
+
+def test_the_terminal_scores_each_answer_on_the_rubric_with_undo(tmp_path, capsys, monkeypatch):
+  import io
+
+  from rlhf_jax import cli
+  store, _ = _store(tmp_path)
+  store.close()
+  # A short line and a 9 are asked again; `u` undoes nothing yet; then two answers are scored.
+  monkeypatch.setattr("sys.stdin", io.StringIO("5 4\n5 4 9\nu\n5 4 5\n1 2 1\n"))
+  assert cli.main(["label", "--terminal", "--store", str(tmp_path / "f.db"), "--labeler", "ann",
+                   "--rubric", "default"]) == 0
+  out = capsys.readouterr().out
+  assert "please answer 3 numbers" in out and "accuracy (1-5): Is the answer right?" in out
+  assert "2 judgements saved" in out and "no answers left to score" in out
+  with FeedbackStore(tmp_path / "f.db") as store:
+    assert sorted(r["scores"]["accuracy"] for r in store.export_scores()) == [1, 5]
+  assert cli.main(["label", "--terminal", "--store", str(tmp_path / "f.db"), "--labeler", "x", "--rubric", "a,a"]) == 2

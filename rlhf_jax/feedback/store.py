@@ -261,6 +261,8 @@ class Progress:
   samples_queued: int
   samples_claimed: int
   ratings: int  # live ratings
+  samples_scored: int = 0  # with a live rubric judgement
+  samples_to_score: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -899,6 +901,12 @@ class FeedbackStore:
         lambda c, row, until: RatingTask(self._prompt_row(c, row[1]),
                                          self._sample_row(c, row[0]), until))
 
+  def next_sample_to_score(self, labeler: str) -> RatingTask | None:
+    """Leases to `labeler` a sample they have not scored on a rubric; the rules of `next_pair`."""
+    return self._lease_next(
+        labeler, "samples", "scores", "sample_id", "prompt_id",
+        lambda c, row, until: RatingTask(self._prompt_row(c, row[1]), self._sample_row(c, row[0]), until))
+
   def _lease_next(
       self,
       labeler: str,
@@ -954,6 +962,8 @@ class FeedbackStore:
         samples = count("SELECT count(*) FROM samples")
         samples_rated = count("SELECT count(*) FROM samples s WHERE EXISTS (SELECT 1 FROM "
                               f"ratings WHERE sample_id = s.id AND retracted_at IS NULL {who})")
+        samples_scored = count("SELECT count(*) FROM samples s WHERE EXISTS (SELECT 1 FROM "
+                               f"scores WHERE sample_id = s.id AND retracted_at IS NULL {who})")
         return Progress(
             pairs_judged=pairs_judged,
             pairs_queued=pairs - pairs_judged,
@@ -963,6 +973,8 @@ class FeedbackStore:
             samples_queued=samples - samples_rated,
             samples_claimed=count("SELECT count(*) FROM samples WHERE claimed_until > :now"),
             ratings=count(f"SELECT count(*) FROM ratings WHERE retracted_at IS NULL {who}"),
+            samples_scored=samples_scored,
+            samples_to_score=samples - samples_scored,
         )
       finally:
         c.execute("COMMIT")

@@ -1,11 +1,13 @@
-"""Judge samples at a console prompt: compare two responses, or rate one from 1 to N.
+"""Judge samples at a console prompt: compare two responses, rate one from 1 to N, or score one on a rubric.
 
   rlhf-jax label --terminal --store feedback.db --labeler alice            # pairs
   rlhf-jax label --terminal --store feedback.db --labeler alice --rate 3   # "rate this text 1-3"
+  rlhf-jax label --terminal --store feedback.db --labeler alice --rubric default   # accuracy, fluency, ...
 
 Every answer is written to the store before the next task is shown, so quitting (or a crash) loses
 nothing that was answered. Keys: pairs `a` / `b` / `t` (tie) / `s` (skip); ratings `1`..`N`;
-both `u` (undo the last judgement) and `q` (quit). The order of the two responses is randomised
+rubrics one number per criterion on one line (`5 4 5`); all `u` (undo the last judgement) and
+`q` (quit). The order of the two responses is randomised
 (and recorded as shown), so a labeler cannot learn that one side is, say, the newer model.
 
 Model text is shown through `display.visible`: terminal escapes (cursor moves, erase-line, OSC
@@ -20,6 +22,7 @@ import textwrap
 from typing import Callable, TextIO, TypeVar
 
 from rlhf_jax.feedback.display import visible
+from rlhf_jax.feedback.rubric import Rubric
 from rlhf_jax.feedback.store import FeedbackStore, PairTask, RatingTask
 
 _Task = TypeVar("_Task")
@@ -104,8 +107,34 @@ def label_ratings(store: FeedbackStore, labeler: str, scale: int, read: Callable
       hint=f"a number from 1 to {scale}, u or q", finished="no samples left to rate\n")
 
 
+def label_rubric(store: FeedbackStore, labeler: str, rubric: Rubric, read: Callable[[], str],
+                 write: Callable[[str], None]) -> int:
+  """Asks for a score of each criterion of `rubric` until the queue is empty or the labeler quits;
+  the scores of one answer are stored together. Returns how many answers were scored."""
+  names = [c.name for c in rubric.criteria]
+  guide = "".join(f"  {c.name} (1-{c.scale}){': ' + c.guidance if c.guidance else ''}\n" for c in rubric.criteria)
+
+  def valid(answer: str) -> bool:
+    parts = answer.split()
+    return len(parts) == len(names) and all(p.isdigit() and 1 <= int(p) <= c.scale
+                                            for p, c in zip(parts, rubric.criteria))
+
+  def present(task: RatingTask) -> Callable[[str], None]:
+    progress = store.progress(labeler)
+    write(f"\n[{progress.samples_scored} scored, {progress.samples_to_score} to score]\n")
+    write(_block("QUESTION", task.prompt.text) + "\n" + _block("ANSWER", task.sample.text) + "\n" + guide)
+    return lambda answer: store.score(task.sample.id, dict(zip(names, map(int, answer.split()))),
+                                      scales=rubric.scales, labeler=labeler)
+
+  return _ask_until_done(
+      store, labeler, read, write, next_task=store.next_sample_to_score, present=present,
+      question=f"Scores for {' '.join(names)} [numbers/u(ndo)/q(uit)] ", valid=valid,
+      hint=f"{len(names)} numbers ({', '.join(f'{c.name} 1-{c.scale}' for c in rubric.criteria)}), u or q",
+      finished="no answers left to score\n")
+
+
 def run(store_path: str, labeler: str, *, rate_scale: int | None, stdin: TextIO, stdout: TextIO,
-        seed: int = 0) -> int:
+        seed: int = 0, rubric: Rubric | None = None) -> int:
   """The console loop on `stdin`/`stdout`; end of input counts as quitting."""
   def read() -> str:
     line = stdin.readline()
@@ -116,6 +145,8 @@ def run(store_path: str, labeler: str, *, rate_scale: int | None, stdin: TextIO,
     stdout.flush()
 
   with FeedbackStore(store_path) as store:
+    if rubric is not None:
+      return label_rubric(store, labeler, rubric, read, write)
     if rate_scale is None:
       return label_pairs(store, labeler, read, write, seed=seed)
     return label_ratings(store, labeler, rate_scale, read, write)
