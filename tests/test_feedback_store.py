@@ -240,7 +240,7 @@ def test_leases_expire_and_labelers_never_get_a_judged_pair(tmp_path, clock):
   assert ana.next_pair("ana") is None
   assert ana.progress() == store_lib.Progress(
       pairs_judged=1, pairs_queued=0, pairs_claimed=0, comparisons=2, samples_rated=0,
-      samples_queued=2, samples_claimed=0, ratings=0)
+      samples_queued=2, samples_claimed=0, ratings=0, samples_scored=0, samples_to_score=2)
   assert ana.progress("cy").pairs_queued == 1
 
   rated = ana.next_sample_to_rate("ana")
