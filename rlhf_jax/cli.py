@@ -196,10 +196,15 @@ def _cmd_feedback(args) -> int:
       added, held = feedback.import_dataset(dataset, labeler=args.labeler, scale=args.scale)
       print(f"{added} {dataset.kind} judgements by {args.labeler} imported from {args.file} "
             f"({held} already in the store)")
-    elif args.trl or Path(args.out).suffix in (".parquet", ".csv"):
+    elif args.kind == "scores" and not (args.trl or args.criterion):
+      print(f"{len(feedback.export_scores(args.out))} rubric judgements written to {args.out}")
+    elif args.trl or args.criterion or Path(args.out).suffix in (".parquet", ".csv"):
       kind = "preference" if args.kind == "preferences" else "rating"
+      if args.kind == "scores" and not args.criterion:
+        raise UserError("feedback export scores --trl: name the criterion to write as ratings (--criterion NAME)")
       conversational = {"plain": False, "conversational": True}.get(args.form)
-      written = records.write(feedback.export_dataset(kind, conversational=conversational), args.out)
+      written = records.write(feedback.export_dataset(kind, conversational=conversational, criterion=args.criterion),
+                              args.out)
       print(f"{written} {args.kind} written to {args.out} (TRL's {kind} format)")
     else:
       export = feedback.export_preferences if args.kind == "preferences" else feedback.export_ratings
@@ -349,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
   imp.add_argument("--fields", nargs="*", default=(), help="column renames OURS=THEIRS, e.g. prompt=question")
   imp.set_defaults(func=_cmd_feedback)
   exp = feedback_sub.add_parser("export", help="write judgements as a dataset")
-  exp.add_argument("kind", choices=["preferences", "ratings"])
+  exp.add_argument("kind", choices=["preferences", "ratings", "scores"],
+                   help="scores: rubric judgements (with --criterion NAME, that criterion's scores as ratings)")
+  exp.add_argument("--criterion", default="", help="scores: the criterion written as TRL's rating rows")
   exp.add_argument("--store", required=True)
   exp.add_argument("--out", required=True, help=".jsonl (.parquet and .csv write TRL's columns)")
   exp.add_argument("--trl", action="store_true", help="TRL's columns only (prompt, chosen, rejected / prompt, "

@@ -110,3 +110,19 @@ def test_the_terminal_scores_each_answer_on_the_rubric_with_undo(tmp_path, capsy
   with FeedbackStore(tmp_path / "f.db") as store:
     assert sorted(r["scores"]["accuracy"] for r in store.export_scores()) == [1, 5]
   assert cli.main(["label", "--terminal", "--store", str(tmp_path / "f.db"), "--labeler", "x", "--rubric", "a,a"]) == 2
+
+
+def test_rubric_scores_export_as_records_and_as_one_criterions_ratings(tmp_path):
+  from rlhf_jax import cli
+  from rlhf_jax.data import records
+  store, (good, bad) = _store(tmp_path)
+  store.score(good, {"accuracy": 5, "fluency": 4, "satisfaction": 5}, scales=SCALES, labeler="ann")
+  store.close()
+  db = str(tmp_path / "f.db")
+  assert cli.main(["feedback", "export", "scores", "--store", db, "--out", str(tmp_path / "s.jsonl")]) == 0
+  (record,) = [__import__("json").loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+  assert record["scores"] == {"accuracy": 5, "fluency": 4, "satisfaction": 5} and record["labeler"] == "ann"
+  assert cli.main(["feedback", "export", "scores", "--store", db, "--out", str(tmp_path / "f.csv"),
+                   "--criterion", "fluency"]) == 0
+  assert records.load(tmp_path / "f.csv").rows == [{"prompt": record["prompt"], "completion": " canine.", "rating": 4.0}]
+  assert cli.main(["feedback", "export", "scores", "--store", db, "--out", str(tmp_path / "x.csv"), "--trl"]) == 2
