@@ -49,6 +49,7 @@ class ModelConfig:
   # "zeros": a value head that starts at 0 (PPO); "reward": N(0, 1/sqrt(d_model + 1)), the reward
   # head of Ziegler et al. 2019 (lm-human-preferences), so a fresh reward model already ranks.
   scalar_head_init: Literal["zeros", "reward"] = "zeros"
+  scalar_heads: int = 1  # outputs of the scalar head: > 1 for a reward model with one per rubric criterion
   # > 0 adds a learned preference embedding `wpref` [n_preferences, d_model] to the input, indexed by
   # `preference_BxT` (Korbak et al. 2023's conditional training with an embedding instead of a
   # control token); id 0 is "unconditioned" and is what a call without preferences uses.
@@ -76,7 +77,7 @@ class ModelConfig:
   def __post_init__(self):
     if self.arch == "gpt2" and self.d_model % self.n_heads:
       raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
-    for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+    for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "mlp_ratio", "scalar_heads"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
     for name in ("n_preferences", "n_kv_heads", "head_size", "d_ff", "sliding_window"):
@@ -128,7 +129,7 @@ class ModelConfig:
     if include_embeddings:
       n += self.vocab_size * d + positions + self.n_preferences * d
     if self.scalar_head:
-      n += d + 1
+      n += (d + 1) * self.scalar_heads
     return n
 
   def flops_per_token(self, seq_len: int) -> float:
@@ -164,7 +165,8 @@ class KVCache:
 @flax.struct.dataclass
 class ModelOutput:
   logits_BxTxV: jax.Array  # float32
-  scalar_BxT: jax.Array | None = None  # float32; present when config.scalar_head
+  scalar_BxT: jax.Array | None = None  # float32; present when config.scalar_head has one output
+  scalars_BxTxK: jax.Array | None = None  # float32; every output of the scalar head (K = config.scalar_heads)
   cache: KVCache | None = None
   hidden_BxTxD: jax.Array | None = None  # the final LayerNorm's output, for extra heads (e.g. ILQL's Q and V)
 
@@ -414,18 +416,21 @@ class Transformer(nn.Module):
       logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                               kernel_init=nn.initializers.normal(cfg.init_std), name="lm_head")(x_for_logits)
       logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-    scalar_BxT = None
+    scalar_BxT = scalars_BxTxK = None
     if cfg.scalar_head:
       kernel_init = (nn.initializers.zeros if cfg.scalar_head_init == "zeros"
                      else nn.initializers.normal(1.0 / (cfg.d_model + 1) ** 0.5))
-      head = nn.Dense(1, dtype=jnp.float32, param_dtype=jnp.float32, kernel_init=kernel_init,
+      head = nn.Dense(cfg.scalar_heads, dtype=jnp.float32, param_dtype=jnp.float32, kernel_init=kernel_init,
                       name="scalar_head")
-      scalar_BxT = head(x_BxTxD.astype(jnp.float32))[..., 0]
+      scalars_BxTxK = head(x_BxTxD.astype(jnp.float32))
+      # One output is "the" value or reward; several are criteria, which only a rubric combines.
+      scalar_BxT = scalars_BxTxK[..., 0] if cfg.scalar_heads == 1 else None
     new_cache = None
     if cache is not None:
       new_cache = KVCache(k_LxBxSxNxH=kv_cache[0], v_LxBxSxNxH=kv_cache[1], key_mask_BxS=key_mask_BxS,
                           index=cache.index + T)
-    return ModelOutput(logits_BxTxV=logits_BxTxV, scalar_BxT=scalar_BxT, cache=new_cache, hidden_BxTxD=x_BxTxD)
+    return ModelOutput(logits_BxTxV=logits_BxTxV, scalar_BxT=scalar_BxT, cache=new_cache, hidden_BxTxD=x_BxTxD,
+                       scalars_BxTxK=scalars_BxTxK)
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:

@@ -14,6 +14,10 @@ Batches:
 `kind` picks the loss: "preference" (Bradley-Terry), "rating" (binary cross-entropy), "ordinal"
 (ordered logit, `losses.ordinal_rating_loss`) or "regression" (squared error). The ordinal model
 keeps the rating's order without pretending its steps are equal in reward; regression does.
+"rubric" scores each criterion of a rubric with its own output of the scalar head
+(`ModelConfig.scalar_heads` = K): batches `{"tokens", "mask", "labels" [B, K] (levels 0..N-1),
+"label_mask" [B, K]}` (a judgement may leave a criterion unscored), and the loss is the ordered
+logit of every scored criterion, summed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import losses
+from rlhf_jax import advantages, losses
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.steps.common import Batch, Hparams, TrainState, accumulate_gradients, apply_gradients
 
@@ -36,6 +40,17 @@ def rewards(params, tokens_BxT: jax.Array, mask_BxT: jax.Array, *, model: Transf
   out = model.apply({"params": params}, tokens_BxT, input_mask_BxT=mask_BxT, deterministic=deterministic,
                     rngs=None if deterministic else {"dropout": key})
   return losses.last_token_value(out.scalar_BxT, mask_BxT)
+
+
+def criterion_rewards(params, tokens_BxT: jax.Array, mask_BxT: jax.Array, *, model: Transformer,
+                      key: jax.Array | None = None) -> jax.Array:
+  """[B, K]: each output of the scalar head (one per rubric criterion), read at each row's last
+  real token."""
+  deterministic = key is None or model.config.dropout == 0.0
+  out = model.apply({"params": params}, tokens_BxT, input_mask_BxT=mask_BxT, deterministic=deterministic,
+                    rngs=None if deterministic else {"dropout": key})
+  last_B = advantages.last_token_index(mask_BxT)
+  return jnp.take_along_axis(out.scalars_BxTxK, last_B[:, None, None], axis=1)[:, 0]
 
 
 def pair_rewards(params, batch: Batch, *, model: Transformer, key: jax.Array | None = None):
@@ -85,16 +100,30 @@ def regression_sums(params, batch: Batch, key: jax.Array | None, *, model: Trans
   return total, {"count": count, "correct": correct, "margin": jnp.sum(score_B * mask_B)}
 
 
+def rubric_sums(params, batch: Batch, key: jax.Array | None, *, model: Transformer, num_levels: int):
+  """Summed ordered-logit NLL of every scored criterion (one head each); `correct` counts exact
+  predicted levels."""
+  score_BxK = criterion_rewards(params, batch["tokens"], batch["mask"], model=model, key=key)
+  row_B = batch.get("row_mask", jnp.ones(score_BxK.shape[:1], jnp.float32))
+  mask_BxK = batch["label_mask"].astype(jnp.float32) * row_B[:, None]
+  # Criteria are independent outputs: flattening [B, K] makes them rows of one ordinal loss.
+  total, count = losses.ordinal_rating_loss(score_BxK.reshape(-1), batch["labels"].reshape(-1), num_levels,
+                                            mask_BxK.reshape(-1))
+  expected_BxK = losses.ordinal_expected_level(score_BxK.reshape(-1), num_levels).reshape(score_BxK.shape)
+  correct = jnp.sum((jnp.round(expected_BxK) == batch["labels"]) * mask_BxK)
+  return total, {"count": count, "correct": correct, "margin": jnp.sum(score_BxK * mask_BxK)}
+
+
 SUMS = {"preference": preference_sums, "rating": rating_sums, "ordinal": ordinal_sums,
-        "regression": regression_sums}
+        "regression": regression_sums, "rubric": rubric_sums}
 
 
 def sums_fn(kind: str, model: Transformer, num_levels: int = 2):
   """`(params, batch, key) -> (loss_sum, sums)` of a reward-model kind, its settings bound."""
   if kind not in SUMS:
     raise ValueError(f"unknown reward-model kind {kind!r}; expected one of {sorted(SUMS)}")
-  if kind == "ordinal":
-    return functools.partial(ordinal_sums, model=model, num_levels=num_levels)
+  if kind in ("ordinal", "rubric"):
+    return functools.partial(SUMS[kind], model=model, num_levels=num_levels)
   return functools.partial(SUMS[kind], model=model)
 
 

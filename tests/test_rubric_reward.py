@@ -1,0 +1,58 @@
+"""A reward model with one head per rubric criterion (`steps.reward` kind "rubric")."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.steps import common, reward
+
+K, LEVELS = 3, 5
+CONFIG = ModelConfig(vocab_size=32, max_len=16, d_model=32, n_layers=1, n_heads=2, scalar_head=True,
+                     scalar_head_init="reward", scalar_heads=K)
+
+
+def _batch(seed=0, B=8, T=10):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, T + 1, B)
+  mask = (np.arange(T)[None] < lengths[:, None]).astype(np.int32)
+  return {"tokens": rng.integers(1, 32, (B, T)).astype(np.int32) * mask, "mask": mask,
+          "labels": rng.integers(0, LEVELS, (B, K)).astype(np.int32),
+          "label_mask": (rng.random((B, K)) < 0.8).astype(np.float32)}
+
+
+def test_the_rubric_loss_is_each_criterions_ordinal_loss_on_its_own_head():
+  params = Transformer(CONFIG).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  batch = _batch()
+  total, sums = reward.rubric_sums(params, batch, None, model=Transformer(CONFIG), num_levels=LEVELS)
+  one_head = Transformer(dataclasses.replace(CONFIG, scalar_heads=1))
+  loop_total, loop_count = 0.0, 0.0
+  for k in range(K):
+    head = params["scalar_head"]
+    params_k = {**params, "scalar_head": {"kernel": head["kernel"][:, k:k + 1], "bias": head["bias"][k:k + 1]}}
+    t, s = reward.ordinal_sums(params_k, {"tokens": batch["tokens"], "mask": batch["mask"], "label": batch["labels"][:, k],
+                                          "row_mask": batch["label_mask"][:, k]}, None, model=one_head,
+                               num_levels=LEVELS)
+    loop_total, loop_count = loop_total + float(t), loop_count + float(s["count"])
+  np.testing.assert_allclose(float(total), loop_total, rtol=1e-5)
+  assert float(sums["count"]) == loop_count == batch["label_mask"].sum()
+
+
+def test_training_the_heads_fits_each_criterion():
+  model = Transformer(CONFIG)
+  optim = common.OptimConfig(learning_rate=3e-3, warmup_steps=0, weight_decay=0.0)
+  tx = common.make_optimizer(optim)
+  state = common.init_state(jax.random.key(1), model=model, tx=tx)
+  step = jax.jit(lambda st, b: reward.train_step(st, b, jax.random.key(2), optim.hparams(), model=model, tx=tx,
+                                                 kind="rubric", num_levels=LEVELS, warmup_steps=0, total_steps=100,
+                                                 min_lr_ratio=1.0))
+  batch = _batch(seed=3)
+  losses = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0]
+  scores = reward.criterion_rewards(state.params, batch["tokens"], batch["mask"], model=model)
+  assert scores.shape == (8, K)
