@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +114,7 @@ def policy_checkpoints(workdir: str | Path) -> Path:
 
 
 def load(workdir: str | Path, mesh: Mesh, step: int | None = None, *,
-         checkpoints: str | Path | None = None) -> TrainedModel:
+         checkpoints: str | Path | None = None, combine_heads: bool = True) -> TrainedModel:
   """The model a run trained, replicated over `mesh`: an LM's or a reward model's parameters, a PPO
   run's `params["policy"]`, an online DPO run's last round; the latest checkpoint or `step` (of the
   folder `checkpoints`, default `policy_checkpoints(workdir)`). Its model config is `model.json`
@@ -158,7 +158,36 @@ def load(workdir: str | Path, mesh: Mesh, step: int | None = None, *,
       raise UserError(f"{checkpointer.directory}/{step}: parameter {name} is "
                        f"{'missing' if name not in got else got[name]}, expected {leaf.shape} for the model in "
                        f"{model_file if model_file.is_file() else saved}")
+  if combine_heads and model_config.scalar_head and model_config.scalar_heads > 1:
+    model_config, params = _combined(workdir, model_config, params)
   return TrainedModel(model=model_config, params=params, tokenizer=tokenizer, step=step)
+
+
+RUBRIC_FILE = "rubric.json"  # a reward model's criteria (one head each) and the weights that combine them
+
+
+def save_rubric(workdir: str | Path, criteria: Sequence[str], weights: Sequence[float]) -> None:
+  """Records the criteria of a reward model's heads, in order, and the weights of its one reward."""
+  if len(criteria) != len(weights):
+    raise ValueError(f"{len(criteria)} criteria but {len(weights)} weights")
+  files.atomic_write_text(Path(workdir) / RUBRIC_FILE, json.dumps(
+      {"criteria": list(criteria), "weights": [float(w) for w in weights]}, indent=2) + "\n")
+
+
+def _combined(workdir: Path, config: ModelConfig, params: Any) -> tuple[ModelConfig, Any]:
+  """A reward model with one head per criterion as the one-head model of its weighted sum (the
+  head is linear, so sum_k w_k (h W_k + b_k) = h (W w) + b . w): every consumer of a reward model
+  reads it unchanged. `load(..., combine_heads=False)` keeps the heads."""
+  path = workdir / RUBRIC_FILE
+  if not path.is_file():
+    raise UserError(f"{workdir}: a reward model with {config.scalar_heads} heads, and no {RUBRIC_FILE} with the weights "
+                    "that combine them into one reward")
+  weights = np.asarray(json.loads(path.read_text())["weights"], np.float32)
+  if weights.shape != (config.scalar_heads,):
+    raise UserError(f"{path}: {weights.size} weights for {config.scalar_heads} heads")
+  head = params["scalar_head"]
+  combined = {"kernel": head["kernel"] @ weights[:, None], "bias": head["bias"] @ weights[:, None]}
+  return dataclasses.replace(config, scalar_heads=1), {**params, "scalar_head": combined}
 
 
 def load_policy(init_from: str, workdir: str | Path, mesh: Mesh, *,

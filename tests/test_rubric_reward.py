@@ -1,13 +1,20 @@
 """A reward model with one head per rubric criterion (`steps.reward` kind "rubric")."""
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
+from rlhf_jax import sharding, trained
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import ModelConfig, Transformer
 from rlhf_jax.steps import common, reward
+from rlhf_jax.tokenizers import HFTokenizer
 
 K, LEVELS = 3, 5
 CONFIG = ModelConfig(vocab_size=32, max_len=16, d_model=32, n_layers=1, n_heads=2, scalar_head=True,
@@ -56,3 +63,24 @@ def test_training_the_heads_fits_each_criterion():
   assert losses[-1] < 0.5 * losses[0]
   scores = reward.criterion_rewards(state.params, batch["tokens"], batch["mask"], model=model)
   assert scores.shape == (8, K)
+
+
+def test_a_saved_rubric_reward_model_loads_as_the_one_reward_its_weights_combine(tmp_path):
+  params = Transformer(CONFIG).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  (tmp_path / "config.json").write_text("{}")
+  trained.save_model_config(tmp_path, CONFIG)
+  trained.copy_tokenizer(Path(__file__).parent / "data" / "tiny_hf" / "qwen2", tmp_path)
+  checkpointer = Checkpointer(tmp_path / "checkpoints")
+  checkpointer.save(1, state=common.restart_state(params, tx=optax.identity()), rng=jax.random.key(0), config={})
+  checkpointer.close()
+  mesh = sharding.make_mesh()
+  with pytest.raises(UserError, match="no rubric.json"):
+    trained.load(tmp_path, mesh)
+  trained.save_rubric(tmp_path, ["accuracy", "fluency", "satisfaction"], [0.5, 0.2, 0.3])
+  one = trained.load(tmp_path, mesh)
+  assert one.model.scalar_heads == 1 and isinstance(one.tokenizer, HFTokenizer)
+  batch = _batch()
+  by_head = reward.criterion_rewards(params, batch["tokens"], batch["mask"], model=Transformer(CONFIG))
+  np.testing.assert_allclose(reward.rewards(one.params, batch["tokens"], batch["mask"], model=Transformer(one.model)),
+                             by_head @ jnp.array([0.5, 0.2, 0.3]), rtol=1e-5, atol=1e-6)
+  assert trained.load(tmp_path, mesh, combine_heads=False).model.scalar_heads == K
