@@ -84,3 +84,23 @@ def test_a_saved_rubric_reward_model_loads_as_the_one_reward_its_weights_combine
   np.testing.assert_allclose(reward.rewards(one.params, batch["tokens"], batch["mask"], model=Transformer(one.model)),
                              by_head @ jnp.array([0.5, 0.2, 0.3]), rtol=1e-5, atol=1e-6)
   assert trained.load(tmp_path, mesh, combine_heads=False).model.scalar_heads == K
+
+
+def test_a_language_models_fluency_is_its_mean_log_prob_per_answer_token():
+  from rlhf_jax.feedback import rubric
+  from rlhf_jax.rewards.fluency import LMFluency
+  folder = Path(__file__).parent / "data" / "tiny_hf" / "qwen2"
+  fluency = LMFluency(folder, prompt_len=16, answer_len=16, batch_size=8)
+  prompts = ["Question: What kind of thing is a dog?\nAnswer:"] * 5
+  answers = [" canine.", " a domestic animal.", "", " canine.", " cat"]
+  nats = fluency(prompts, answers)
+  assert nats.shape == (5,) and np.all(nats < 0) and nats[0] == nats[3]  # a padded batch; equal rows agree
+  # By hand for one answer: the LM's log-probs of its tokens after the prompt, averaged.
+  tok, lm = fluency.lm.tokenizer, fluency.lm
+  p, a = tok.encode(prompts[0])[-16:], tok.encode(answers[1])
+  logits = Transformer(lm.model).apply({"params": lm.params}, jnp.asarray([p + a])).logits_BxTxV[0]
+  logp = jax.nn.log_softmax(logits, -1)[len(p) - 1:-1]
+  np.testing.assert_allclose(nats[1], float(jnp.mean(logp[jnp.arange(len(a)), jnp.asarray(a)])), rtol=1e-4)
+  expert = rubric.SimulatedExpert(fluency_logp=fluency, noise=0.0)
+  scores = expert.score(prompts, answers, [["canine", "domestic animal"]] * 5)
+  assert scores["accuracy"].tolist() == [5, 5, 1, 5, 2]
