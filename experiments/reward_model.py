@@ -8,7 +8,10 @@
 `data.path` holds preference rows (`prompt`, `chosen`, `rejected`: Bradley-Terry on the pair) or
 rating rows (`prompt`, `completion`, `rating`: an ordered logit over the levels 1..
 `reward.num_levels`, or squared error with `reward.rating_loss=regression`), plain or
-conversational, in any of `data.records`' sources. The model is the LM's trunk with a new scalar
+conversational, in any of `data.records`' sources; or `store:FEEDBACK.db`, whose rubric
+judgements train one head per criterion (an ordered logit each; `reward.weights` combine them
+into the run's one reward, written to `rubric.json`), and evaluation reports each criterion's
+held-out correlation with the scores and exact-level accuracy. The model is the LM's trunk with a new scalar
 head (`reward.lora.rank`: LoRA adapters and the head train, the trunk stays frozen). A row is
 prompt + response cut to `reward.seq_len` tokens. Rows whose prompt hashes into
 `data.test_fraction` are held out: preference runs report the held-out pairwise accuracy (and
@@ -24,13 +27,15 @@ from pathlib import Path
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from rlhf_jax import sharding
+from rlhf_jax import losses, sharding, trained
 from rlhf_jax.data import preferences, records, rows
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import reward_metrics
+from rlhf_jax.feedback.store import FeedbackStore
 from rlhf_jax.loop import LoopConfig, train_loop
 from rlhf_jax.models import lora
 from rlhf_jax.rewards import reward_model
@@ -44,6 +49,8 @@ class RewardConfig:
   eval_batch_size: int = 32
   rating_loss: Literal["ordinal", "regression"] = "ordinal"
   num_levels: int = 5  # ordinal: ratings are 1..num_levels
+  # Rubric scores: "CRITERION=WEIGHT" of the one reward (criteria not named weigh 0; none: equal weights).
+  weights: tuple[str, ...] = ()
   lora: lora.LoraConfig = lora.LoraConfig()  # rank > 0: train adapters and the head only
 
   def __post_init__(self):
@@ -97,6 +104,8 @@ def main(config: Config, workdir: Path):
   mesh = sharding.make_mesh(config.mesh)
   for name, size in (("reward.batch_size", rc.batch_size), ("reward.eval_batch_size", rc.eval_batch_size)):
     sharding.check_batch_divisible(size, mesh, name)
+  if config.data.path.startswith("store:"):
+    return _train_rubric(config, workdir, mesh)
   dataset = records.from_config(config.data)
   if dataset.kind not in ("preference", "rating"):
     raise UserError(f"{dataset.source}: a reward model trains on preference or rating rows, not {dataset.kind}")
@@ -165,3 +174,83 @@ def _rating_evaluator(model, arrays, ratings, batch_size, mesh):
                f"accuracy on pairs of different ratings {metrics['pair_accuracy']:.3f}")
     return metrics
   return evaluate
+
+
+def _rubric_rows(path: str) -> tuple[list[dict], list[str], int]:
+  """The store's live rubric judgements as rows, the criteria in order of first use, and their scale."""
+  with FeedbackStore(path, create=False) as store:
+    judged = store.export_scores()
+  if not judged:
+    raise UserError(f"store:{path}: no rubric judgements (score answers with `rlhf-jax label --rubric`)")
+  criteria = list(dict.fromkeys(c for r in judged for c in r["scores"]))
+  scales = {r["scales"][c] for r in judged for c in r["scores"]}
+  if len(scales) != 1:
+    raise UserError(f"store:{path}: the criteria use different scales {sorted(scales)}; one ordered logit needs one")
+  return [{"prompt": r["prompt"], "completion": r["response"], "scores": r["scores"]} for r in judged], criteria, \
+      scales.pop()
+
+
+def _weights(spec: tuple[str, ...], criteria: list[str]) -> list[float]:
+  if not spec:
+    return [1.0 / len(criteria)] * len(criteria)
+  given = {}
+  for item in spec:
+    name, _, value = item.partition("=")
+    if name not in criteria:
+      raise UserError(f"reward.weights: {name!r} is not a criterion of the judgements ({', '.join(criteria)})")
+    given[name] = float(value)
+  return [given.get(c, 0.0) for c in criteria]
+
+
+def _train_rubric(config: Config, workdir: Path, mesh):
+  rc = config.reward
+  rows_, criteria, scale = _rubric_rows(config.data.path[len("store:"):])
+  key = jax.random.key(config.seed)
+  start = reward_model.start_scalar_model(workdir, init_from=config.init_from, fallback=None, texts=[], mesh=mesh,
+                                          optim=config.optim, key=jax.random.fold_in(key, 0),
+                                          rules=config.mesh.rules, adapters=rc.lora, heads=len(criteria))
+  trained.save_rubric(workdir, criteria, _weights(rc.weights, criteria))
+  train, test = records.split(rows_, config.data.test_fraction)
+  if len(train) < rc.batch_size or not test:
+    raise UserError(f"{config.data.path}: {len(train)} train and {len(test)} held-out judgements; need at least "
+                    f"reward.batch_size={rc.batch_size} to train and one to hold out (data.test_fraction)")
+  tqdm.write(f"rubric judgements on {', '.join(criteria)} (1..{scale}): {len(train)} train, {len(test)} held out")
+
+  def arrays(part):
+    tokens, mask = rows.pad_rows(start.tokenizer.encode_batch([r["prompt"] + r["completion"] for r in part]),
+                                 rc.seq_len, start.tokenizer.pad_id)
+    labels = np.array([[r["scores"].get(c, 1) - 1 for c in criteria] for r in part], np.int32)
+    label_mask = np.array([[c in r["scores"] for c in criteria] for r in part], np.float32)
+    return {"tokens": tokens, "mask": mask, "labels": labels, "label_mask": label_mask}
+  test_arrays = arrays(test)
+  score_fn = jax.jit(functools.partial(reward.criterion_rewards, model=start.model))
+
+  def evaluate(state) -> dict[str, float]:
+    scores = []
+    for batch in rows.eval_row_batches({"tokens": test_arrays["tokens"], "mask": test_arrays["mask"]},
+                                       rc.eval_batch_size):
+      placed = sharding.put_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, mesh)
+      scores.append(np.asarray(score_fn(state.params, placed["tokens"], placed["mask"]))[batch["row_mask"] > 0])
+    scores = np.concatenate(scores)
+    levels = np.asarray(losses.ordinal_expected_level(jnp.asarray(scores.reshape(-1)), scale)).reshape(scores.shape)
+    metrics = {}
+    for k, c in enumerate(criteria):
+      scored = test_arrays["label_mask"][:, k] > 0
+      truth, predicted = test_arrays["labels"][scored, k], scores[scored, k]
+      spread = predicted.std() > 0 and truth.std() > 0
+      metrics[f"{c}_correlation"] = float(np.corrcoef(predicted, truth)[0, 1]) if spread else 0.0
+      metrics[f"{c}_accuracy"] = float(np.mean(np.rint(levels[scored, k]) == truth))
+    tqdm.write(f"step {int(state.step)}: held-out correlation per criterion: "
+               + ", ".join(f"{c} {metrics[f'{c}_correlation']:.3f}" for c in criteria))
+    return metrics
+
+  data = rows.rows_dataset(arrays(train), rc.batch_size // jax.process_count(), seed=config.seed,
+                           shard_index=jax.process_index(), shard_count=jax.process_count())
+  step_fn = common.jit_step(functools.partial(
+      reward.train_step, model=start.model, tx=start.tx, kind="rubric", num_levels=scale,
+      warmup_steps=config.optim.warmup_steps, total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio),
+      mesh, start.state_shardings)
+  return train_loop(workdir=workdir, loop=config.loop, config=dataclasses.asdict(config), init_fn=start.init_fn,
+                    state_shardings=start.state_shardings, step_fn=step_fn, data_iterator=iter(data),
+                    hp=config.optim.hparams(), rng=jax.random.fold_in(key, 1), mesh=mesh,
+                    tokens_per_step=rc.batch_size * rc.seq_len, evaluate=evaluate)

@@ -1,4 +1,5 @@
-"""A reward model with one head per rubric criterion (`steps.reward` kind "rubric")."""
+"""A reward model with one head per rubric criterion (`steps.reward` kind "rubric"), its recipe on a
+store's rubric scores, and the fluency signal of simulated experts."""
 
 import dataclasses
 from pathlib import Path
@@ -9,10 +10,15 @@ import numpy as np
 import optax
 import pytest
 
-from rlhf_jax import sharding, trained
+from rlhf_jax import logs, runs, sharding, trained
 from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.data import wordnet_qa
 from rlhf_jax.errors import UserError
+from rlhf_jax.feedback import rubric
+from rlhf_jax.feedback.store import FeedbackStore
 from rlhf_jax.models.transformer import ModelConfig, Transformer
+from rlhf_jax.rewards.fluency import LMFluency
+from rlhf_jax.rewards.reward_model import RewardModelScorer
 from rlhf_jax.steps import common, reward
 from rlhf_jax.tokenizers import HFTokenizer
 
@@ -87,8 +93,6 @@ def test_a_saved_rubric_reward_model_loads_as_the_one_reward_its_weights_combine
 
 
 def test_a_language_models_fluency_is_its_mean_log_prob_per_answer_token():
-  from rlhf_jax.feedback import rubric
-  from rlhf_jax.rewards.fluency import LMFluency
   folder = Path(__file__).parent / "data" / "tiny_hf" / "qwen2"
   fluency = LMFluency(folder, prompt_len=16, answer_len=16, batch_size=8)
   prompts = ["Question: What kind of thing is a dog?\nAnswer:"] * 5
@@ -104,3 +108,28 @@ def test_a_language_models_fluency_is_its_mean_log_prob_per_answer_token():
   expert = rubric.SimulatedExpert(fluency_logp=fluency, noise=0.0)
   scores = expert.score(prompts, answers, [["canine", "domestic animal"]] * 5)
   assert scores["accuracy"].tolist() == [5, 5, 1, 5, 2]
+
+
+def test_the_reward_model_recipe_trains_one_head_per_criterion_from_the_stores_scores(tmp_path):
+  store = FeedbackStore(tmp_path / "f.db")
+  rng = np.random.default_rng(0)
+  # Experts who like "canine"-like answers: accuracy and satisfaction follow the answer, fluency is noise.
+  for i in range(64):
+    prompt = wordnet_qa.PROMPT.format(question=f"What kind of thing is a dog number {i}?")
+    for answer, good in ((" canine.", True), (" a cat.", False)):
+      (sample,) = store.add_samples([{"prompt": prompt, "response": answer, "model": "m"}])
+      store.score(sample, {"accuracy": 5 if good else 1, "fluency": int(rng.integers(3, 6)),
+                           "satisfaction": 4 if good else 2}, scales={"accuracy": 5, "fluency": 5, "satisfaction": 5},
+                  labeler="expert")
+  store.close()
+  root = Path(__file__).resolve().parents[1]
+  runs.run_experiment(root / "experiments" / "reward_model.py", smoke=True, workdir=tmp_path / "rm", overrides=[
+      f"init_from={root / 'tests' / 'data' / 'tiny_hf' / 'qwen2'}", f"data.path=store:{tmp_path / 'f.db'}",
+      "reward.weights=accuracy=0.7,satisfaction=0.3"])
+  final = logs.read_metrics(tmp_path / "rm", "eval")[-1]
+  assert final["accuracy_correlation"] > 0.5 and final["satisfaction_correlation"] > 0.5
+  scorer = RewardModelScorer(tmp_path / "rm")  # the one reward the weights combine
+  assert scorer.loaded.model.scalar_heads == 1
+  good, bad = scorer.score([wordnet_qa.PROMPT.format(question="What kind of thing is a dog number 3?") + a
+                            for a in (" canine.", " a cat.")])
+  assert good > bad

@@ -90,7 +90,7 @@ class ScalarModelStart:
 
 def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelConfig, texts: list[str],
                        mesh: Mesh, optim: common.OptimConfig, key: jax.Array, rules: str = "replicated",
-                       adapters: lora.LoraConfig = lora.LoraConfig()) -> ScalarModelStart:
+                       adapters: lora.LoraConfig = lora.LoraConfig(), heads: int = 1) -> ScalarModelStart:
   """A scalar-head model grafted onto the LM in `init_from`, or (init_from="") a fresh one.
 
   With `init_from`, the LM's tokenizer is copied into `workdir` and its trunk into the model; the
@@ -99,7 +99,7 @@ def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelCo
   (or reused from `workdir` on resume) and `fallback` is initialised at random. Either way the model
   config is written to `workdir/model.json` (and the adapters' to `lora.json`), so the trained
   model loads back with `trained.load`. The state is created on the shards `sharding.RULES[rules]`
-  gives it (FSDP with `rules="fsdp"`).
+  gives it (FSDP with `rules="fsdp"`). `heads` > 1: one output per rubric criterion.
   """
   workdir = Path(workdir)
   if adapters.rank and not init_from:
@@ -108,7 +108,8 @@ def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelCo
   if adapters.rank:
     start = trained.load(trained.resolve(init_from), mesh)
     trained.copy_tokenizer(trained.resolve(init_from), workdir)
-    model = Transformer(dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward"))
+    model = Transformer(dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward",
+                                          scalar_heads=heads))
     # The head `init_with_trunk` gives, initialized alone (the rest of the fresh model compiled away).
     head = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"]["scalar_head"])(key)
     model = lora.adapt(model, adapters)
@@ -122,7 +123,8 @@ def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelCo
     start = trained.load(init_from, mesh)
     tokenizer = start.tokenizer
     trained.copy_tokenizer(init_from, workdir)
-    model = Transformer(dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward"))
+    model = Transformer(dataclasses.replace(start.model, scalar_head=True, scalar_head_init="reward",
+                                          scalar_heads=heads))
     init, shardings = common.sharded_init(functools.partial(common.init_with_trunk, model=model, tx=tx), mesh,
                                           rules, key, start.params)
     init_fn = functools.partial(init, key, start.params)
@@ -130,7 +132,8 @@ def start_scalar_model(workdir: str | Path, *, init_from: str, fallback: ModelCo
     path = workdir / "tokenizer.model"
     tokenizer = (SentencePieceTokenizer.load(path) if path.exists() else
                  SentencePieceTokenizer.train(texts, fallback.vocab_size, path))
-    model = Transformer(dataclasses.replace(fallback, scalar_head=True, scalar_head_init="reward"))
+    model = Transformer(dataclasses.replace(fallback, scalar_head=True, scalar_head_init="reward",
+                                          scalar_heads=heads))
     init, shardings = common.sharded_init(functools.partial(common.init_state, model=model, tx=tx), mesh, rules, key)
     init_fn = functools.partial(init, key)
   trained.save_model_config(workdir, model.config)
