@@ -75,8 +75,6 @@ def main(config: Config, workdir: Path):
   dataset = records.from_config(config.data)
   rows = records.as_text(dataset, policy.tokenizer)
   train, _ = records.split(rows, config.data.test_fraction)
-  task = rl.prompt_file_task(dataclasses.replace(config.task, path=config.data.path, format=config.data.format,
-                                                 fields=config.data.fields, max_rows=config.data.max_rows,
-                                                 test_fraction=config.data.test_fraction),
-                             tokenizer=policy.tokenizer, mesh=mesh)
+  task = rl.prompt_file_task(dataclasses.replace(config.task, test_fraction=config.data.test_fraction),
+                             tokenizer=policy.tokenizer, mesh=mesh, dataset=dataset)
   return rl.train_offline_dpo(config, pairs(dataset, train, config.dpo.kind), task, policy, workdir, mesh)

@@ -131,8 +131,10 @@ def main(config: Config, workdir: Path):
     test_arrays = rating_arrays(test, tok, rc, dataset.source)
   data = rows.rows_dataset(train_arrays, rc.batch_size // jax.process_count(), seed=config.seed,
                            shard_index=jax.process_index(), shard_count=jax.process_count())
-  evaluate = (_preference_evaluator if kind == "preference" else _rating_evaluator)(
-      start.model, test_arrays, [r.get("rating") for r in test], rc.eval_batch_size, mesh)
+  if kind == "preference":
+    evaluate = _preference_evaluator(start.model, test_arrays, rc.eval_batch_size, mesh)
+  else:
+    evaluate = _rating_evaluator(start.model, test_arrays, [r["rating"] for r in test], rc.eval_batch_size, mesh)
   step_fn = common.jit_step(functools.partial(
       reward.train_step, model=start.model, tx=start.tx, kind=kind, num_levels=rc.num_levels,
       warmup_steps=config.optim.warmup_steps, total_steps=config.loop.steps, min_lr_ratio=config.optim.min_lr_ratio),
@@ -144,7 +146,7 @@ def main(config: Config, workdir: Path):
                     evaluate=evaluate)
 
 
-def _preference_evaluator(model, arrays, _, batch_size, mesh):
+def _preference_evaluator(model, arrays, batch_size, mesh):
   pair_fn = jax.jit(functools.partial(reward.pair_rewards, model=model))
   batches = rows.eval_row_batches(arrays, batch_size)
 

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from rlhf_jax import files
+from rlhf_jax.data import corpora, wordnet_qa
 from rlhf_jax.errors import UserError
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -249,8 +251,6 @@ def split(rows: Sequence[dict], test_fraction: float, *, key: str = "prompt") ->
   """(train, held-out) rows, a row's side chosen by a stable hash of its `key` column (its prompt:
   every row of a prompt lands on the same side, so no held-out prompt is trained on). A text key
   is hashed as `prompts.split_prompts` hashes a prompt, so both put a prompt on the same side."""
-  from rlhf_jax.data import corpora
-
   def name(row):
     value = row.get(key, row)
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -260,7 +260,6 @@ def split(rows: Sequence[dict], test_fraction: float, *, key: str = "prompt") ->
 
 def builtin(source: str) -> tuple[Any, str] | None:
   """(rows function, split) of a packaged dataset named `NAME[:SPLIT]`, or None."""
-  from rlhf_jax.data import wordnet_qa
   builtins = {wordnet_qa.VERSION: wordnet_qa.rows}
   name, _, split_name = source.partition(":")
   return (builtins[name], split_name or "train") if name in builtins else None
@@ -336,8 +335,6 @@ def _decoded(value: Any) -> Any:
 
 def _tfds_rows(spec: str, data_dir: str | Path | None) -> Iterator[dict]:
   import tensorflow_datasets as tfds
-
-  from rlhf_jax.data import corpora
   name, split, _ = corpora.parse_tfds_spec(spec)
   for record in tfds.data_source(name, split=split, data_dir=data_dir):
     yield {k: _decoded(v) for k, v in record.items()}
@@ -377,7 +374,6 @@ def write(rows: Iterable[dict], path: str | Path) -> int:
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     files.atomic_write_bytes(path, buffer.getvalue().to_pybytes())
   elif path.suffix == ".csv":
-    import io
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
     writer.writeheader()

@@ -94,25 +94,29 @@ class SimulatedExpert:
   def signals(self, prompts: Sequence[str], answers: Sequence[str],
               gold: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
     """Each criterion's noiseless score (floats in 1..scale) of each answer."""
+    unknown = [c.name for c in self.rubric.criteria if c.name not in ("accuracy", "fluency", "satisfaction")]
+    if unknown:
+      raise ValueError(f"no simulated signal for criteria {unknown} (accuracy, fluency, satisfaction)")
+    needs_lm = any(c.name in ("fluency", "satisfaction") for c in self.rubric.criteria)
+    if needs_lm and self.fluency_logp is None:
+      raise ValueError("fluency and satisfaction need fluency_logp (a language model's log-probs)")
+    # Each signal computed once (the fluency LM runs once however many criteria read it), then put
+    # on each criterion's own scale.
+    correct = np.array([wordnet_qa.is_correct(a, g) for a, g in zip(answers, gold)])
+    empty = np.array([not a.strip() for a in answers])
+    logp = np.asarray(self.fluency_logp(prompts, answers), np.float64) if needs_lm else None
+    words = np.array([len(a.split()) for a in answers], np.float64)
     out = {}
-    for criterion in self.rubric.criteria:
-      scale = criterion.scale
-      accuracy = np.array([scale if wordnet_qa.is_correct(a, g) else 1 if not a.strip() else 2
-                           for a, g in zip(answers, gold)], np.float64)
-      if criterion.name == "accuracy":
-        out["accuracy"] = accuracy
+    for c in self.rubric.criteria:
+      accuracy = np.where(correct, c.scale, np.where(empty, 1.0, 2.0))
+      if c.name == "accuracy":
+        out[c.name] = accuracy
         continue
-      if self.fluency_logp is None:
-        raise ValueError(f"criterion {criterion.name!r} needs fluency_logp (a language model's log-probs)")
-      fluency = _linear(np.asarray(self.fluency_logp(prompts, answers), np.float64), *FLUENCY_NATS, scale)
-      if criterion.name == "fluency":
-        out["fluency"] = fluency
-      elif criterion.name == "satisfaction":
-        brevity = _linear(-np.array([len(a.split()) for a in answers], np.float64), -20.0, -4.0, scale)
-        out["satisfaction"] = (SATISFACTION_MIX["accuracy"] * accuracy + SATISFACTION_MIX["fluency"] * fluency
-                               + SATISFACTION_MIX["brevity"] * brevity)
-      else:
-        raise ValueError(f"no simulated signal for criterion {criterion.name!r} (accuracy, fluency, satisfaction)")
+      fluency = _linear(logp, *FLUENCY_NATS, c.scale)
+      brevity = _linear(-words, -20.0, -4.0, c.scale)
+      out[c.name] = fluency if c.name == "fluency" else (
+          SATISFACTION_MIX["accuracy"] * accuracy + SATISFACTION_MIX["fluency"] * fluency
+          + SATISFACTION_MIX["brevity"] * brevity)
     return out
 
   def score(self, prompts: Sequence[str], answers: Sequence[str],

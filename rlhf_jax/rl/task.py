@@ -134,14 +134,16 @@ class PromptFileConfig:
         raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def prompt_file_task(config: PromptFileConfig, *, tokenizer, mesh=None, reward=None) -> Task:
-  """The prompts of `config.path` split by a hash of their text, and `reward` (default: the
-  reward `config.reward` names)."""
-  dataset = records.load(config.path, kind=config.format, fields=config.fields, max_rows=config.max_rows)
+def prompt_file_task(config: PromptFileConfig, *, tokenizer, mesh=None, reward=None,
+                     dataset: records.Dataset | None = None) -> Task:
+  """The prompts of `config.path` (or of `dataset`, already loaded) split by a hash of their
+  text, and `reward` (default: the reward `config.reward` names)."""
+  if dataset is None:
+    dataset = records.load(config.path, kind=config.format, fields=config.fields, max_rows=config.max_rows)
   texts = records.prompts(dataset, tokenizer)
   train, test = prompts_lib.split_prompts(texts, config.test_fraction)
   if not train or not test:
-    raise UserError(f"{config.path}: {len(train)} train and {len(test)} held-out prompts after the split "
+    raise UserError(f"{dataset.source}: {len(train)} train and {len(test)} held-out prompts after the split "
                     f"(task.test_fraction={config.test_fraction}): need at least one of each")
   if reward is None:
     reward = rewards_lib.from_spec(config.reward, tokenizer=tokenizer, mesh=mesh, with_prompt=config.reward_with_prompt,

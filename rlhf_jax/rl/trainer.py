@@ -155,7 +155,8 @@ def start_models(config: Config, policy: trained.TrainedModel, *, reward: Any = 
   adapters = config.policy.lora
   policy_model, start_params = Transformer(policy.model), policy.params
   value_model, value_params = None, None
-  if config.rl.algorithm == "ppo" if value is None else value:
+  with_value = config.rl.algorithm == "ppo" if value is None else value
+  if with_value:
     if config.rl.value_init == "reward":
       if not isinstance(reward, rewards.RewardModelReward):
         raise ValueError(f"rl.value_init=reward needs a reward model on the policy's tokens, got the reward "
