@@ -160,21 +160,26 @@ def _cmd_data_prepare(args) -> int:
 
 
 def _cmd_label(args) -> int:
-  if not args.terminal:
-    from rlhf_jax.feedback import server
-    try:
-      server.serve(args.store, labelers=args.labeler, host=args.host, port=args.port, rate_scale=args.rate)
-    except OSError as e:  # the port is taken, the address is not this machine's
-      raise UserError(str(e)) from e
-    return 0
-  from rlhf_jax.feedback import rubric, terminal
-  if len(args.labeler) != 1:  # one console is one person
-    raise UserError(f"--terminal labels as one labeler; got --labeler {len(args.labeler)} times")
+  from rlhf_jax.feedback import rubric
+  if args.rubric is not None and args.rate is not None:  # one session collects one kind of judgement
+    raise UserError("--rubric and --rate: pass one (--rubric SPEC scores answers on criteria, --rate N "
+                    "rates them 1..N), not both")
   try:
     scheme = None if args.rubric is None else rubric.DEFAULT if args.rubric == "default" else rubric.Rubric.parse(
         args.rubric)
   except ValueError as e:
     raise UserError(f"--rubric: {e}") from None
+  if not args.terminal:
+    from rlhf_jax.feedback import server
+    try:
+      server.serve(args.store, labelers=args.labeler, host=args.host, port=args.port, rate_scale=args.rate,
+                   rubric=scheme)
+    except OSError as e:  # the port is taken, the address is not this machine's
+      raise UserError(str(e)) from e
+    return 0
+  from rlhf_jax.feedback import terminal
+  if len(args.labeler) != 1:  # one console is one person
+    raise UserError(f"--terminal labels as one labeler; got --labeler {len(args.labeler)} times")
   n = terminal.run(args.store, args.labeler[0], rate_scale=args.rate, stdin=sys.stdin, stdout=sys.stdout,
                    seed=args.seed, rubric=scheme)
   print(f"{n} judgements saved to {args.store}")
@@ -337,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
   label.add_argument("--rate", type=int, default=None, metavar="N",
                      help="rate single samples from 1 to N instead of comparing pairs")
   label.add_argument("--rubric", default=None, metavar="SPEC",
-                     help="(--terminal) score each answer on several criteria: 'default' (accuracy, fluency, "
-                          "satisfaction, 1..5) or NAME:SCALE,... ")
+                     help="score each answer on several criteria (web page or --terminal): 'default' "
+                          "(accuracy, fluency, satisfaction, 1..5) or NAME:SCALE,... (not with --rate)")
   label.add_argument("--seed", type=int, default=0, help="seed of the left/right order of pairs")
   label.set_defaults(func=_cmd_label)
 

@@ -6,6 +6,7 @@ as the driver only: the browser is never downloaded (`playwright install` is not
 
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
@@ -165,6 +166,70 @@ def test_rate_with_number_keys(tmp_path):
   sample_of = dict(zip(("x", "y"), ids))
   assert [(r.sample_id, r.value, r.scale, r.labeler) for r in live] == [
       (sample_of[first], 2, 3, "bob"), (sample_of[({"x", "y"} - {first}).pop()], 1, 3, "bob")]
+
+
+@requires_chromium
+def test_score_a_rubric_with_keys_undo_and_enter(tmp_path):
+  from playwright.sync_api import expect
+
+  from rlhf_jax.feedback.rubric import Criterion, Rubric
+
+  path = tmp_path / "f.db"
+  with FeedbackStore(path) as store:
+    ids = store.add_samples([{"prompt": "What is a dog?", "response": r, "model": "m"}
+                             for r in (SCRIPT, "a canine")])
+  rubric = Rubric((Criterion("accuracy", 5, "Is the answer right?"), Criterion("tone", 3)))
+  dialogs, problems, posted = [], [], []
+  app = server.create_app(path, token=TOKEN, labeler="cy", rubric=rubric)
+  with running_server(app) as base, browser_page(tmp_path, problems) as page:
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.on("request", lambda r: posted.append(r.post_data_json)
+            if r.url.endswith("/api/judge") else None)
+    page.goto(f"{base}/?token={TOKEN}")
+    progress, answer = page.locator("#progress"), page.locator("#answer")
+    rows = page.locator("#criteria .criterion")
+    focused = re.compile(r"\bfocused\b")
+    expect(progress).to_have_text("0 labeled / 2 queued")
+    expect(page.locator("#prompt-title")).to_have_text("Question")
+    expect(page.locator("#prompt")).to_have_text("What is a dog?")
+    expect(answer).to_have_text(SCRIPT)  # as text
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("Is the answer right?")
+    expect(rows.nth(0)).to_have_class(focused)
+
+    page.keyboard.press("9")  # beyond accuracy's 1..5: ignored
+    page.keyboard.press("4")  # accuracy 4, on to tone
+    expect(rows.nth(1)).to_have_class(focused)
+    page.keyboard.press("Backspace")  # back to accuracy, to change it
+    expect(rows.nth(0)).to_have_class(focused)
+    page.keyboard.press("5")
+    page.keyboard.press("3")  # tone, the last criterion: submits
+    expect(progress).to_have_text("1 labeled / 1 queued")
+    expect(answer).to_have_text("a canine")
+    page.keyboard.press("u")  # the scored sample comes back, with no scores
+    expect(progress).to_have_text("0 labeled / 2 queued")
+    expect(answer).to_have_text(SCRIPT)
+    expect(page.locator("#criteria button[aria-pressed=true]")).to_have_count(0)
+    page.keyboard.press("2")
+    page.keyboard.press("1")
+    expect(progress).to_have_text("1 labeled / 1 queued")
+
+    # Tone first: the last criterion goes back to the unscored one; Enter submits once both are.
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("2")
+    expect(rows.nth(0)).to_have_class(focused)
+    page.keyboard.press("4")
+    expect(rows.nth(1)).to_have_class(focused)
+    assert len(posted) == 2  # not submitted yet: accuracy was not the last criterion
+    page.keyboard.press("Enter")
+    expect(progress).to_have_text("2 labeled / 0 queued")
+    assert posted[-1] == {"sample": ids[1], "scores": {"accuracy": 4, "tone": 2}}
+    expect(page.locator("#done")).to_be_visible()
+    assert page.evaluate("document.querySelectorAll('main script, main img').length") == 0
+  assert dialogs == [] and problems == []
+  with FeedbackStore(path) as store:
+    assert [(r["sample_id"], r["scores"], r["labeler"]) for r in store.export_scores()] == [
+        (ids[0], {"accuracy": 2, "tone": 1}, "cy"), (ids[1], {"accuracy": 4, "tone": 2}, "cy")]
 
 
 @requires_chromium

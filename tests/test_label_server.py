@@ -7,7 +7,9 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
+from rlhf_jax import cli
 from rlhf_jax.feedback import server
+from rlhf_jax.feedback.rubric import Criterion, Rubric
 from rlhf_jax.feedback.store import FeedbackError, FeedbackStore
 
 TOKEN = "test-token"  # alice's, in the one-labeler apps
@@ -167,6 +169,7 @@ def test_oversized_body_is_413_and_stores_nothing(client, store_path):
     ({"labeler": "alice", "a": 1, "b": 99, "outcome": "a"}, "no sample with id 99"),
     ({"labeler": "alice", "a": 1, "b": 2 ** 63, "outcome": "a"}, "b: expected a sample id (a positive 64-bit"),
     ({"labeler": "alice", "sample": 1, "value": 2}, "start `rlhf-jax label` with --rate N"),
+    ({"sample": 1, "scores": {"accuracy": 2}}, "not rubric scores; start `rlhf-jax label` with --rubric"),
     ([1, 2], "expected a JSON object"),
 ])
 def test_invalid_judgements_are_400_with_the_field(client, store_path, body, message):
@@ -352,6 +355,10 @@ def test_unexpected_errors_are_json_500(store_path):
 def test_create_app_refuses_bad_arguments(tmp_path):
   with pytest.raises(FeedbackError, match="rate_scale"):
     server.create_app(tmp_path / "f.db", token=TOKEN, labeler="alice", rate_scale=1)
+  with pytest.raises(FeedbackError, match="rubric, rate_scale: pass one"):
+    server.create_app(tmp_path / "f.db", token=TOKEN, labeler="alice", rate_scale=3, rubric=RUBRIC)
+  with pytest.raises(FeedbackError, match="rubric: expected a feedback.rubric.Rubric"):
+    server.create_app(tmp_path / "f.db", token=TOKEN, labeler="alice", rubric="default")
   with pytest.raises(ValueError, match="token"):
     server.create_app(tmp_path / "f.db", token="")
   (tmp_path / "notes.txt").write_text("not a store")
@@ -465,3 +472,115 @@ def test_naming_another_labeler_than_the_tokens_is_403(team, store_path):
   # Naming oneself is allowed (older pages sent it), and the token decides in any case.
   post(team, "/api/judge", {**body, "labeler": "alice"}, labeler="alice")
   assert [c.labeler for c in stored(store_path)] == ["alice"]
+
+
+# --- rubric scores: one judgement scores a sample on every criterion ------------------------
+
+RUBRIC = Rubric((Criterion("accuracy", 5, "Is it right?"), Criterion("tone", 3)))
+
+
+def scored(store_path):
+  """The live rubric judgements as (sample, {criterion: score}, labeler), read from the store."""
+  with FeedbackStore(store_path) as store:
+    return [(r["sample_id"], r["scores"], r["labeler"]) for r in store.export_scores()]
+
+
+def test_rubric_config_task_judge_progress_and_undo(tmp_path):
+  path = make_store(tmp_path / "f.db", responses=("hi\u202eyo", SCRIPT, "plain"))
+  with TestClient(team_app(path, "alice", "bob", rubric=RUBRIC), base_url=BASE) as client:
+    config = get(client, "/api/config", "alice")
+    assert (config["kind"], config["labeler"], config["criteria"]) == ("rubric", "alice", [
+        {"name": "accuracy", "scale": 5, "guidance": "Is it right?"},
+        {"name": "tone", "scale": 3, "guidance": ""}])
+    assert get(client, "/api/progress", "alice") == {
+        "kind": "rubric", "labeled": 0, "queued": 3, "everyone": {"labeled": 0, "queued": 3}}
+    response = client.get("/api/task", headers={"X-Label-Token": token_of("alice")})
+    assert "<" not in response.text  # escaped as in the other modes
+    task = response.json()
+    assert (task["kind"], task["done"], task["prompt"]) == ("rubric", False, "Say hi")
+    assert task["sample"]["text"] == "hi<U+202E>yo"  # through visible()
+    sample = task["sample"]["id"]
+    bobs = get(client, "/api/task", "bob")["sample"]["id"]
+    assert bobs != sample  # leased apart; judging the other's is 409
+    error = post(client, "/api/judge", {"sample": bobs, "scores": {"accuracy": 1, "tone": 1}},
+                 status=409, labeler="alice")["error"]
+    assert "leased to labeler 'bob'" in error
+
+    # The body's order does not matter: the store keeps the rubric's.
+    judged = post(client, "/api/judge", {"sample": sample, "scores": {"tone": 2, "accuracy": 5}},
+                  labeler="alice")
+    assert judged["kind"] == "scores"
+    assert scored(path) == [(sample, {"accuracy": 5, "tone": 2}, "alice")]
+    assert list(scored(path)[0][1]) == ["accuracy", "tone"]
+    again = {"sample": sample, "scores": {"accuracy": 1, "tone": 1}}
+    assert "already scored" in post(client, "/api/judge", again, status=400, labeler="alice")["error"]
+    progress = get(client, "/api/progress", "alice")
+    assert (progress["labeled"], progress["queued"], progress["everyone"]) == (
+        1, 2, {"labeled": 1, "queued": 2})
+    assert get(client, "/api/progress", "bob")["labeled"] == 0
+
+    # Bob's token cannot undo alice's judgement; alice's undo retracts every criterion of it.
+    assert "not 'alice'" in post(client, "/api/undo", {"labeler": "alice"}, status=403,
+                                 labeler="bob")["error"]
+    assert post(client, "/api/undo", {}, labeler="bob") == {"undone": None}
+    assert scored(path) == [(sample, {"accuracy": 5, "tone": 2}, "alice")]
+    assert post(client, "/api/undo", {}, labeler="alice")["undone"] == {
+        "kind": "scores", "id": judged["id"]}
+    assert scored(path) == []
+    assert get(client, "/api/task", "alice")["sample"]["id"] == sample  # back to alice
+    post(client, "/api/judge", again, labeler="alice")
+    post(client, "/api/judge", {"sample": bobs, "scores": {"accuracy": 3, "tone": 3}},
+         labeler="bob")
+  assert sorted(scored(path)) == sorted([(sample, {"accuracy": 1, "tone": 1}, "alice"),
+                                         (bobs, {"accuracy": 3, "tone": 3}, "bob")])
+
+
+def test_invalid_rubric_judgements_are_400_with_the_field(store_path):
+  ok = {"accuracy": 3, "tone": 2}
+  cases = [
+      ({"sample": 1, "scores": {"accuracy": 3}}, "scores: missing criterion 'tone'; expected a "
+       "score for each of accuracy 1..5, tone 1..3"),
+      ({"sample": 1, "scores": {**ok, "honesty": 1}}, "scores: unknown criterion 'honesty'"),
+      ({"sample": 1, "scores": {**ok, "tone": 4}}, "scores['tone']: expected an int in 1..3, got 4"),
+      ({"sample": 1, "scores": {**ok, "accuracy": 0}}, "scores['accuracy']: expected an int in 1..5"),
+      ({"sample": 1, "scores": {**ok, "accuracy": True}}, "scores['accuracy']: expected an int in "
+       "1..5, got True"),
+      ({"sample": 1, "scores": {**ok, "tone": 2.0}}, "scores['tone']: expected an int"),
+      ({"sample": 1, "scores": {**ok, "tone": "2"}}, "scores['tone']: expected an int"),
+      ({"sample": 1, "scores": [3, 2]}, "scores: expected an object {criterion: score}"),
+      ({"sample": 1}, "missing ['scores']"),
+      ({"sample": 1, "scores": ok, "note": "x"}, "unknown ['note']"),
+      ({"sample": True, "scores": ok}, "sample: expected a sample id"),
+      ({"sample": 99, "scores": ok}, "no sample with id 99"),
+      ({"a": 1, "b": 2, "outcome": "a"}, "collects rubric scores (accuracy, tone), not pair "
+       "comparisons; start `rlhf-jax label` without --rubric"),
+      ({"sample": 1, "value": 2}, "not single ratings; start `rlhf-jax label` with --rate N"),
+  ]
+  app = server.create_app(store_path, token=TOKEN, labeler="alice", rubric=RUBRIC)
+  with TestClient(app, base_url=BASE) as client:
+    for body, message in cases:
+      assert message in post(client, "/api/judge", body, status=400)["error"], body
+  with TestClient(server.create_app(store_path, token=TOKEN, labeler="bob", rate_scale=3),
+                  base_url=BASE) as client:
+    assert "collects ratings 1..3, not rubric scores" in post(
+        client, "/api/judge", {"sample": 1, "scores": ok}, status=400)["error"]
+  assert scored(store_path) == [] and stored(store_path) == []
+
+
+def test_cli_label_serves_the_rubric_page_and_refuses_rubric_with_rate(store_path, monkeypatch,
+                                                                        capsys):
+  apps = []
+  monkeypatch.setattr(server, "_run_uvicorn", lambda app, sock: apps.append(app))
+  assert cli.main(["label", "--store", str(store_path), "--labeler", "alice", "--rubric",
+                   "default", "--port", "0"]) == 0
+  out = capsys.readouterr().out
+  assert "answers to score on accuracy 1..5, fluency 1..5, satisfaction 1..5" in out
+  token = re.search(r"token=([\w-]+)", out).group(1)
+  with TestClient(apps[0], base_url=BASE) as client:
+    criteria = client.get("/api/config", headers={"X-Label-Token": token}).json()["criteria"]
+  assert [c["name"] for c in criteria] == ["accuracy", "fluency", "satisfaction"]
+  for extra in (["--rate", "3"], ["--rate", "3", "--terminal"]):
+    assert cli.main(["label", "--store", str(store_path), "--labeler", "alice", "--rubric",
+                     "default", *extra]) == 2
+    assert "--rubric and --rate: pass one" in capsys.readouterr().err
+  assert len(apps) == 1

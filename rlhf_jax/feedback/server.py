@@ -1,14 +1,18 @@
-"""Judge samples in a web page on this machine: compare two responses, or rate one from 1 to N.
+"""Judge samples in a web page on this machine: compare two responses, rate one from 1 to N,
+or score one on each criterion of a rubric.
 
   rlhf-jax label --store feedback.db --labeler alice            # pairs, in the browser
   rlhf-jax label --store feedback.db --labeler alice --labeler bob   # one server, a URL each
   rlhf-jax label --store feedback.db --labeler alice --rate 3   # "rate this text 1-3"
+  rlhf-jax label --store feedback.db --labeler alice --rubric default   # accuracy, fluency, ...
 
 The same judgements as `terminal.py`, in a page that is easier on the eyes for long texts. The
 command prints one URL per labeler, each with that labeler's own secret token
 (`http://127.0.0.1:8765/?token=...`); open yours, then keys: pairs `a` / `b` / `t` (tie) /
-`s` (skip) or the arrow keys (left, right, down, up); ratings `1`..`N`; `u` undoes the last
-judgement. Every answer is written to the store (and committed) before the page shows the next
+`s` (skip) or the arrow keys (left, right, down, up); ratings `1`..`N`; rubrics a digit per
+criterion, top to bottom (the last one submits; Backspace or left goes back a criterion, Enter
+submits once all are set); `u` undoes the last judgement (a rubric judgement's scores go
+together). Every answer is written to the store (and committed) before the page shows the next
 task, so closing the tab loses nothing answered.
 
 Several people can label at once, each through their own URL. Identity is the token: the server
@@ -68,12 +72,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlhf_jax.feedback.display import visible
+from rlhf_jax.feedback.rubric import Rubric
 from rlhf_jax.feedback.store import OUTCOMES, FeedbackError, FeedbackStore, LeaseHeldError
 
 _log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 TOKEN_HEADER = "X-Label-Token"
-MAX_BODY_BYTES = 4096  # the largest real body is a labeler name and three small fields
+MAX_BODY_BYTES = 4096  # the largest real body: a labeler name and a score per rubric criterion
 MAX_LABELER_CHARS = 100
 _SECURITY_HEADERS = (
     (b"content-security-policy",
@@ -151,9 +156,10 @@ class HostCheck:
   when port 0 let the system pick it after the app was made.
   """
 
-  def __init__(self, app: ASGIApp, names: tuple[str, ...]):
+  def __init__(self, app: ASGIApp, names: tuple[str, ...], command: str = "rlhf-jax label"):
     self.app = app
     self.names = tuple(dict.fromkeys(names))
+    self.command = command  # named in the refusal: how to serve under another name
 
   def allowed(self, port: int | None) -> list[str]:
     with_port = [f"{name}:{port}" for name in self.names]
@@ -170,7 +176,7 @@ class HostCheck:
       return
     shown = repr(given[0]) if len(given) == 1 else f"{len(given)} Host headers"
     reason = (f"misdirected request: Host {shown} is not this server; it answers to "
-              f"{', '.join(allowed)} only (start `rlhf-jax label` with --host NAME to serve "
+              f"{', '.join(allowed)} only (start `{self.command}` with --host NAME to serve "
               "under another name)\n")
     await PlainTextResponse(reason, status_code=421)(scope, receive, send)
 
@@ -218,13 +224,41 @@ def _without_labeler(body: Mapping[str, Any], labeler: str) -> dict[str, Any]:
   return {key: value for key, value in body.items() if key != "labeler"}
 
 
+def _short(value: Any) -> str:
+  """`repr(value)`, cut to 40 characters: an error echoes what it got without echoing a whole body."""
+  shown = repr(value)
+  return shown if len(shown) <= 40 else shown[:40] + "..."
+
+
 def _check_id(body: Mapping[str, Any], field: str) -> int:
   value = body.get(field)
   # SQLite integers are 64-bit: a larger id is no sample's (and would overflow in the driver).
   if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2 ** 63:
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-    raise ApiError(400, f"{field}: expected a sample id (a positive 64-bit int), got {shown}")
+    raise ApiError(400, f"{field}: expected a sample id (a positive 64-bit int), got {_short(value)}")
   return value
+
+
+def _check_scores(value: Any, rubric: Rubric) -> dict[str, int]:
+  """`{criterion: score}` with every criterion of `rubric` once, each an int on its scale; in the
+  rubric's order, whatever the body's, so the store keeps one order for every judgement."""
+  expected = ", ".join(f"{c.name} 1..{c.scale}" for c in rubric.criteria)
+  if not isinstance(value, dict):
+    raise ApiError(400, f"scores: expected an object {{criterion: score}} ({expected}), "
+                   f"got {_short(value)}")
+  unknown = [name for name in value if name not in rubric.scales]
+  if unknown:
+    raise ApiError(400, f"scores: unknown criterion {_short(unknown[0])}; this rubric's criteria "
+                   f"are {expected}")
+  missing = [c.name for c in rubric.criteria if c.name not in value]
+  if missing:
+    raise ApiError(400, f"scores: missing criterion {missing[0]!r}; expected a score for each of "
+                   f"{expected}")
+  for c in rubric.criteria:
+    score = value[c.name]
+    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= c.scale:
+      raise ApiError(400, f"scores[{c.name!r}]: expected an int in 1..{c.scale}, "
+                     f"got {_short(score)}")
+  return {c.name: value[c.name] for c in rubric.criteria}
 
 
 def _check_fields(body: Mapping[str, Any], expected: tuple[str, ...]) -> None:
@@ -268,10 +302,22 @@ def _sample_json(sample: Any) -> dict[str, Any]:
   return {"id": sample.id, "text": visible(sample.text)}
 
 
+def _criteria_json(rubric: Rubric) -> list[dict[str, Any]]:
+  # Names and guidance come from whoever started the server, not from a model: sent as they are
+  # (a name goes back as a key of the judgement), still only ever shown through textContent.
+  return [{"name": c.name, "scale": c.scale, "guidance": c.guidance} for c in rubric.criteria]
+
+
 def _task_json(store: FeedbackStore, labeler: str, rate_scale: int | None,
-               rng: random.Random) -> dict[str, Any]:
+               rng: random.Random, rubric: Rubric | None = None) -> dict[str, Any]:
   """The labeler's next task; a pair comes in random left/right order (the page sends the ids
   back in the order it got them, so the store records what the labeler saw)."""
+  if rubric is not None:
+    task = store.next_sample_to_score(labeler)
+    if task is None:
+      return {"kind": "rubric", "done": True}
+    return {"kind": "rubric", "done": False, "prompt": visible(task.prompt.text),
+            "sample": _sample_json(task.sample), "lease_until": task.lease_until}
   if rate_scale is None:
     task = store.next_pair(labeler)
     if task is None:
@@ -287,9 +333,16 @@ def _task_json(store: FeedbackStore, labeler: str, rate_scale: int | None,
           "lease_until": task.lease_until}
 
 
-def _progress_json(store: FeedbackStore, labeler: str, rate_scale: int | None) -> dict[str, Any]:
+def _progress_json(store: FeedbackStore, labeler: str, rate_scale: int | None,
+                   rubric: Rubric | None = None) -> dict[str, Any]:
   """This labeler's counts ("labeled", "queued": what is left for them) and everyone's."""
   mine, everyone = store.progress(labeler), store.progress()
+  if rubric is not None:
+    # Samples scored, not judgements: `Progress` has no count of live rubric judgements, so
+    # "everyone" has no "judgements" here (the page leaves it out).
+    return {"kind": "rubric", "labeled": mine.samples_scored, "queued": mine.samples_to_score,
+            "everyone": {"labeled": everyone.samples_scored,
+                         "queued": everyone.samples_to_score}}
   if rate_scale is None:
     return {"kind": "pair", "labeled": mine.pairs_judged, "queued": mine.pairs_queued,
             "everyone": {"labeled": everyone.pairs_judged, "queued": everyone.pairs_queued,
@@ -300,9 +353,26 @@ def _progress_json(store: FeedbackStore, labeler: str, rate_scale: int | None) -
 
 
 def _judge(store: FeedbackStore, labeler: str, body: Mapping[str, Any],
-           rate_scale: int | None) -> dict[str, Any]:
+           rate_scale: int | None, rubric: Rubric | None = None) -> dict[str, Any]:
   """Checks a judgement body for this server's mode and stores it as `labeler`'s."""
   body = _without_labeler(body, labeler)
+  if rubric is not None:
+    names = ", ".join(c.name for c in rubric.criteria)
+    if "outcome" in body or "a" in body or "b" in body:
+      raise ApiError(400, f"this server collects rubric scores ({names}), not pair comparisons; "
+                     "start `rlhf-jax label` without --rubric to compare pairs")
+    if "value" in body:
+      raise ApiError(400, f"this server collects rubric scores ({names}), not single ratings; "
+                     "start `rlhf-jax label` with --rate N instead of --rubric to rate samples")
+    _check_fields(body, ("sample", "scores"))
+    sample = _check_id(body, "sample")
+    scores = _check_scores(body["scores"], rubric)
+    return {"kind": "scores",
+            "id": store.score(sample, scores, scales=rubric.scales, labeler=labeler)}
+  if "scores" in body:
+    collects = "pair comparisons" if rate_scale is None else f"ratings 1..{rate_scale}"
+    raise ApiError(400, f"this server collects {collects}, not rubric scores; start "
+                   "`rlhf-jax label` with --rubric SPEC (and no --rate) to score answers")
   if rate_scale is None:
     if "value" in body or "sample" in body:
       raise ApiError(400, "this server collects pair comparisons, not ratings; start "
@@ -391,32 +461,41 @@ def _check_tokens(tokens: Mapping[str, str] | None, token: str | None,
 
 def create_app(store_path: str | Path, *, tokens: Mapping[str, str] | None = None,
                token: str | None = None, labeler: str | None = None,
-               rate_scale: int | None = None, seed: int | None = None,
-               host: str = "127.0.0.1") -> Starlette:
+               rate_scale: int | None = None, rubric: Rubric | None = None,
+               seed: int | None = None, host: str = "127.0.0.1") -> Starlette:
   """The ASGI app on the store at `store_path` (opened now, so a bad file fails before serving).
 
   `tokens` maps each labeler's secret token to their name: a request with a token judges as that
   labeler and no other; `token=` with `labeler=` is the one-labeler form. `host` is the address
   the server binds (`--host`): every request's Host header must name it or a loopback name, with
-  the port; `rate_scale` N switches from pairs to ratings 1..N; `seed` fixes the left/right
-  order of pairs (tests).
+  the port; `rate_scale` N switches from pairs to ratings 1..N, `rubric` to scoring each sample
+  on every criterion of the rubric (one or the other); `seed` fixes the left/right order of
+  pairs (tests).
   """
   tokens = _check_tokens(tokens, token, labeler)
   if rate_scale is not None and (isinstance(rate_scale, bool) or not isinstance(rate_scale, int)
                                  or rate_scale < 2):
     raise FeedbackError(f"rate_scale: expected an int >= 2 (--rate N), got {rate_scale!r}")
+  if rubric is not None:
+    if not isinstance(rubric, Rubric):
+      raise FeedbackError(f"rubric: expected a feedback.rubric.Rubric (--rubric SPEC), got "
+                          f"{type(rubric).__name__}")
+    if rate_scale is not None:  # a server collects one kind of judgement
+      raise FeedbackError("rubric, rate_scale: pass one (--rubric SPEC to score answers on a "
+                          "rubric, or --rate N to rate them), not both")
+  mode = "rubric" if rubric is not None else "pair" if rate_scale is None else "rating"
   store = FeedbackStore(store_path)
   rng = random.Random(seed)
 
   async def task(request: Request, who: str) -> dict[str, Any]:
-    return await run_in_threadpool(_task_json, store, who, rate_scale, rng)
+    return await run_in_threadpool(_task_json, store, who, rate_scale, rng, rubric)
 
   async def progress(request: Request, who: str) -> dict[str, Any]:
-    return await run_in_threadpool(_progress_json, store, who, rate_scale)
+    return await run_in_threadpool(_progress_json, store, who, rate_scale, rubric)
 
   async def judge(request: Request, who: str) -> dict[str, Any]:
     body = await _read_json_object(request)
-    return await run_in_threadpool(_judge, store, who, body, rate_scale)
+    return await run_in_threadpool(_judge, store, who, body, rate_scale, rubric)
 
   async def undo(request: Request, who: str) -> dict[str, Any]:
     body = await _read_json_object(request)
@@ -424,8 +503,8 @@ def create_app(store_path: str | Path, *, tokens: Mapping[str, str] | None = Non
 
   async def config(request: Request, who: str) -> dict[str, Any]:
     # "labeler" is who this page judges as: the page shows it and has no way to change it.
-    return {"kind": "pair" if rate_scale is None else "rating", "scale": rate_scale,
-            "labeler": who, "outcomes": list(OUTCOMES)}
+    return {"kind": mode, "scale": rate_scale, "labeler": who, "outcomes": list(OUTCOMES),
+            "criteria": None if rubric is None else _criteria_json(rubric)}
 
   async def page(request: Request) -> Response:
     # A file, not a template: nothing from the store or the request is ever put into HTML.
@@ -511,7 +590,7 @@ def _run_uvicorn(app: ASGIApp, sock: socket.socket) -> None:
 
 def serve(store_path: str | Path, *, labelers: Sequence[str] = (),
           tokens: Mapping[str, str] | None = None, host: str = "127.0.0.1", port: int = 8765,
-          rate_scale: int | None = None) -> None:
+          rate_scale: int | None = None, rubric: Rubric | None = None) -> None:
   """Serves the labeling page until Ctrl-C; prints one URL per labeler to open.
 
   Each of `labelers` gets a fresh token of their own; `tokens` ({token: labeler}) is used as
@@ -524,14 +603,17 @@ def serve(store_path: str | Path, *, labelers: Sequence[str] = (),
       raise FeedbackError("labelers: two fresh tokens collided; start again")
   elif labelers:
     raise FeedbackError("labelers: pass labelers (fresh tokens) or tokens, not both")
-  app = create_app(store_path, tokens=tokens, rate_scale=rate_scale, host=host)
+  app = create_app(store_path, tokens=tokens, rate_scale=rate_scale, rubric=rubric, host=host)
   sock = bind(host, port)
   try:
     if not is_loopback(host):
       print(f"warning: serving on {host}, not 127.0.0.1: anyone who can reach this address and "
             "sees the URL below can read the samples and write judgements, and the traffic "
             "(token included) is plain, unencrypted HTTP", file=sys.stderr)
-    what = "pairs to compare" if rate_scale is None else f"samples to rate 1..{rate_scale}"
+    if rubric is not None:
+      what = "answers to score on " + ", ".join(f"{c.name} 1..{c.scale}" for c in rubric.criteria)
+    else:
+      what = "pairs to compare" if rate_scale is None else f"samples to rate 1..{rate_scale}"
     width = max(len(name) for name in tokens.values())
     urls = "\n".join(f"  {name:<{width}}  {page_url(host, sock.getsockname()[1], token)}"
                      for token, name in tokens.items())
