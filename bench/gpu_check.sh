@@ -23,3 +23,5 @@ run bench/bench_ppo.py --shape gpt2-small --dtype bfloat16 --batch 64 --prompt-l
 run bench/bench_ppo.py --shape tiny --batch 32 --iterations 5
 # Vmapped runs against sequential ones (issue 7's goal: 16 runs at >= 8x).
 run bench/bench_vmap.py --runs 1,4,16 --steps 5
+# The OpenAI-compatible server: requests/s and tokens/s at 1, 4 and 16 clients.
+run bench/bench_serve.py --shape gpt2-small --dtype bfloat16 --requests 64 --max-tokens 128

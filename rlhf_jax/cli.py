@@ -7,6 +7,7 @@
   rlhf-jax eval workdirs/quickstart/lm workdirs/quickstart/ppo [--set num_prompts=256]
   rlhf-jax sample workdirs/quickstart/ppo --prompt "The movie was"
   rlhf-jax chat workdirs/quickstart/ppo --temperature 0.8
+  rlhf-jax serve workdirs/quickstart/ppo [--port 8000] [--api-key KEY]   # OpenAI-compatible /v1 API
   rlhf-jax data prepare brown austen
   rlhf-jax feedback import samples.jsonl --store feedback.db
   rlhf-jax label --store feedback.db --labeler alice [--labeler bob] [--rate 3]   # web page: one URL each
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -146,6 +148,14 @@ def _cmd_chat(args) -> int:
   policy = _load_policy(args.workdir)
   return chat.chat(policy, sys.stdin, sys.stdout, _sampling_settings(args), history=args.history, name=args.workdir,
                    raw=args.raw)
+
+
+def _cmd_serve(args) -> int:
+  from rlhf_jax.serving import openai_api
+  api_key = args.api_key or os.environ.get("RLHF_JAX_API_KEY") or None
+  openai_api.serve(args.workdir, host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
+                   step=args.step, max_batch=args.max_batch, chunk=args.chunk, max_tokens_limit=args.max_tokens)
+  return 0
 
 
 def _cmd_data_prepare(args) -> int:
@@ -321,6 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
   chat.add_argument("--no-history", dest="history", action="store_false",
                     help="each line is a fresh prompt (default: the conversation so far is the context)")
   chat.set_defaults(func=_cmd_chat)
+
+  srv = sub.add_parser("serve", help="serve a trained policy over an OpenAI-compatible HTTP API (/v1/completions, "
+                       "/v1/chat/completions)")
+  srv.add_argument("workdir", help="a run's workdir (its policy's latest checkpoint; LoRA merged), a Hugging Face "
+                   "model folder, or hf:ORG/NAME")
+  srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+  srv.add_argument("--port", type=int, default=8000)
+  srv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: the "
+                   "RLHF_JAX_API_KEY environment variable; none: no key)")
+  srv.add_argument("--model-name", default=None, help="the model's name in the API (default: the workdir's name)")
+  srv.add_argument("--step", type=int, default=None, help="the checkpoint to serve (default: the latest)")
+  srv.add_argument("--max-batch", type=int, default=16, help="the most choices decoded together (a power of two)")
+  srv.add_argument("--chunk", type=int, default=8, help="decoding steps between two looks at the text "
+                   "(stop strings, streaming)")
+  srv.add_argument("--max-tokens", type=int, default=None, help="the largest max_tokens a request may ask "
+                   "(default: the model's context)")
+  srv.set_defaults(func=_cmd_serve)
 
   data = sub.add_parser("data", help="data utilities")
   data_sub = data.add_subparsers(dest="data_command", required=True)

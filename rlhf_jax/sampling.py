@@ -156,16 +156,56 @@ def inverse_cdf_choice(probs_BxV: jax.Array, u_B: jax.Array) -> jax.Array:
   return block_B * block + entry_B
 
 
+def sample_logits_rows(logits_BxV: jax.Array, keys_B: jax.Array, temperature_B: jax.Array, top_k_B: jax.Array,
+                       top_p_B: jax.Array, *, filtered: bool = True) -> tuple[jax.Array, jax.Array]:
+  """`sample_logits` with every setting one traced value per row: `(token_B, logp_B)`.
+
+  A server batches requests that each bring their own temperature, top_k (0 = off) and top_p
+  (1.0 = off); as static arguments every new combination would compile a new program. Row b draws
+  the token `sample_logits(logits_BxV[b:b+1], keys_B[b:b+1], temperature_B[b], top_k_B[b],
+  top_p_B[b])` draws (the same uniform, the same candidates in the same order), so a request's
+  tokens do not depend on which requests share its batch. `filtered` (static) False leaves the
+  sort out, for batches where no row filters; it must then be that no row does.
+  """
+  B, V = logits_BxV.shape
+  scaled_BxV = _scale(logits_BxV.astype(jnp.float32), temperature_B)
+  logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
+  u_B = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys_B)
+  token_B = inverse_cdf_choice(jax.nn.softmax(scaled_BxV, axis=-1), u_B)
+  if filtered:
+    # One full sort serves every row; a row's filters then act on ranks (sample_logits' order).
+    cand_BxV, cand_ids_BxV = jax.lax.top_k(scaled_BxV, V)
+    rank_V = jnp.arange(V)
+    k_B = jnp.where((top_k_B > 0) & (top_k_B < V), top_k_B, V)
+    cand_BxV = jnp.where(rank_V < k_B[:, None], cand_BxV, -jnp.inf)
+    probs_BxV = jax.nn.softmax(cand_BxV, axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    keep_BxV = (mass_before_BxV < top_p_B[:, None]) | (rank_V == 0)
+    cand_BxV = jnp.where(keep_BxV, cand_BxV, -jnp.inf)
+    choice_B = inverse_cdf_choice(jax.nn.softmax(cand_BxV, axis=-1), u_B)
+    sorted_token_B = jnp.take_along_axis(cand_ids_BxV, choice_B[:, None], axis=-1)[:, 0]
+    filters_B = (k_B < V) | (top_p_B < 1.0)
+    token_B = jnp.where(filters_B, sorted_token_B, token_B)
+  token_B = token_B.astype(jnp.int32)
+  return token_B, jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
+
+
+def finish_rows(token_B, logp_B, done_B, eos_id, pad_id):
+  """A decoding step's tokens after the rows that had finished are masked: those emit `pad_id`
+  with logp 0; returns `(token_B, logp_B, live_B, done_B)`, `live_B` the rows that emitted a real
+  token (EOS included) and `done_B` the rows finished after this step."""
+  live_B = ~done_B
+  token_B = jnp.where(live_B, token_B, pad_id)
+  logp_B = jnp.where(live_B, logp_B, 0.0)
+  return token_B, logp_B, live_B, done_B | (live_B & (token_B == eos_id))
+
+
 def _emit(logits_BxV, keys_B, done_B, temperature, top_k, top_p, eos_id, pad_id, suppress_ids=()):
   """One decoding step's output: finished rows emit pad with mask 0 and logp 0."""
   if suppress_ids:
     logits_BxV = logits_BxV.at[:, jnp.asarray(suppress_ids, jnp.int32)].set(-jnp.inf)
   token_B, logp_B = sample_logits(logits_BxV, keys_B, temperature, top_k, top_p)
-  live_B = ~done_B
-  token_B = jnp.where(live_B, token_B, pad_id)
-  logp_B = jnp.where(live_B, logp_B, 0.0)
-  done_B = done_B | (live_B & (token_B == eos_id))
-  return token_B, logp_B, live_B, done_B
+  return finish_rows(token_B, logp_B, done_B, eos_id, pad_id)
 
 
 def generate(params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, key: jax.Array, *,

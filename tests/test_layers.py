@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("rlhf_jax.eval",)),
     ("trainers", ("rlhf_jax.rl", "rlhf_jax.lm_training")),
     ("runs", ("rlhf_jax.sweep", "rlhf_jax.runs")),
-    ("command line", ("rlhf_jax.cli", "rlhf_jax.chat", "rlhf_jax.__main__")),
+    # Using a trained model: chat at the terminal, and serving it over HTTP (rlhf-jax serve).
+    ("command line", ("rlhf_jax.cli", "rlhf_jax.chat", "rlhf_jax.serving", "rlhf_jax.__main__")),
 ]
 
 

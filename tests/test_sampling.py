@@ -197,7 +197,23 @@ def _hand_made_draws(key):
   out["rows_batched"] = sampling.sample_logits(row_logits_BxV, keys_B, temperature_B)
   out["rows_alone"] = [sampling.sample_logits(row_logits_BxV[b:b + 1], keys_B[b:b + 1], temperature_B[b])
                        for b in range(3)]
+  # sample_logits_rows: every row its own settings, against sample_logits on that row alone.
+  settings_logits_BxV = jax.random.normal(jax.random.fold_in(key, 3), (len(ROW_SETTINGS), 50)) * 2
+  settings_keys_B = jax.random.split(jax.random.fold_in(key, 4), len(ROW_SETTINGS))
+  t_B, k_B, p_B = (jnp.asarray(column) for column in zip(*ROW_SETTINGS))
+  out["settings_batched"] = sampling.sample_logits_rows(settings_logits_BxV, settings_keys_B, t_B, k_B, p_B)
+  out["settings_alone"] = [sampling.sample_logits(settings_logits_BxV[b:b + 1], settings_keys_B[b:b + 1], t, k, p)
+                           for b, (t, k, p) in enumerate(ROW_SETTINGS)]
+  plain = jnp.asarray([b for b, (_, k, p) in enumerate(ROW_SETTINGS) if k in (0, 50) and p == 1.0])
+  out["settings_unfiltered"] = sampling.sample_logits_rows(
+      settings_logits_BxV[plain], settings_keys_B[plain], t_B[plain], k_B[plain], p_B[plain], filtered=False)
+  out["settings_plain_rows"] = plain
   return out
+
+
+# (temperature, top_k, top_p) of each row; top_k 50 is the whole vocabulary (off).
+ROW_SETTINGS = [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.9), (2.0, 3, 0.8), (1.0, 1, 1.0),
+                (0.7, 50, 1.0), (1.0, 0, 0.3), (1.3, 10, 0.95), (0.9, 0, 1.0)]
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +252,19 @@ def test_sample_logits_per_row_temperature_and_keys(hand_made_draws):
   for b, (token, logp) in enumerate(hand_made_draws["rows_alone"]):
     assert int(token[0]) == int(token_B[b])
     np.testing.assert_allclose(logp[0], logp_B[b], rtol=1e-6)
+
+
+def test_sample_logits_rows_draws_what_sample_logits_draws_for_each_row_alone(hand_made_draws):
+  """The server's sampler: each row's settings are arrays, and a row draws exactly the token (and
+  log-prob) that sample_logits draws for it with its settings as static arguments."""
+  token_B, logp_B = hand_made_draws["settings_batched"]
+  alone = hand_made_draws["settings_alone"]
+  np.testing.assert_array_equal(token_B, [int(t[0]) for t, _ in alone])
+  np.testing.assert_allclose(logp_B, [float(lp[0]) for _, lp in alone], rtol=1e-6)
+  assert len(set(np.asarray(token_B).tolist())) > 3  # the rows did not all draw one token
+  # Without the sort (no row filters), the unfiltered rows draw the same tokens.
+  plain = np.asarray(hand_made_draws["settings_plain_rows"])
+  np.testing.assert_array_equal(hand_made_draws["settings_unfiltered"][0], np.asarray(token_B)[plain])
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.9])
