@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from rlhf_jax import config as config_lib
 from rlhf_jax import sweep
+from rlhf_jax.data import records
 
 # A composition's change of a stage's config: the experiment's own config in, the edited one out.
 Edit = Callable[[Any], Any]
@@ -77,7 +78,8 @@ def check_paths(config) -> None:
       missing = f"{value[3:]} is not a directory: expected a reward model's workdir"
     elif value.startswith("store:") and not Path(value[6:]).is_file():
       missing = f"{value[6:]} not found: expected a feedback store (feedback.db)"
-    elif name == "path" and key.startswith("task.") and not Path(value).is_file():
+    elif (name == "path" and key.startswith("task.") and not Path(value).is_file()
+          and not value.startswith(("tfds:", "hf:")) and records.builtin(value) is None):
       missing = f"{value} not found: expected a prompt file"
     else:
       files = [part[5:] for part in value.split("+") if part.startswith("file:")]

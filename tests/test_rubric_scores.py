@@ -3,6 +3,7 @@ together, exported per criterion as ratings; a version-1 store gains the table a
 
 import sqlite3
 
+import numpy as np
 import pytest
 
 from rlhf_jax.feedback.store import FeedbackError, FeedbackStore, LeaseHeldError, Scores
@@ -126,3 +127,49 @@ def test_rubric_scores_export_as_records_and_as_one_criterions_ratings(tmp_path)
                    "--criterion", "fluency"]) == 0
   assert records.load(tmp_path / "f.csv").rows == [{"prompt": record["prompt"], "completion": " canine.", "rating": 4.0}]
   assert cli.main(["feedback", "export", "scores", "--store", db, "--out", str(tmp_path / "x.csv"), "--trl"]) == 2
+
+
+def test_collect_scores_stores_each_round_whole_and_resumes_as_if_never_interrupted(tmp_path):
+  """Simulated experts score every distinct non-empty answer in the round that sampled it; a
+  collection killed in round 2 and resumed stores exactly what an unbroken one stores."""
+  import jax
+
+  from rlhf_jax.feedback import collect, rubric
+
+  questions = [f"Question: What is another word for w{i}?\nAnswer:" for i in range(10)]
+  gold = [[f"s{i}"] for i in range(10)]
+  calls = []
+
+  def sample_texts(prompts, key, fail_at=None):
+    calls.append(len(calls))
+    if fail_at is not None and len(calls) == fail_at:
+      raise KeyboardInterrupt
+    k = int(jax.random.randint(key, (), 0, 3))  # 0: empty, 1: the right answer, 2: a wrong one
+    return [["", f" s{questions.index(q)}.", " no."][(k + n) % 3] for n, q in enumerate(prompts)]
+
+  # Noise of a whole scale point: a resumed collection that drew other noise would store other scores.
+  experts = [rubric.SimulatedExpert(fluency_logp=lambda p, a: [-2.0] * len(a), noise=1.0, seed=s, name=f"e{s}")
+             for s in (1, 2)]
+  kwargs = dict(samples_per_prompt=3, batch_size=4, model="m", key=jax.random.key(0))
+
+  def values(store):
+    return [(r["prompt"], r["response"], r["labeler"], r["scores"]) for r in store.export_scores()]
+
+  with FeedbackStore(tmp_path / "whole.db") as store:
+    n = collect.collect_scores(store, sample_texts, questions, gold, experts, **kwargs)
+    whole = values(store)
+  assert n == len(whole) and {w[2] for w in whole} == {"e1", "e2"}
+  assert all(w[1].strip() for w in whole)  # empty answers are not stored
+  right = [w[3]["accuracy"] for w in whole if w[1] != " no."]
+  wrong = [w[3]["accuracy"] for w in whole if w[1] == " no."]
+  assert np.mean(right) > np.mean(wrong) + 2  # the signals are 5 and 2
+  per_answer = {(w[0], w[1]) for w in whole}
+  assert len(whole) == 2 * len(per_answer)  # each distinct answer once per expert
+
+  calls.clear()
+  with FeedbackStore(tmp_path / "resumed.db") as store:
+    with pytest.raises(KeyboardInterrupt):  # dies in round 2 (the 5th sampling call)
+      collect.collect_scores(store, lambda p, k: sample_texts(p, k, fail_at=5), questions, gold, experts, **kwargs)
+    assert store.collection_progress("scores")[0] == 1 and len(values(store)) < n
+    collect.collect_scores(store, sample_texts, questions, gold, experts, **kwargs)
+    assert values(store) == whole

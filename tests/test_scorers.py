@@ -9,7 +9,11 @@ POSITIVE = "This is wonderful. I love it, the best and most delicious snack I ha
 NEGATIVE = "This is awful. I hate it, the worst and most disgusting snack I have ever had."
 
 
-@pytest.mark.parametrize("name", sorted(scorers.SCORERS))
+# The sentiment lexicons: every scorer but the QA gold, which judges an answer to its question.
+LEXICONS = sorted(name for name, make in scorers.SCORERS.items() if not getattr(make, "reads_prompt", False))
+
+
+@pytest.mark.parametrize("name", LEXICONS)
 def test_lexicon_scorers_rank_positive_above_negative(name):
   scorer = scorers.get_scorer(name)
   assert isinstance(scorer, scorers.Scorer)

@@ -95,8 +95,9 @@ def test_engine_samples_what_generate_samples_with_the_row_key(engine, policy):
   prompt = jnp.asarray([[tok.pad_id] * (P - len(ids)) + ids] * 3)
   mask = jnp.asarray([[False] * (P - len(ids)) + [True] * len(ids)] * 3)
   keys = jnp.stack([jax.random.fold_in(jax.random.key(11), j) for j in range(3)])
-  out = sampling.generate(policy.params, prompt, mask, keys, model=Transformer(policy.model), max_new_tokens=20,
-                          temperature=0.9, top_p=0.95, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  generate = jax.jit(sampling.generate, static_argnames=sampling.GENERATE_STATIC_ARGNAMES)
+  out = generate(policy.params, prompt, mask, keys, model=Transformer(policy.model), max_new_tokens=20, temperature=0.9,
+                 top_p=0.95, eos_id=tok.eos_id, pad_id=tok.pad_id)
   want = []
   for row, row_mask in zip(np.asarray(out.tokens_BxN), np.asarray(out.mask_BxN)):
     real = [int(t) for t, m in zip(row, row_mask) if m]

@@ -6,6 +6,8 @@ rankings: Ouyang et al. 2022, sec. 3.5; labels are cheap next to sampling). A si
 judges the pairs at once, and the round's samples and verdicts are stored in one transaction
 (`FeedbackStore.add_round`). Without a labeler the pairs wait in the store's queue for people on
 the labeling page (`rlhf-jax label`), and `wait_for_comparisons` waits for their verdicts.
+`collect_scores` is the same for rubric scores: simulated experts score each answer on every
+criterion (`feedback.rubric`), as people do on the labeling page with `--rubric`.
 
 Each round's keys depend only on its index, and the store records the rounds (and comparisons) it
 holds in the same transaction as their data, so `collect_comparisons` on an interrupted
@@ -15,14 +17,17 @@ and stores what an uninterrupted run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 from rlhf_jax.feedback.labelers import SimulatedLabeler
+from rlhf_jax.feedback.rubric import SimulatedExpert
 from rlhf_jax.feedback.store import FeedbackStore
 
 # (prompts, key) -> one response per prompt
@@ -82,6 +87,47 @@ def collect_comparisons(store: FeedbackStore, sample_texts: SampleTexts, prompts
     responses = [sample_texts(batch, jax.random.fold_in(key, K * start + k)) for k in range(K)]
     stored += store_round(store, batch, responses, [model] * K, labeler, source=source, collection=collection,
                           round_index=r)
+  return stored
+
+
+def collect_scores(store: FeedbackStore, sample_texts: SampleTexts, prompts: Sequence[str],
+                   gold: Sequence[Sequence[str]], experts: Sequence[SimulatedExpert], *, samples_per_prompt: int,
+                   batch_size: int, model: str, key: jax.Array, source: str = "", collection: str = "scores") -> int:
+  """K = `samples_per_prompt` answers of `model` to each question, round by round of `batch_size`
+  (answer k of the round starting at question s with key `fold_in(key, K s + k)`); every expert
+  scores each distinct non-empty answer on its rubric (`gold[i]`: question i's right answers),
+  and a round's answers and scores are stored in one transaction. An expert's noise in round r
+  comes from its seed and r alone, so a collection resumed after its stored rounds stores what an
+  uninterrupted one would have. Returns the number of judgements stored by this call."""
+  K = samples_per_prompt
+  if K < 1 or not experts:
+    raise ValueError(f"samples_per_prompt={K}, {len(experts)} experts: expected at least one of each")
+  names = [e.name for e in experts]
+  if len(set(names)) != len(names) or len({e.rubric for e in experts}) != 1:
+    raise ValueError(f"experts: expected distinct names and one rubric, got {names}")
+  scales = experts[0].rubric.scales
+  starts = list(range(0, len(prompts), batch_size))
+  done, _, _ = store.collection_progress(collection)
+  stored = 0
+  for r in tqdm(range(done, len(starts)), desc="sample+score", leave=False, initial=done, total=len(starts)):
+    start = starts[r]
+    batch = list(prompts[start:start + batch_size])
+    responses = [sample_texts(batch, jax.random.fold_in(key, K * start + k)) for k in range(K)]
+    used = [(i, k) for i in range(len(batch)) for k in range(K)
+            if responses[k][i].strip() and responses[k][i] not in [responses[j][i] for j in range(k)]]
+    records = [{"prompt": batch[i], "response": responses[k][i], "model": model} for i, k in used]
+    questions = [batch[i] for i, _ in used]
+    answers = [responses[k][i] for i, k in used]
+    golds = [gold[start + i] for i, _ in used]
+    scores = []
+    for expert in experts:
+      # A fresh draw for each round: seeded by the expert's seed and the round, not by what came before.
+      this_round = dataclasses.replace(expert, seed=int(np.random.SeedSequence([expert.seed, r]).generate_state(1)[0]))
+      by_criterion = this_round.score(questions, answers, golds)
+      scores += [(n, expert.name, {c: int(v[n]) for c, v in by_criterion.items()}) for n in range(len(used))]
+    store.add_round(records, source=source, collection=collection, round_index=r, pairs=0, scores=scores,
+                    scales=scales)
+    stored += len(scores)
   return stored
 
 

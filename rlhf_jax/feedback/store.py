@@ -282,6 +282,21 @@ def _check_text(text: Any, what: str) -> str:
   return text
 
 
+def _check_scores(labeler: str, values: Mapping[str, int], scales: Mapping[str, int]) -> None:
+  """A rubric judgement's fields: a labeler, and one int in 1..scales[c] for each criterion c."""
+  _check_labeler(labeler)
+  if not values:
+    raise FeedbackError("values: expected a score for at least one criterion")
+  for criterion, value in values.items():
+    _check_text(criterion, "criterion")
+    if criterion not in scales:
+      raise FeedbackError(f"scales: no scale for criterion {criterion!r}")
+    if _check_int(scales[criterion], f"scales[{criterion!r}]") < 2:
+      raise FeedbackError(f"scales[{criterion!r}]: expected an int >= 2, got {scales[criterion]}")
+    if not 1 <= _check_int(value, f"values[{criterion!r}]") <= scales[criterion]:
+      raise FeedbackError(f"values[{criterion!r}]: expected an int in 1..{scales[criterion]}, got {value}")
+
+
 def _checked_outcomes(comparisons: Iterable[tuple[Any, Any, str]], *, single: bool = True) -> list:
   """`comparisons` as a list, each outcome one of OUTCOMES, or a FeedbackError naming the first
   that is not (as "outcome" alone when `single` and there is one comparison)."""
@@ -598,10 +613,14 @@ class FeedbackStore:
 
   def add_round(self, records: Sequence[Mapping[str, Any]], comparisons: Iterable[tuple[int, int, str]] = (), *,
                 labeler: str | None = None, source: str = "", collection: str | None = None,
-                round_index: int | None = None, pairs: int | None = None) -> list[int]:
+                round_index: int | None = None, pairs: int | None = None,
+                scores: Iterable[tuple[int, str, Mapping[str, int]]] = (),
+                scales: Mapping[str, int] | None = None) -> list[int]:
     """Stores sample records and `labeler`'s comparisons of them (`(i, j, outcome)`, indices into
     `records`) in one transaction; returns the samples' ids. A round of collection is stored whole
     or not at all: an interrupted one leaves no samples waiting for verdicts that never come.
+    `scores` are rubric judgements in the same transaction: `(i, labeler, {criterion: value})` of
+    record i, each value in 1..`scales[criterion]`.
 
     With `collection` and `round_index`, the same transaction records that the collection's rounds
     up to `round_index` are stored, with their comparisons and the `pairs` they offer for judging
@@ -615,11 +634,18 @@ class FeedbackStore:
     for k, (i, j, _) in enumerate(comparisons):
       if not (0 <= i < len(parsed) and 0 <= j < len(parsed)):
         raise FeedbackError(f"comparison {k}: expected indices into the {len(parsed)} records, got ({i}, {j})")
+    scores = list(scores)
+    for k, (i, scorer, values) in enumerate(scores):
+      if not 0 <= i < len(parsed):
+        raise FeedbackError(f"scores {k}: expected an index into the {len(parsed)} records, got {i}")
+      _check_scores(scorer, values, scales or {})
     with self._write() as c:
       ids = [self._insert_sample(c, self._insert_prompt(c, prompt, source), response, model, meta)[0]
              for prompt, response, model, meta in parsed]
       for i, j, outcome in comparisons:
         self._insert_comparison(c, ids[i], ids[j], outcome, labeler)
+      for i, scorer, values in scores:
+        self._insert_scores(c, ids[i], values, scales, scorer)
       if collection is not None:
         row = c.execute("SELECT value FROM meta WHERE key = ?", (f"collection:{collection}",)).fetchone()
         done = json.loads(row[0]) if row else {"rounds": 0, "comparisons": 0, "pairs": 0}
@@ -722,36 +748,31 @@ class FeedbackStore:
 
     LeaseHeldError (nothing stored) while another labeler holds the sample's lease; an error if
     the labeler already scored the sample on one of these criteria (undo it first)."""
-    _check_labeler(labeler)
-    if not values:
-      raise FeedbackError("values: expected a score for at least one criterion")
-    for criterion, value in values.items():
-      _check_text(criterion, "criterion")
-      if criterion not in scales:
-        raise FeedbackError(f"scales: no scale for criterion {criterion!r}")
-      if _check_int(scales[criterion], f"scales[{criterion!r}]") < 2:
-        raise FeedbackError(f"scales[{criterion!r}]: expected an int >= 2, got {scales[criterion]}")
-      if not 1 <= _check_int(value, f"values[{criterion!r}]") <= scales[criterion]:
-        raise FeedbackError(f"values[{criterion!r}]: expected an int in 1..{scales[criterion]}, got {value}")
+    _check_scores(labeler, values, scales)
     with self._write() as c:
       self._sample_row(c, sample_id)
       self._check_lease(c, "samples", sample_id, f"sample {sample_id}", labeler)
-      done = c.execute(f"SELECT criterion FROM scores WHERE sample_id = ? AND labeler = ? AND retracted_at IS NULL "
-                       f"AND criterion IN ({', '.join('?' * len(values))})",
-                       (sample_id, labeler, *values)).fetchone()
-      if done:
-        raise FeedbackError(f"labeler {labeler!r} already scored sample {sample_id} on {done[0]!r}; undo it first "
-                            "to change it")
-      now, judgement = self._clock(), None
-      for criterion, value in values.items():
-        row_id = c.execute("INSERT INTO scores (judgement, sample_id, labeler, criterion, value, scale, created) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (judgement or 0, sample_id, labeler, criterion, value, scales[criterion], now)).lastrowid
-        judgement = judgement or row_id
-      c.execute("UPDATE scores SET judgement = ? WHERE id = ?", (judgement, judgement))
-      c.execute("UPDATE samples SET claimed_by = NULL, claimed_until = NULL WHERE id = ? AND claimed_by = ?",
-                (sample_id, labeler))
-      return judgement
+      return self._insert_scores(c, sample_id, values, scales, labeler)
+
+  def _insert_scores(self, c: sqlite3.Connection, sample_id: int, values: Mapping[str, int],
+                     scales: Mapping[str, int], labeler: str) -> int:
+    """Inserts one rubric judgement (checked by `_check_scores`) and frees the sample's lease."""
+    done = c.execute(f"SELECT criterion FROM scores WHERE sample_id = ? AND labeler = ? AND retracted_at IS NULL "
+                     f"AND criterion IN ({', '.join('?' * len(values))})",
+                     (sample_id, labeler, *values)).fetchone()
+    if done:
+      raise FeedbackError(f"labeler {labeler!r} already scored sample {sample_id} on {done[0]!r}; undo it first "
+                          "to change it")
+    now, judgement = self._clock(), None
+    for criterion, value in values.items():
+      row_id = c.execute("INSERT INTO scores (judgement, sample_id, labeler, criterion, value, scale, created) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (judgement or 0, sample_id, labeler, criterion, value, scales[criterion], now)).lastrowid
+      judgement = judgement or row_id
+    c.execute("UPDATE scores SET judgement = ? WHERE id = ?", (judgement, judgement))
+    c.execute("UPDATE samples SET claimed_by = NULL, claimed_until = NULL WHERE id = ? AND claimed_by = ?",
+              (sample_id, labeler))
+    return judgement
 
   def _scores(self, c: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[Scores]:
     rows = c.execute(f"SELECT judgement, sample_id, criterion, value, scale, labeler, created, retracted_at "

@@ -2,8 +2,8 @@
 
 A scorer is the taste a simulated labeler judges with (`feedback.labelers`), the gold judge of an
 RL task, a head-to-head judge and, through `rewards.tokens.HostReward`, an RL reward. Three
-lexicon sentiment scorers ship here (VADER, TextBlob, AFINN; `SCORERS` is the only list of their
-names); `py:MODULE:FUNCTION` is a user's Python function (`FunctionScorer`) and `rm:WORKDIR` a
+lexicon sentiment scorers ship here (VADER, TextBlob, AFINN) and the QA task's gold, `wordnet-qa`
+(`SCORERS` is the only list of their names); `py:MODULE:FUNCTION` is a user's Python function (`FunctionScorer`) and `rm:WORKDIR` a
 trained reward model (`rewards.reward_model.RewardModelScorer`). `get_scorer(name)` builds any
 of them and `score_texts` checks what a scorer returns.
 """
@@ -151,11 +151,42 @@ class FunctionScorer:
     return np.asarray(self._fn(list(texts)), dtype=np.float32)
 
 
+class WordnetQAScorer:
+  """1 for a right answer to a `wordnet-qa-v1` question, else 0 (`data.wordnet_qa.is_correct`
+  against every answer WordNet knows): the QA task's gold judge.
+
+  It reads the prompt with the response (`reads_prompt`: evaluation passes it prompt + response),
+  since the question decides which answers are right; the text must be the task's prompt,
+  "Question: ...\nAnswer:", then the response.
+  """
+  name = "wordnet-qa"
+  reads_prompt = True
+  score_range = (0.0, 1.0)
+
+  def __init__(self) -> None:
+    from rlhf_jax.data import wordnet_qa
+
+    self._qa = wordnet_qa
+    self._answers = {q["question"]: q["answers"] for q in wordnet_qa.load()}
+
+  def score(self, texts: Sequence[str]) -> np.ndarray:
+    out = np.zeros(len(texts), np.float32)
+    for i, text in enumerate(texts):
+      head, sep, response = text.partition("\nAnswer:")
+      question = head.rpartition("Question: ")[2]
+      if not sep or question not in self._answers:
+        raise ValueError(f"scorer wordnet-qa: text {i} is not a wordnet-qa-v1 question and its answer "
+                         f"(expected 'Question: ...\\nAnswer: ...'), got {text[:80]!r}")
+      out[i] = self._qa.is_correct(response, self._answers[question])
+    return out
+
+
 # The only list of scorer names.
 SCORERS: dict[str, Callable[[], Scorer]] = {
     "vader": VaderScorer,
     "textblob": TextBlobScorer,
     "afinn": AfinnScorer,
+    "wordnet-qa": WordnetQAScorer,
 }
 
 
@@ -200,3 +231,9 @@ def score_responses(scorer: Scorer, prompts: Sequence[str], responses: Sequence[
   """The scorer's checked float32 scores of the responses (after their prompts when `with_prompt`)."""
   texts = [p + r for p, r in zip(prompts, responses)] if with_prompt else list(responses)
   return score_texts(scorer, texts)
+
+
+def score_as_judge(scorer: Scorer, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+  """A judge's scores of responses: of the responses alone, or after their prompts for a scorer
+  that needs the question to judge the answer (`reads_prompt`, e.g. `WordnetQAScorer`)."""
+  return score_responses(scorer, prompts, responses, getattr(scorer, "reads_prompt", False))

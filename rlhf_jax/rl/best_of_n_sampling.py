@@ -51,6 +51,7 @@ def sample_pool(sample, params, frozen: dict, task: Task, tokenizer, *, n: int, 
   (gold None when the task has no gold). Batch i of the prompt-major rows samples with
   `fold_in(key, i)`; the last batch is filled with copies of row 0, which are dropped."""
   prompt_rows = {"p": np.repeat(task.test.tokens_NxP, n, axis=0), "m": np.repeat(task.test.mask_NxP, n, axis=0)}
+  prompt_texts = np.repeat(np.asarray(task.test.texts, object), n)
   norm = jax.device_get(frozen["norm"])
   proxies, golds = [], []
   for i, batch in enumerate(rows.eval_row_batches(prompt_rows, batch_size)):
@@ -60,7 +61,8 @@ def sample_pool(sample, params, frozen: dict, task: Task, tokenizer, *, n: int, 
     proxies.append(np.asarray(iteration_lib.normalized(np.asarray(raw_B), norm))[:real])
     if task.gold is not None:
       texts = rollout_lib.decode_responses(tokenizer, r.response_BxN[:real], r.response_mask_BxN[:real])
-      golds.append(scorers.score_texts(task.gold, texts))
+      done = i * batch_size  # rows of earlier batches
+      golds.append(scorers.score_as_judge(task.gold, list(prompt_texts[done:done + real]), texts))
   gold = np.concatenate(golds).reshape(-1, n) if golds else None
   return np.concatenate(proxies).reshape(-1, n), gold
 

@@ -313,7 +313,7 @@ def evaluate(sample, policy_params, frozen: dict, task: Task, tokenizer, *, batc
     r, raw_B = sample(policy_params, frozen, placed["p"], placed["m"], jax.random.fold_in(key, i), temperature)
     responses = rollout_lib.decode_responses(tokenizer, r.response_BxN, r.response_mask_BxN)
     if task.gold is not None:
-      golds.append(scorers.score_texts(task.gold, responses))
+      golds.append(scorers.score_as_judge(task.gold, task.test.texts[i:i + batch_size], responses))
     raws.append(np.asarray(raw_B))
     proxies.append(np.asarray(iteration_lib.normalized(raw_B, norm)))
     kls.append(np.asarray(sequence_kl(r.logp_BxN, r.ref_logp_BxN, r.response_mask_BxN)))
