@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import rewards, runs, sampling, sharding, trained
+from rlhf_jax import logs, rewards, runs, sampling, sharding, trained
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import prompts as prompts_lib
 from rlhf_jax.data import records, wordnet_qa
@@ -249,7 +249,9 @@ def main(config: Config, workdir: Path) -> dict:
   results = evaluate(config, workdir, Path(config.init_from) if config.init_from else workdir / "lm")
   qa.write_json(workdir / "qa_eval.json", results)
   table = qa.markdown(qa.summary([results]), runs=1)
-  (workdir / "report.md").write_text(f"# QA with expert rubric scores (seed {config.seed})\n\n"
-                                     f"{config.eval_questions} held-out questions of {DATA}.\n\n{table}")
-  print(table, flush=True)
+  agreement = qa.agreement_markdown([qa.agreement(logs.read_metrics(workdir / "reward", "eval")[-1])])
+  (workdir / "report.md").write_text(
+      f"# QA with expert rubric scores (seed {config.seed})\n\n{config.eval_questions} held-out questions of {DATA}:"
+      f"\n\n{table}\nThe reward model's held-out agreement with the experts:\n\n{agreement}")
+  print(f"{table}\n{agreement}", flush=True)
   return results

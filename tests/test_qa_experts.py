@@ -58,7 +58,12 @@ def test_qa_experts_smoke_scores_trains_every_method_and_judges_them_on_held_out
   workdir, result = qa_run
   assert list(result) == ["sft", "best-of-2", "ppo", "grpo", "ilql"]
   assert json.loads((workdir / "qa_eval.json").read_text()) == result
-  assert "| best-of-2 |" in (workdir / "report.md").read_text()
+  report = (workdir / "report.md").read_text()
+  assert "| best-of-2 |" in report
+  # The reward model's held-out agreement with the experts, per criterion, is in the report.
+  agreement = qa.agreement(logs.read_metrics(workdir / "reward", "eval")[-1])
+  assert set(agreement) == {"accuracy", "fluency", "satisfaction"}
+  assert f"| fluency | {agreement['fluency']['correlation']:.2f} | {agreement['fluency']['accuracy']:.2f} |" in report
   # The experts scored every stored answer, each on every criterion; the ratings are their weighted means.
   with FeedbackStore(workdir / "scores" / "feedback.db") as store:
     judgements = store.export_scores()

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from rlhf_jax import logs
 from rlhf_jax.rl import qa
 
 
@@ -20,14 +21,15 @@ def main() -> None:
   parser.add_argument("workdirs", nargs="+", help="qa_experts.py workdirs, one per seed")
   parser.add_argument("--out", default="docs/reproductions")
   args = parser.parse_args()
-  results = []
+  results, agreements = [], []
   for workdir in args.workdirs:
     path = Path(workdir) / "qa_eval.json"
     if not path.is_file():
       parser.error(f"{path} not found: expected a finished experiments/qa_experts.py run")
     results.append(json.loads(path.read_text()))
+    agreements.append(qa.agreement(logs.read_metrics(Path(workdir) / "reward", "eval")[-1]))
   table = qa.summary(results)
-  text = qa.markdown(table, runs=len(results))
+  text = qa.markdown(table, runs=len(results)) + "\n" + qa.agreement_markdown(agreements)
   out = Path(args.out)
   (out / "img").mkdir(parents=True, exist_ok=True)
   qa.plot(table, out / "img" / "qa_experts.png")

@@ -135,3 +135,23 @@ def plot(table: dict[str, dict[str, tuple[float, float]]], path: str | Path) -> 
 
 def write_json(path: str | Path, value) -> None:
   Path(path).write_text(json.dumps(value, indent=2) + "\n")
+
+
+def agreement(reward_eval: dict[str, float]) -> dict[str, dict[str, float]]:
+  """{criterion: {"correlation", "accuracy"}} from a rubric reward model's evaluation record
+  (`<criterion>_correlation`, `<criterion>_accuracy`: held-out agreement with the experts)."""
+  names = [k[:-len("_correlation")] for k in reward_eval if k.endswith("_correlation")]
+  return {n: {"correlation": reward_eval[f"{n}_correlation"], "accuracy": reward_eval[f"{n}_accuracy"]} for n in names}
+
+
+def agreement_markdown(runs: Sequence[dict[str, dict[str, float]]]) -> str:
+  """The reward model's held-out agreement with the experts per criterion, mean ± sd over runs."""
+  lines = ["| criterion | correlation with the experts' scores | exact-level accuracy |", "|---|---|---|"]
+  for name in runs[0]:
+    cells = []
+    for key in ("correlation", "accuracy"):
+      values = [r[name][key] for r in runs]
+      sd = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
+      cells.append(f"{np.mean(values):.2f}{sd}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
