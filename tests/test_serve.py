@@ -196,6 +196,14 @@ def test_curl(server):
   assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == out["choices"][0]["text"]
   assert json.loads(curl(server + "/health"))["status"] == "ok"
   assert "401" in curl("-o", "/dev/null", "-w", "%{http_code}", "-d", json.dumps(body), server + "/v1/completions")
+  # Not JSON (curl -d alone sends a form's type), and a body over the 1 MiB limit.
+  status = curl("-o", "/dev/null", "-w", "%{http_code}", "-H", f"Authorization: Bearer {API_KEY}", "-d",
+                json.dumps(body), server + "/v1/completions")
+  assert status == "415"
+  huge = json.dumps({**body, "prompt": "x" * (1 << 20)})
+  out = subprocess.run(["curl", "-sS", *auth, "--data-binary", "@-", server + "/v1/completions"], input=huge,
+                       capture_output=True, text=True, check=True).stdout
+  assert json.loads(out)["error"]["message"] == f"request body of {len(huge)} bytes; the limit is 1048576"
   # A page that re-points its own name at 127.0.0.1 (DNS rebinding) is refused by the Host check.
   assert "421" in curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: evil.example", server + "/health")
 

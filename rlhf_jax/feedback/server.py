@@ -271,7 +271,7 @@ def _check_fields(body: Mapping[str, Any], expected: tuple[str, ...]) -> None:
     raise ApiError(400, f"fields: {'; '.join(problems)}; expected {list(expected)}")
 
 
-async def _read_json_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+async def read_json_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
   """The request body as a JSON object, read no further than `limit` bytes (then 413)."""
   declared = request.headers.get("content-length")
   if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -494,11 +494,11 @@ def create_app(store_path: str | Path, *, tokens: Mapping[str, str] | None = Non
     return await run_in_threadpool(_progress_json, store, who, rate_scale, rubric)
 
   async def judge(request: Request, who: str) -> dict[str, Any]:
-    body = await _read_json_object(request)
+    body = await read_json_object(request)
     return await run_in_threadpool(_judge, store, who, body, rate_scale, rubric)
 
   async def undo(request: Request, who: str) -> dict[str, Any]:
-    body = await _read_json_object(request)
+    body = await read_json_object(request)
     return await run_in_threadpool(_undo, store, who, body)
 
   async def config(request: Request, who: str) -> dict[str, Any]:

@@ -44,7 +44,8 @@ from starlette.routing import Route
 
 from rlhf_jax import chat as chat_lib
 from rlhf_jax.errors import UserError
-from rlhf_jax.feedback.server import LOOPBACK_NAMES, HostCheck, host_name, is_loopback
+from rlhf_jax.feedback.server import ApiError as LabelApiError
+from rlhf_jax.feedback.server import LOOPBACK_NAMES, HostCheck, host_name, is_loopback, read_json_object
 from rlhf_jax.serving.engine import Delta, Engine, Failed, Finished, GenerationRequest, QueueFull
 
 MAX_BODY_BYTES = 1 << 20
@@ -280,22 +281,10 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
                      "the server was started with", kind="authentication_error")
 
   async def read_body(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-      raise ApiError(413, f"request body of {declared} bytes; the limit is {max_body_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-      body += chunk
-      if len(body) > max_body_bytes:
-        raise ApiError(413, f"request body over the limit of {max_body_bytes} bytes")
-    try:
-      value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise ApiError(400, f"body: not valid JSON ({e})") from None
-    except RecursionError:
-      raise ApiError(400, "body: JSON nested too deeply") from None
-    if not isinstance(value, dict):
-      raise ApiError(400, f"body: expected a JSON object, got {type(value).__name__}")
+    try:  # the labeling server's reader: size-limited as it streams in, a JSON object, 4xx otherwise
+      value = await read_json_object(request, max_body_bytes)
+    except LabelApiError as e:
+      raise ApiError(e.status, e.message) from None
     model = value.get("model")
     if model is None:
       raise ApiError(400, f"model: required; this server serves {model_name!r}", "model")
