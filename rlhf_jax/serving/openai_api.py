@@ -18,8 +18,8 @@ messages' contents end to end, separated by EOS, as `rlhf-jax chat` does.
 What a client gets wrong is a 4xx in OpenAI's error shape (`{"error": {"message", "type",
 "param", "code"}}`) naming the field: unknown fields, values out of range, features this server
 does not have (logprobs, echo, tools, penalties other than 0), a prompt and max_tokens longer than
-the model's context, a body over the size limit (413), a wrong or missing API key (401), an
-unknown model name (404); a full queue is 503.
+the model's context, a body over the size limit (413) or not JSON (415), a wrong or missing API
+key (401), an unknown model name (404); a full queue is 503.
 
 Security: the server binds 127.0.0.1 unless `--host` says otherwise (then it warns, and an API
 key is what keeps others out; the traffic is plain HTTP). On a loopback address every request's
