@@ -56,6 +56,7 @@ from rlhf_jax.rl.task import Prompts
 
 HERE = Path(__file__).parent
 DATA = wordnet_qa.VERSION
+QUICK = wordnet_qa.PROMPT.format(question="What is another word for quick?")  # the SFT run's sample prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +66,9 @@ class Config:
   init_from: str = ""  # a model to start from (a run or a Hugging Face folder); "" pretrains one on lm_corpus
   lm_corpus: str = "brown"
   lm_steps: int = 600
-  sft_steps: int = 600
-  sft_questions: int = 20000  # demonstrations (train split)
+  sft_steps: int = 2000
+  sft_questions: int = 60000  # demonstrations (train split)
+  sft_learning_rate: float = 3e-4
   score_questions: int = 768  # train questions the SFT policy answers for the experts
   samples_per_question: int = 4
   experts: int = 3  # each with its own bias per criterion and its own noise
@@ -76,12 +78,15 @@ class Config:
   rl_questions: int = 4096  # train questions RL samples from
   rl_steps: int = 60
   rl_batch_size: int = 32
-  kl_coef: float = 0.05
+  kl_coef: float = 0.1
   ilql_steps: int = 300
   best_of: int = 8
   eval_questions: int = 256  # held-out questions every method answers
   prompt_len: int = 24
   max_new_tokens: int = 8
+  # Every sample (the experts' data, RL rollouts, ILQL's decoding, evaluation) at this temperature:
+  # the small SFT model's right answers are its likeliest ones, and at 1 it almost never says them.
+  temperature: float = 0.5
 
 
 def get_config(smoke: bool = False) -> Config:
@@ -121,36 +126,45 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, Callable[[], 
   seq_len = config.prompt_len + config.max_new_tokens
 
   def pretrain(c):
-    return replace(c, seed=config.seed, data=replace(c.data, corpus=config.lm_corpus), loop=_loop(c.loop, config.lm_steps))
+    return replace(c, seed=config.seed, data=replace(c.data, corpus=config.lm_corpus),
+                   loop=_loop(c.loop, config.lm_steps))
 
   def fine_tune(c):
     return replace(c, init_from=str(lm), seed=config.seed,
+                   optim=replace(c.optim, learning_rate=(c.optim.learning_rate if config.smoke
+                                                         else config.sft_learning_rate)),
                    data=replace(c.data, path=f"{DATA}:train", max_rows=config.sft_questions, seq_len=64 if config.smoke
                                 else 128),
-                   sample=replace(c.sample, prompts=(wordnet_qa.PROMPT.format(question="What is another word for quick?"),),
+                   sample=replace(c.sample, prompts=(QUICK,),
                                   max_new_tokens=config.max_new_tokens),
                    loop=_loop(c.loop, config.sft_steps))
 
   def reward(c):
-    return replace(c, init_from=str(sft), seed=config.seed, data=replace(c.data, path=f"store:{workdir / 'scores' / 'feedback.db'}"),
+    return replace(c, init_from=str(sft), seed=config.seed,
+                   data=replace(c.data, path=f"store:{workdir / 'scores' / 'feedback.db'}"),
                    reward=replace(c.reward, seq_len=seq_len, weights=config.reward_weights),
                    loop=_loop(c.loop, config.reward_steps))
 
   def rl_task(task, path: str, max_rows: int):
-    return replace(task, path=path, max_rows=max_rows, prompt_len=config.prompt_len, max_new_tokens=config.max_new_tokens,
+    return replace(task, path=path, max_rows=max_rows, prompt_len=config.prompt_len,
+                   max_new_tokens=config.max_new_tokens,
                    reward=f"rm:{rm}", reward_with_prompt=True, gold="wordnet-qa", eval_prompts=64)
 
   def policy_gradient(c):
     return replace(c, seed=config.seed, policy=replace(c.policy, init_from=str(sft)),
                    task=rl_task(c.task, f"{DATA}:train", config.rl_questions),
-                   rl=replace(c.rl, batch_size=config.rl_batch_size), ppo=replace(c.ppo, kl_coef=config.kl_coef),
-                   pg=replace(c.pg, kl_coef=config.kl_coef), loop=_loop(c.loop, config.rl_steps, evals=4))
+                   rl=replace(c.rl, batch_size=config.rl_batch_size),
+                   ppo=replace(c.ppo, kl_coef=config.kl_coef, temperature=config.temperature),
+                   pg=replace(c.pg, kl_coef=config.kl_coef, temperature=config.temperature),
+                   loop=_loop(c.loop, config.rl_steps, evals=4))
 
   def ilql(c):
     return replace(c, seed=config.seed, policy=replace(c.policy, init_from=str(sft)),
                    task=replace(rl_task(c.task, str(workdir / "scores" / "ratings.jsonl"), 0),
                                 test_fraction=0.25 if config.smoke else 0.1),
-                   rl=replace(c.rl, batch_size=config.rl_batch_size), loop=_loop(c.loop, config.ilql_steps, evals=4))
+                   rl=replace(c.rl, batch_size=config.rl_batch_size),
+                   ilql=replace(c.ilql, temperature=config.temperature),
+                   loop=_loop(c.loop, config.ilql_steps, evals=4))
 
   def run(experiment: str, stage_dir: Path, edit: runs.Edit) -> tuple[str, Path, Callable[[], None]]:
     return experiment, stage_dir, functools.partial(runs.run_unless_done, HERE / experiment, stage_dir,
@@ -163,9 +177,10 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, Callable[[], 
                 run("grpo.py", workdir / "grpo", policy_gradient), run("ilql.py", workdir / "ilql", ilql)]
 
 
-def _sampler(policy, prompt_len: int, max_new_tokens: int):
-  """`(prompts, key) -> answers` of a policy at temperature 1, prompts cut to `prompt_len` tokens."""
-  generate = jax.jit(functools.partial(sampling.generate, model=Transformer(policy.model), max_new_tokens=max_new_tokens,
+def _sampler(policy, prompt_len: int, max_new_tokens: int, temperature: float):
+  """`(prompts, key) -> answers` of a policy, prompts cut to `prompt_len` tokens."""
+  generate = jax.jit(functools.partial(sampling.generate, model=Transformer(policy.model),
+                                       max_new_tokens=max_new_tokens, temperature=temperature,
                                        eos_id=policy.tokenizer.eos_id, pad_id=policy.tokenizer.pad_id))
   tok = policy.tokenizer
 
@@ -187,8 +202,9 @@ def collect_scores(config: Config, workdir: Path, fluency_lm: Path) -> None:
   policy = trained.load(workdir / "sft", mesh)
   rows = wordnet_qa.rows("train")[-config.score_questions:]  # the end: apart from the first sft and rl questions
   with FeedbackStore(out / "feedback.db") as store:
-    collect.collect_scores(store, _sampler(policy, config.prompt_len, config.max_new_tokens), [r["prompt"] for r in rows],
-                           [r["answers"] for r in rows], experts(config, fluency_lm),
+    sample_texts = _sampler(policy, config.prompt_len, config.max_new_tokens, config.temperature)
+    collect.collect_scores(store, sample_texts, [r["prompt"] for r in rows], [r["answers"] for r in rows],
+                           experts(config, fluency_lm),
                            samples_per_prompt=config.samples_per_question, batch_size=64, model="sft",
                            key=jax.random.key(config.seed))
     judgements = store.export_scores()
@@ -196,7 +212,8 @@ def collect_scores(config: Config, workdir: Path, fluency_lm: Path) -> None:
   by_answer: dict[tuple[str, str], list[dict[str, int]]] = {}
   for j in judgements:
     by_answer.setdefault((j["prompt"], j["response"]), []).append(j["scores"])
-  rated = [{"prompt": p, "completion": a, "rating": float(sum(w * np.mean([s[c] for s in scores]) for c, w in weights.items()))}
+  rated = [{"prompt": p, "completion": a,
+            "rating": float(sum(w * np.mean([s[c] for s in scores]) for c, w in weights.items()))}
            for (p, a), scores in by_answer.items()]
   records.write(rated, out / "ratings.jsonl")
   print(f"{len(judgements)} expert judgements of {len(by_answer)} answers; ratings mean "
@@ -221,7 +238,7 @@ def evaluate(config: Config, workdir: Path, fluency_lm: Path) -> dict[str, dict[
                                                                           batch_size=16)))
   pool = functools.partial(qa.answer_pool, frozen=frozen, prompts=prompts, tokenizer=tok, batch_size=16 if config.smoke
                            else 64, key=jax.random.fold_in(jax.random.key(config.seed), 5),
-                           temperature=jnp.float32(1.0), mesh=mesh)
+                           temperature=jnp.float32(config.temperature), mesh=mesh)
   sft_pool = pool(sample, sft.params, n=config.best_of)
   results = {"sft": judge(sft_pool.first()), f"best-of-{config.best_of}": judge(sft_pool.best_by_reward())}
   for name in ("ppo", "grpo"):
