@@ -73,12 +73,15 @@ class Config:
   samples_per_question: int = 4
   experts: int = 3  # each with its own bias per criterion and its own noise
   expert_noise: float = 0.6
-  reward_steps: int = 300
+  reward_steps: int = 500
+  # The reward recipe's 1e-5 (for large pretrained trunks) leaves this small model's heads at
+  # chance: held-out correlation with the experts' fluency 0.03 after 300 steps, 0.38 at 1e-3.
+  reward_learning_rate: float = 1e-3
   reward_weights: tuple[str, ...] = ("accuracy=0.5", "fluency=0.2", "satisfaction=0.3")
   rl_questions: int = 4096  # train questions RL samples from
   rl_steps: int = 60
   rl_batch_size: int = 32
-  kl_coef: float = 0.1
+  kl_coef: float = 0.2
   ilql_steps: int = 300
   best_of: int = 8
   eval_questions: int = 256  # held-out questions every method answers
@@ -143,6 +146,7 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, Callable[[], 
     return replace(c, init_from=str(sft), seed=config.seed,
                    data=replace(c.data, path=f"store:{workdir / 'scores' / 'feedback.db'}"),
                    reward=replace(c.reward, seq_len=seq_len, weights=config.reward_weights),
+                   optim=replace(c.optim, learning_rate=config.reward_learning_rate),
                    loop=_loop(c.loop, config.reward_steps))
 
   def rl_task(task, path: str, max_rows: int):
