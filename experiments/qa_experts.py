@@ -1,6 +1,6 @@
 """Question answering improved from experts' rubric scores: SFT, then PPO, GRPO, ILQL and best-of-n.
 
-  rlhf-jax run experiments/qa_experts.py                      # every stage on CPU (~25 min on 2 cores)
+  rlhf-jax run experiments/qa_experts.py                      # every stage on CPU (~16 min on 2 cores)
   rlhf-jax run experiments/qa_experts.py --set seed=1
   rlhf-jax run experiments/qa_experts.py --smoke --set init_from=tests/data/tiny_hf/qwen2   # < 1 min
 
