@@ -27,7 +27,7 @@ import openai
 import uvicorn
 
 from rlhf_jax import sharding, trained
-from rlhf_jax.feedback.server import bind
+from rlhf_jax.local_http import bind
 from rlhf_jax.models.transformer import ModelConfig, init_params
 from rlhf_jax.serving import engine as engine_lib
 from rlhf_jax.serving import openai_api

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (layer, module-name prefixes), lowest first. A module is in the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("rlhf_jax.errors", "rlhf_jax.files", "rlhf_jax.config", "rlhf_jax.logs", "rlhf_jax.sharding",
-                    "rlhf_jax.distributed")),
+                    "rlhf_jax.distributed", "rlhf_jax.local_http")),
     # The feedback store is data: SQLite tables of samples and judgements, read by the data pipelines.
     ("models, tokenizers, data, checkpoints", ("rlhf_jax.models", "rlhf_jax.tokenizers", "rlhf_jax.data",
                                                 "rlhf_jax.checkpoint", "rlhf_jax.feedback.store")),

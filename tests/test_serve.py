@@ -17,7 +17,7 @@ import uvicorn
 
 from rlhf_jax import cli, sampling, sharding, trained
 from rlhf_jax.errors import UserError
-from rlhf_jax.feedback.server import bind
+from rlhf_jax.local_http import bind
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.serving import engine as engine_lib
 from rlhf_jax.serving import openai_api

@@ -23,7 +23,7 @@ key (401), an unknown model name (404); a full queue is 503.
 
 Security: the server binds 127.0.0.1 unless `--host` says otherwise (then it warns, and an API
 key is what keeps others out; the traffic is plain HTTP). On a loopback address every request's
-Host header must name it (`feedback.server.HostCheck`), so a web page cannot reach the model
+Host header must name it (`local_http.HostCheck`), so a web page cannot reach the model
 through DNS rebinding. With `api_key`, every /v1 request needs `Authorization: Bearer KEY`.
 """
 
@@ -32,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping
 
 from starlette.applications import Starlette
@@ -43,9 +45,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rlhf_jax import chat as chat_lib
+from rlhf_jax import sharding, trained
 from rlhf_jax.errors import UserError
-from rlhf_jax.feedback.server import ApiError as LabelApiError
-from rlhf_jax.feedback.server import LOOPBACK_NAMES, HostCheck, host_name, is_loopback, read_json_object
+from rlhf_jax.local_http import ApiError as BodyError
+from rlhf_jax.local_http import LOOPBACK_NAMES, HostCheck, bind, host_name, is_loopback, read_json_object, run_uvicorn
 from rlhf_jax.serving.engine import Delta, Engine, Failed, Finished, GenerationRequest, QueueFull
 
 MAX_BODY_BYTES = 1 << 20
@@ -165,8 +168,8 @@ def _content(message: Mapping[str, Any], i: int) -> str:
   content = message.get("content")
   if isinstance(content, str):
     return content
-  if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                       for p in content):
+  if isinstance(content, list) and all(
+      isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
     return "".join(p["text"] for p in content)
   raise ApiError(400, f"messages[{i}].content: expected a string or a list of text parts, got {_short(content)}",
                  f"messages[{i}].content")
@@ -281,9 +284,9 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
                      "the server was started with", kind="authentication_error")
 
   async def read_body(request: Request) -> dict[str, Any]:
-    try:  # the labeling server's reader: size-limited as it streams in, a JSON object, 4xx otherwise
+    try:  # size-limited as it streams in, a JSON object, 4xx otherwise
       value = await read_json_object(request, max_body_bytes)
-    except LabelApiError as e:
+    except BodyError as e:
       raise ApiError(e.status, e.message) from None
     model = value.get("model")
     if model is None:
@@ -423,11 +426,6 @@ def serve(workdir: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: s
           max_tokens_limit: int | None = None) -> None:
   """Loads the policy of `workdir` (a run, a Hugging Face folder or `hf:NAME`; LoRA merged) and
   serves it until Ctrl-C."""
-  from pathlib import Path
-
-  from rlhf_jax import sharding, trained
-  from rlhf_jax.feedback.server import _run_uvicorn, bind
-
   policy = trained.load(workdir, sharding.make_mesh(), step)
   name = model_name or Path(str(workdir).rstrip("/")).name or "model"
   sock = bind(host, port)  # before loading the engine's thread: a busy port fails at once
@@ -435,13 +433,12 @@ def serve(workdir: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: s
   try:
     app = create_app(engine, model_name=name, api_key=api_key, host=host, max_tokens_limit=max_tokens_limit)
     if not is_loopback(host):
-      import sys
       print(f"warning: serving on {host}, not 127.0.0.1: whoever reaches this address can use the model"
             f"{'' if api_key else ' (no --api-key is set)'}, over plain unencrypted HTTP", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {workdir} (step {policy.step}) as model {name!r} at http://{shown}:{sock.getsockname()[1]}/v1"
           f"{' (API key required)' if api_key else ''}; Ctrl-C stops", flush=True)
-    _run_uvicorn(app, sock)
+    run_uvicorn(app, sock)
   finally:
     engine.close()
     sock.close()
