@@ -151,8 +151,8 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, Callable[[], 
 
   def rl_task(task, path: str, max_rows: int):
     return replace(task, path=path, max_rows=max_rows, prompt_len=config.prompt_len,
-                   max_new_tokens=config.max_new_tokens,
-                   reward=f"rm:{rm}", reward_with_prompt=True, gold="wordnet-qa", eval_prompts=64)
+                   max_new_tokens=config.max_new_tokens, reward=f"rm:{rm}", reward_with_prompt=True,
+                   gold="wordnet-qa", eval_prompts=16 if config.smoke else 64)
 
   def policy_gradient(c):
     return replace(c, seed=config.seed, policy=replace(c.policy, init_from=str(sft)),
@@ -160,7 +160,7 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, Callable[[], 
                    rl=replace(c.rl, batch_size=config.rl_batch_size),
                    ppo=replace(c.ppo, kl_coef=config.kl_coef, temperature=config.temperature),
                    pg=replace(c.pg, kl_coef=config.kl_coef, temperature=config.temperature),
-                   loop=_loop(c.loop, config.rl_steps, evals=4))
+                   loop=_loop(c.loop, config.rl_steps, evals=1 if config.smoke else 4))
 
   def ilql(c):
     return replace(c, seed=config.seed, policy=replace(c.policy, init_from=str(sft)),
@@ -168,7 +168,7 @@ def stages(config: Config, workdir: Path) -> list[tuple[str, Path, Callable[[], 
                                 test_fraction=0.25 if config.smoke else 0.1),
                    rl=replace(c.rl, batch_size=config.rl_batch_size),
                    ilql=replace(c.ilql, temperature=config.temperature),
-                   loop=_loop(c.loop, config.ilql_steps, evals=4))
+                   loop=_loop(c.loop, config.ilql_steps, evals=1 if config.smoke else 4))
 
   def run(experiment: str, stage_dir: Path, edit: runs.Edit) -> tuple[str, Path, Callable[[], None]]:
     return experiment, stage_dir, functools.partial(runs.run_unless_done, HERE / experiment, stage_dir,

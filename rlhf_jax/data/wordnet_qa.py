@@ -19,6 +19,7 @@ once into the cache (`<cache>/wordnet_qa/v1/questions.jsonl`), next to the corpo
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -89,7 +90,15 @@ def prepare(*, cache: Path | None = None) -> Path:
 
 
 def load(*, cache: Path | None = None) -> list[dict]:
-  return [json.loads(line) for line in prepare(cache=cache).read_text().splitlines()]
+  """Every question (read once per process: a QA experiment's stages, its gold judge and its
+  evaluation each ask for them, and parsing the file takes about a second). Do not modify them."""
+  path = prepare(cache=cache)
+  return list(_read(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=2)
+def _read(path: str, mtime_ns: int) -> tuple[dict, ...]:
+  return tuple(json.loads(line) for line in Path(path).read_text().splitlines())
 
 
 def split(questions: Sequence[dict], test_fraction: float = TEST_FRACTION) -> tuple[list[dict], list[dict]]:
