@@ -153,8 +153,16 @@ def _cmd_chat(args) -> int:
 def _cmd_serve(args) -> int:
   from rlhf_jax.serving import openai_api
   api_key = args.api_key or os.environ.get("RLHF_JAX_API_KEY") or None
+  warmup = None
+  if args.warmup:
+    prompt, _, new = args.warmup.partition(":")
+    if not (prompt.isdigit() and new.isdigit() and int(prompt) >= 1 and int(new) >= 1):
+      raise UserError(f"--warmup: expected PROMPT_TOKENS:MAX_TOKENS, two positive integers (e.g. 64:128), "
+                      f"got {args.warmup!r}")
+    warmup = (int(prompt), int(new))
   openai_api.serve(args.workdir, host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
-                   step=args.step, max_batch=args.max_batch, chunk=args.chunk, max_tokens_limit=args.max_tokens)
+                   step=args.step, max_batch=args.max_batch, chunk=args.chunk, max_tokens_limit=args.max_tokens,
+                   warmup=warmup)
   return 0
 
 
@@ -347,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(stop strings, streaming)")
   srv.add_argument("--max-tokens", type=int, default=None, help="the largest max_tokens a request may ask "
                    "(default: the model's context)")
+  srv.add_argument("--warmup", default=None, metavar="PROMPT_TOKENS:MAX_TOKENS",
+                   help="compile every batch bucket for requests of this size before serving (e.g. 64:128)")
   srv.set_defaults(func=_cmd_serve)
 
   data = sub.add_parser("data", help="data utilities")

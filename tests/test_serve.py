@@ -229,4 +229,19 @@ def test_cli_serve_passes_its_flags(monkeypatch):
   monkeypatch.setenv("RLHF_JAX_API_KEY", "from-env")
   assert cli.main(["serve", "runs/ppo", "--port", "0", "--max-batch", "8", "--max-tokens", "32"]) == 0
   assert seen == {"workdir": "runs/ppo", "host": "127.0.0.1", "port": 0, "api_key": "from-env", "model_name": None,
-                  "step": None, "max_batch": 8, "chunk": 8, "max_tokens_limit": 32}
+                  "step": None, "max_batch": 8, "chunk": 8, "max_tokens_limit": 32, "warmup": None}
+  assert cli.main(["serve", "runs/ppo", "--warmup", "64:128"]) == 0 and seen["warmup"] == (64, 128)
+  assert cli.main(["serve", "runs/ppo", "--warmup", "64"]) == 2
+
+
+def test_warmup_runs_every_batch_bucket_and_leaves_the_counters_to_requests(policy):
+  engine = engine_lib.Engine(policy.model, policy.params, policy.tokenizer, max_batch=4, chunk=4)
+  try:
+    engine.warmup(5, 6)
+    assert (engine.batches, engine.rows) == (0, 0)
+    with pytest.raises(UserError, match="max_tokens"):
+      engine.warmup(60, 10)  # longer than the model's 64 positions
+    [text] = _texts(_run(engine, engine_lib.GenerationRequest(prompt_ids=(5, 6, 7), max_tokens=6, seed=1)), 1)
+    assert (engine.batches, engine.rows) == (1, 1) and isinstance(text, str)
+  finally:
+    engine.close()

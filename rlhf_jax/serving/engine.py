@@ -301,8 +301,11 @@ class Engine:
     which buckets a load forms depends on when its requests arrive)."""
     request = GenerationRequest(prompt_ids=(self.eos_id,) * prompt_tokens, max_tokens=max_tokens,
                                 temperature=0.0 if filtered else 1.0)
+    self.check(request)
+    counters = self.batches, self.rows
     for size in (1 << i for i in range(self.max_batch.bit_length())):
       self.run_batch([Handle(dataclasses.replace(request, n=size), lambda event: None)])
+    self.batches, self.rows = counters  # /health counts requests served, not these
 
   def run_batch(self, handles: Sequence[Handle]) -> None:
     """Decodes one batch to the end; called by the engine's thread (and by tests directly)."""

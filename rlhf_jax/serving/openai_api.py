@@ -423,14 +423,21 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
 
 def serve(workdir: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           model_name: str | None = None, step: int | None = None, max_batch: int = 16, chunk: int = 8,
-          max_tokens_limit: int | None = None) -> None:
+          max_tokens_limit: int | None = None, warmup: tuple[int, int] | None = None) -> None:
   """Loads the policy of `workdir` (a run, a Hugging Face folder or `hf:NAME`; LoRA merged) and
-  serves it until Ctrl-C."""
+  serves it until Ctrl-C. `warmup` (prompt tokens, max_tokens): first compile every batch bucket
+  for requests of that size, sampled and greedy, so the first clients do not wait for compiles."""
   policy = trained.load(workdir, sharding.make_mesh(), step)
   name = model_name or Path(str(workdir).rstrip("/")).name or "model"
   sock = bind(host, port)  # before loading the engine's thread: a busy port fails at once
   engine = Engine(policy.model, policy.params, policy.tokenizer, max_batch=max_batch, chunk=chunk)
   try:
+    if warmup:
+      start = time.perf_counter()
+      for filtered in (False, True):
+        engine.warmup(*warmup, filtered=filtered)
+      print(f"compiled every batch bucket for {warmup[0]}-token prompts and max_tokens {warmup[1]} in "
+            f"{time.perf_counter() - start:.1f} s", flush=True)
     app = create_app(engine, model_name=name, api_key=api_key, host=host, max_tokens_limit=max_tokens_limit)
     if not is_loopback(host):
       print(f"warning: serving on {host}, not 127.0.0.1: whoever reaches this address can use the model"
