@@ -78,8 +78,7 @@ def check_paths(config) -> None:
       missing = f"{value[3:]} is not a directory: expected a reward model's workdir"
     elif value.startswith("store:") and not Path(value[6:]).is_file():
       missing = f"{value[6:]} not found: expected a feedback store (feedback.db)"
-    elif (name == "path" and key.startswith("task.") and not Path(value).is_file()
-          and not value.startswith(("tfds:", "hf:")) and records.builtin(value) is None):
+    elif name == "path" and key.startswith("task.") and records.is_file(value) and not Path(value).is_file():
       missing = f"{value} not found: expected a prompt file"
     else:
       files = [part[5:] for part in value.split("+") if part.startswith("file:")]

@@ -265,6 +265,11 @@ def builtin(source: str) -> tuple[Any, str] | None:
   return (builtins[name], split_name or "train") if name in builtins else None
 
 
+def is_file(source: str) -> bool:
+  """Whether `source` names a file on this machine (not a packaged, tfds: or hf: dataset)."""
+  return builtin(source) is None and not source.startswith(("tfds:", "hf:"))
+
+
 def read_rows(source: str, *, tfds_data_dir: str | Path | None = None) -> Iterator[dict]:
   """The raw rows of `source`, as dicts of the file's columns."""
   if (packaged := builtin(source)) is not None:
@@ -274,7 +279,7 @@ def read_rows(source: str, *, tfds_data_dir: str | Path | None = None) -> Iterat
     yield from _tfds_rows(source[5:], tfds_data_dir)
   elif source.startswith("hf:"):
     yield from _hf_rows(source[3:])
-  else:
+  else:  # is_file(source)
     path = Path(source)
     if path.suffix not in FILE_SUFFIXES:
       raise UserError(f"{source}: expected a {', '.join(FILE_SUFFIXES)} file, tfds:NAME, hf:ORG/NAME or "

@@ -119,11 +119,15 @@ def collect_scores(store: FeedbackStore, sample_texts: SampleTexts, prompts: Seq
     questions = [batch[i] for i, _ in used]
     answers = [responses[k][i] for i, k in used]
     golds = [gold[start + i] for i, _ in used]
-    scores = []
+    scores, signals = [], {}
     for expert in experts:
+      # The signals once per fluency LM (the LM's forward is the cost), not once per expert.
+      lm = id(expert.fluency_logp)
+      if lm not in signals:
+        signals[lm] = expert.signals(questions, answers, golds)
       # A fresh draw for each round: seeded by the expert's seed and the round, not by what came before.
       this_round = dataclasses.replace(expert, seed=int(np.random.SeedSequence([expert.seed, r]).generate_state(1)[0]))
-      by_criterion = this_round.score(questions, answers, golds)
+      by_criterion = this_round.score_signals(signals[lm])
       scores += [(n, expert.name, {c: int(v[n]) for c, v in by_criterion.items()}) for n in range(len(used))]
     store.add_round(records, source=source, collection=collection, round_index=r, pairs=0, scores=scores,
                     scales=scales)

@@ -122,7 +122,12 @@ class SimulatedExpert:
   def score(self, prompts: Sequence[str], answers: Sequence[str],
             gold: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
     """Each criterion's integer score in 1..scale of each answer: signal + bias + noise, rounded."""
-    signals = self.signals(prompts, answers, gold)
+    return self.score_signals(self.signals(prompts, answers, gold))
+
+  def score_signals(self, signals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`score` from signals already computed (`signals`, by any expert with the same rubric and
+    fluency LM: experts differ only in bias and noise, so a panel computes the signals once)."""
     return {c.name: np.clip(np.rint(signals[c.name] + self.bias.get(c.name, 0.0)
-                                    + self.noise * self._rng.standard_normal(len(answers))), 1, c.scale).astype(int)
+                                    + self.noise * self._rng.standard_normal(len(signals[c.name]))), 1,
+                            c.scale).astype(int)
             for c in self.rubric.criteria}

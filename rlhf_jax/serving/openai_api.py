@@ -30,6 +30,7 @@ through DNS rebinding. With `api_key`, every /v1 request needs `Authorization: B
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import sys
@@ -209,15 +210,29 @@ def _short(value: Any) -> str:
 # Running requests on the engine.
 
 
-class _Run:
-  """The events of one request's choices, moved from the engine's thread to the event loop."""
+class _Choices:
+  """The events of a request's choices (every prompt's n), moved from the engine's thread to the
+  event loop through one queue; choice i*n + j is choice j of prompt i."""
 
-  def __init__(self, engine: Engine, request: GenerationRequest, first_index: int):
-    self.request, self.first_index = request, first_index
+  def __init__(self):
     self.queue: asyncio.Queue = asyncio.Queue()
+    self.handles: list = []
+    self.open = 0
+
+  def submit(self, engine: Engine, request: GenerationRequest, first_index: int) -> None:
     loop = asyncio.get_running_loop()
-    self.handle = engine.submit(request, lambda event: loop.call_soon_threadsafe(self.queue.put_nowait, event))
-    self.open = request.n
+
+    def sink(event) -> None:  # called on the engine's thread
+      if not isinstance(event, Failed):
+        event = dataclasses.replace(event, index=event.index + first_index)
+      loop.call_soon_threadsafe(self.queue.put_nowait, event)
+    self.handles.append(engine.submit(request, sink))
+    self.open += request.n
+
+  def cancel(self) -> None:
+    """Frees the rows of a request that failed or whose client left."""
+    for handle in self.handles:
+      handle.cancel()
 
   async def events(self) -> AsyncIterator[Delta | Finished]:
     while self.open:
@@ -226,39 +241,7 @@ class _Run:
         raise ApiError(500, event.message, kind="server_error")
       if isinstance(event, Finished):
         self.open -= 1
-      yield type(event)(**{**event.__dict__, "index": event.index + self.first_index})
-
-
-async def _merged(runs: list[_Run]) -> AsyncIterator[Delta | Finished]:
-  """The events of several runs (a list of prompts) as they come."""
-  if len(runs) == 1:
-    async for event in runs[0].events():
       yield event
-    return
-  queue: asyncio.Queue = asyncio.Queue()
-
-  async def pump(run: _Run) -> None:
-    try:
-      async for event in run.events():
-        await queue.put(event)
-    except ApiError as e:
-      await queue.put(e)
-    await queue.put(None)
-
-  tasks = [asyncio.create_task(pump(run)) for run in runs]
-  try:
-    open_runs = len(runs)
-    while open_runs:
-      event = await queue.get()
-      if event is None:
-        open_runs -= 1
-      elif isinstance(event, ApiError):
-        raise event
-      else:
-        yield event
-  finally:
-    for task in tasks:
-      task.cancel()
 
 
 def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, host: str = "127.0.0.1",
@@ -296,24 +279,22 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
                      kind="not_found_error")
     return value
 
-  def start(settings: Settings, prompts: list[list[int]], field: str) -> list[_Run]:
+  def start(settings: Settings, prompts: list[list[int]], field: str) -> _Choices:
     seed = settings.seed if settings.seed is not None else secrets.randbits(63)
-    runs = []
-    for i, ids in enumerate(prompts):
-      max_tokens = settings.max_tokens
-      if max_tokens is None:  # chat without max_tokens: what the context leaves, up to the limit
-        max_tokens = max(1, min(max_tokens_limit, context - max(len(ids), 1)))
-      try:
-        runs.append(_Run(engine, settings.request(ids, max_tokens, seed + i), first_index=i * settings.n))
-      except UserError as e:
-        for run in runs:
-          run.handle.cancel()
-        raise ApiError(400, str(e).replace("max_tokens", field, 1), field) from None
-      except QueueFull as e:
-        for run in runs:
-          run.handle.cancel()
-        raise ApiError(503, f"server busy: {e}", kind="server_error") from None
-    return runs
+    choices = _Choices()
+    try:
+      for i, ids in enumerate(prompts):
+        max_tokens = settings.max_tokens
+        if max_tokens is None:  # chat without max_tokens: what the context leaves, up to the limit
+          max_tokens = max(1, min(max_tokens_limit, context - max(len(ids), 1)))
+        choices.submit(engine, settings.request(ids, max_tokens, seed + i), first_index=i * settings.n)
+    except UserError as e:
+      choices.cancel()
+      raise ApiError(400, str(e).replace("max_tokens", field, 1), field) from None
+    except QueueFull as e:
+      choices.cancel()
+      raise ApiError(503, f"server busy: {e}", kind="server_error") from None
+    return choices
 
   def usage(prompts: list[list[int]], tokens: int) -> dict[str, int]:
     prompt_tokens = sum(len(ids) for ids in prompts)
@@ -326,7 +307,7 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
     settings = Settings(body, max_tokens_limit=max_tokens_limit, max_n=max_n,
                         default_max_tokens=None if chat else min(16, max_tokens_limit))
     prompts = [chat_prompt_ids(tokenizer, _messages(body))] if chat else _prompts(body, tokenizer)
-    runs = start(settings, prompts, settings.max_tokens_field)
+    choices = start(settings, prompts, settings.max_tokens_field)
     kind = "chat.completion" if chat else "text_completion"
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     head = {"id": ident, "object": kind, "created": int(time.time()), "model": model_name}
@@ -344,14 +325,13 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
     if not settings.stream:
       texts, reasons, tokens = [""] * n_choices, [None] * n_choices, 0
       try:
-        async for event in _merged(runs):
+        async for event in choices.events():
           if isinstance(event, Delta):
             texts[event.index] += event.text
           else:
             reasons[event.index], tokens = event.reason, tokens + event.tokens
       finally:
-        for run in runs:
-          run.handle.cancel()  # a client that left mid-request frees its rows
+        choices.cancel()
       return JSONResponse({**head, "choices": [text_choice(i, texts[i], reasons[i]) for i in range(n_choices)],
                            "usage": usage(prompts, tokens)})
 
@@ -365,7 +345,7 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
       try:
         if chat:  # the role comes first, in a chunk of its own, as OpenAI sends it
           yield line([text_choice(i, "", None, first=True) for i in range(n_choices)])
-        async for event in _merged(runs):
+        async for event in choices.events():
           if isinstance(event, Delta):
             yield line([text_choice(event.index, event.text, None)])
           else:
@@ -376,8 +356,7 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
       except ApiError as e:  # the status line is sent already: the error goes in the stream
         yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.kind, 'param': None, 'code': None}})}\n\n"
       finally:
-        for run in runs:
-          run.handle.cancel()
+        choices.cancel()
       yield "data: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
