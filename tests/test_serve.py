@@ -163,6 +163,12 @@ def test_openai_client_completions_chat_streaming_n_and_stop(client, policy):
 
   assert [m.id for m in client.models.list().data] == [MODEL]
 
+  # A list of prompts: prompt i's n choices are choices i*n..i*n+n-1, sampled with seed + i (wrapped).
+  both = client.completions.create(model=MODEL, prompt=["Hi", "Once upon"], n=2, max_tokens=6, seed=(1 << 63) - 1)
+  assert [c.index for c in both.choices] == [0, 1, 2, 3]
+  second = client.completions.create(model=MODEL, prompt="Once upon", n=2, max_tokens=6, seed=-(1 << 63))
+  assert [c.text for c in both.choices[2:]] == [c.text for c in second.choices]
+
 
 def test_bad_requests_are_4xx_naming_the_field(client, server):
   with pytest.raises(openai.BadRequestError, match=r"max_tokens: expected an integer in \[1, 48\], got 1000"):
@@ -177,6 +183,8 @@ def test_bad_requests_are_4xx_naming_the_field(client, server):
     client.chat.completions.create(model=MODEL, messages=[{"role": "robot", "content": "x"}])
   with pytest.raises(openai.NotFoundError, match="'gpt-4' is not served here; this server serves 'tiny-qwen2'"):
     client.completions.create(model="gpt-4", prompt="x")
+  with pytest.raises(openai.BadRequestError, match=r"seed: expected an integer in \[-9223372036854775808, "):
+    client.completions.create(model=MODEL, prompt="x", seed=1 << 63)  # beyond jax.random.key's range
   with pytest.raises(openai.AuthenticationError, match="API key"):
     openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()
 

@@ -42,6 +42,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import KVCache, ModelConfig, Transformer
 
 _log = logging.getLogger(__name__)
+SEEDS = (-(1 << 63), (1 << 63) - 1)  # a 64-bit signed seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +244,8 @@ class Engine:
       raise UserError(f"n: expected 1..{self.max_batch} (the largest batch of this server), got {request.n}")
     if request.max_tokens < 1:
       raise UserError(f"max_tokens: expected >= 1, got {request.max_tokens}")
+    if not SEEDS[0] <= request.seed <= SEEDS[1]:  # jax.random.key's range; outside it a whole batch would fail
+      raise UserError(f"seed: expected an integer in [{SEEDS[0]}, {SEEDS[1]}], got {request.seed}")
     total = max(len(request.prompt_ids), 1) + request.max_tokens
     if total > self.config.max_len:
       raise UserError(f"max_tokens: the prompt's {len(request.prompt_ids)} tokens + max_tokens {request.max_tokens} "
@@ -274,7 +277,8 @@ class Engine:
         self._cv.wait()
       if self._closed:
         return None
-    if sum(h.request.n for h in self._queue) < self.max_batch:
+      waiting = sum(h.request.n for h in self._queue)  # under the lock: submit appends meanwhile
+    if waiting < self.max_batch:
       time.sleep(self.batch_wait_s)  # let the requests sent together arrive together
     with self._cv:
       batch, rows = [], 0

@@ -50,7 +50,7 @@ from rlhf_jax import sharding, trained
 from rlhf_jax.errors import UserError
 from rlhf_jax.local_http import ApiError as BodyError
 from rlhf_jax.local_http import LOOPBACK_NAMES, HostCheck, bind, host_name, is_loopback, read_json_object, run_uvicorn
-from rlhf_jax.serving.engine import Delta, Engine, Failed, Finished, GenerationRequest, QueueFull
+from rlhf_jax.serving.engine import SEEDS, Delta, Engine, Failed, Finished, GenerationRequest, QueueFull
 
 MAX_BODY_BYTES = 1 << 20
 MAX_STOPS = 4
@@ -133,7 +133,7 @@ class Settings:
     top_k = _integer(body, "top_k", 0, -1, 1 << 20)
     self.top_k = 0 if top_k == -1 else top_k  # vLLM's -1 (off) too
     self.n = _integer(body, "n", 1, 1, max_n)
-    self.seed = _integer(body, "seed", None, -(1 << 63), (1 << 64) - 1)
+    self.seed = _integer(body, "seed", None, *SEEDS)
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     self.max_tokens = _integer(body, field, default_max_tokens, 1, max_tokens_limit)
     self.max_tokens_field = field
@@ -287,7 +287,9 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None, h
         max_tokens = settings.max_tokens
         if max_tokens is None:  # chat without max_tokens: what the context leaves, up to the limit
           max_tokens = max(1, min(max_tokens_limit, context - max(len(ids), 1)))
-        choices.submit(engine, settings.request(ids, max_tokens, seed + i), first_index=i * settings.n)
+        # Prompt i samples with seed + i, wrapped into the 64-bit range.
+        seed_i = (seed + i - SEEDS[0]) % (1 << 64) + SEEDS[0]
+        choices.submit(engine, settings.request(ids, max_tokens, seed_i), first_index=i * settings.n)
     except UserError as e:
       choices.cancel()
       raise ApiError(400, str(e).replace("max_tokens", field, 1), field) from None
